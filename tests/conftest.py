@@ -1,0 +1,1 @@
+"""Shared fixtures. Unit tests need no reactor; integration tests (marked) start real processes."""

@@ -1,0 +1,133 @@
+"""SQLite with group commit, off the reactor thread.
+
+Each store owns one :class:`Database`: one connection in WAL mode with
+``synchronous=FULL``, used from one worker thread. Work is a function of the
+connection. Every function submitted while a commit is on disk joins the next
+transaction, each inside its own savepoint (a function that raises changes nothing),
+and one COMMIT (one fsync) makes them all durable together. Callers hear their result
+only after that commit.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from twisted.internet import defer, threads
+from twisted.internet.interfaces import IReactorThreads, IReactorTime
+from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+T = TypeVar("T")
+Work = Callable[[sqlite3.Connection], Any]
+# Runs a blocking callable somewhere and fires with its result.
+Runner = Callable[[Callable[[], Any]], defer.Deferred]
+
+
+def run_inline(blocking: Callable[[], Any]) -> defer.Deferred:
+    """A :data:`Runner` for unit tests: runs the work at once, on the calling thread."""
+    return defer.maybeDeferred(blocking)
+
+
+def connect(path: Path, schema: str) -> sqlite3.Connection:
+    """Open (creating) the database with the durability settings DESIGN.md requires."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.executescript(schema)
+    return conn
+
+
+class Database:
+    """Group-committing access to one SQLite file.
+
+    :param conn: from :func:`connect`.
+    :param clock: for the simulated ``--db-delay``.
+    :param runner: where blocking work runs (a one-thread pool in services, inline in tests).
+    :param db_delay: simulated processing time per read or write, in seconds.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, clock: IReactorTime, runner: Runner = run_inline,
+                 db_delay: float = 0.0) -> None:
+        self._conn = conn
+        self._clock = clock
+        self._runner = runner
+        self._db_delay = db_delay
+        self._pending: list[tuple[Work, defer.Deferred]] = []
+        self._committing = False
+        self.commits = 0  # transactions made durable; tests and metrics read it
+
+    @classmethod
+    def open_threaded(cls, path: Path, schema: str, reactor: Any, db_delay: float = 0.0) -> tuple["Database", ThreadPool]:
+        """A database whose work runs on its own one-thread pool; stop the pool after :meth:`close`."""
+        pool = ThreadPool(minthreads=1, maxthreads=1, name=f"sqlite:{path.name}")
+        pool.start()
+
+        def runner(blocking: Callable[[], Any]) -> defer.Deferred:
+            return threads.deferToThreadPool(reactor, pool, blocking)
+
+        return cls(connect(path, schema), reactor, runner, db_delay), pool
+
+    async def _simulated_delay(self) -> None:
+        if self._db_delay > 0:
+            await deferLater(self._clock, self._db_delay)
+
+    async def read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a read-only function; it sees every write committed before it."""
+        await self._simulated_delay()
+        return await self._runner(lambda: work(self._conn))
+
+    async def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` in the next group transaction; returns once it is durable."""
+        await self._simulated_delay()
+        done: defer.Deferred = defer.Deferred()
+        self._pending.append((work, done))
+        if not self._committing:
+            self._commit_pending()
+        return await done
+
+    def _commit_pending(self) -> None:
+        batch, self._pending = self._pending, []
+        self._committing = True
+        d = self._runner(lambda: self._run_batch([work for work, _ in batch]))
+        d.addBoth(self._batch_done, batch)
+
+    def _run_batch(self, works: list[Work]) -> list[Any]:
+        conn = self._conn
+        results: list[Any] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for work in works:
+                conn.execute("SAVEPOINT work")
+                try:
+                    results.append(work(conn))
+                except Exception:
+                    conn.execute("ROLLBACK TO work")
+                    results.append(Failure())
+                conn.execute("RELEASE work")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return results
+
+    def _batch_done(self, outcome: list[Any] | Failure, batch: list[tuple[Work, defer.Deferred]]) -> None:
+        self._committing = False
+        if not isinstance(outcome, Failure):
+            self.commits += 1
+        for index, (_, done) in enumerate(batch):
+            # A failed COMMIT fails every caller of the batch: none of them is durable.
+            result = outcome if isinstance(outcome, Failure) else outcome[index]
+            if isinstance(result, Failure):
+                done.errback(result)
+            else:
+                done.callback(result)
+        if self._pending and not self._committing:
+            self._commit_pending()
+
+    def close(self) -> None:
+        self._conn.close()

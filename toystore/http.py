@@ -1,0 +1,195 @@
+"""The HTTP pieces every service shares: JSON bodies, JSON errors, the cluster token, and
+the treq client with a persistent pool.
+
+Every answer is ``{"data": ...}`` or ``{"error": {"code", "message"}}`` (DESIGN.md). Klein
+apps call :func:`install_json_errors` once so that unknown routes, wrong methods, bad
+input and unexpected failures all answer in that shape, never with a traceback.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any, Mapping
+
+import treq
+from klein import Klein
+from treq.client import HTTPClient
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.iweb import IRequest
+from twisted.web.server import Site
+from werkzeug.exceptions import HTTPException
+
+MAX_BODY_BYTES = 64 * 1024
+JSON_CONTENT_TYPE = b"application/json"
+
+log = Logger()
+
+
+class ApiError(Exception):
+    """A failure the client should see, with its HTTP status and one clear sentence.
+
+    :param code: the HTTP status.
+    :param message: one sentence for the client.
+    :param headers: extra response headers (``Retry-After``, ...).
+    :param details: extra fields for the error object (a leader hint, ...).
+    """
+
+    def __init__(
+        self,
+        code: int,
+        message: str,
+        headers: Mapping[str, str] | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.headers = dict(headers or {})
+        self.details = dict(details or {})
+
+
+def _encode(request: IRequest, code: int, payload: Mapping[str, Any]) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", JSON_CONTENT_TYPE)
+    return json.dumps(payload, separators=(",", ":")).encode("utf-8")
+
+
+def json_response(request: IRequest, data: Any, code: int = 200) -> bytes:
+    """Answer ``{"data": data}``."""
+    return _encode(request, code, {"data": data})
+
+
+def error_response(request: IRequest, error: ApiError) -> bytes:
+    """Answer ``{"error": {"code", "message", ...details}}`` with the error's headers."""
+    for name, value in error.headers.items():
+        request.setHeader(name.encode("ascii"), value.encode("ascii"))
+    body = {"code": error.code, "message": error.message, **error.details}
+    return _encode(request, error.code, {"error": body})
+
+
+def read_json_object(request: IRequest) -> dict[str, Any]:
+    """The request body as a JSON object; 413 past 64 KiB, 400 for anything else malformed."""
+    declared = request.getHeader(b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise ApiError(413, f"The request body is larger than {MAX_BODY_BYTES} bytes.")
+    raw = request.content.read(MAX_BODY_BYTES + 1) if request.content is not None else b""
+    if len(raw) > MAX_BODY_BYTES:
+        raise ApiError(413, f"The request body is larger than {MAX_BODY_BYTES} bytes.")
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise ApiError(400, "The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "The request body must be a JSON object.")
+    return body
+
+
+def require_positive_int(body: Mapping[str, Any], field: str, limit: int = 2**31 - 1) -> int:
+    """A field that must be a whole number from 1 to ``limit`` (booleans and floats are not)."""
+    value = body.get(field)
+    if type(value) is not int or not 1 <= value <= limit:
+        raise ApiError(400, f"'{field}' must be a whole number from 1 to {limit}.")
+    return value
+
+
+def require_string(body: Mapping[str, Any], field: str, max_length: int = 200) -> str:
+    """A field that must be a non-empty string of at most ``max_length`` characters."""
+    value = body.get(field)
+    if not isinstance(value, str) or not 0 < len(value) <= max_length:
+        raise ApiError(400, f"'{field}' must be a non-empty string of at most {max_length} characters.")
+    return value
+
+
+def require_token(request: IRequest, token: str | None) -> None:
+    """401 unless the request carries ``Authorization: Bearer <token>``.
+
+    ``token`` None means the service runs with ``--insecure``.
+    """
+    if token is None:
+        return
+    header = request.getHeader(b"authorization") or b""
+    expected = b"Bearer " + token.encode("utf-8")
+    if not hmac.compare_digest(header, expected):
+        raise ApiError(401, "This endpoint needs the cluster token (Authorization: Bearer ...).")
+
+
+def auth_headers(token: str | None) -> dict[bytes, list[bytes]]:
+    """The headers an internal request carries."""
+    if token is None:
+        return {}
+    return {b"Authorization": [b"Bearer " + token.encode("utf-8")]}
+
+
+def install_json_errors(app: Klein) -> None:
+    """Make every failure of ``app`` answer in the JSON error shape, without a traceback."""
+
+    @app.handle_errors(ApiError)
+    def _api_error(_instance: object, request: IRequest, failure: Failure) -> bytes:
+        return error_response(request, failure.value)
+
+    @app.handle_errors(HTTPException)
+    def _routing_error(_instance: object, request: IRequest, failure: Failure) -> bytes:
+        exc = failure.value
+        code = exc.code or 400
+        messages = {404: "No such resource.", 405: "Method not allowed on this resource."}
+        return error_response(request, ApiError(code, messages.get(code, "Bad request.")))
+
+    @app.handle_errors(Exception)
+    def _unexpected(_instance: object, request: IRequest, failure: Failure) -> bytes:
+        log.failure("Unexpected failure answering {method} {uri}", failure,
+                    method=request.method, uri=request.uri)
+        return error_response(request, ApiError(500, "Internal error; the request may be retried."))
+
+
+class QuietSite(Site):
+    """A Site that writes no access-log line per request (metrics count requests) and never
+    shows a traceback to a client."""
+
+    displayTracebacks = False
+    noisy = False
+
+    def log(self, request: IRequest) -> None:
+        pass
+
+
+def make_http_client(reactor: IReactorTime, max_per_host: int = 64) -> tuple[HTTPClient, HTTPConnectionPool]:
+    """A treq client on one persistent pool; close the pool on stop.
+
+    ``max_per_host`` covers the peak concurrency towards one peer, so bursts reuse
+    connections instead of opening one per request.
+    """
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = max_per_host
+    pool.cachedConnectionTimeout = 120
+    return HTTPClient(Agent(reactor, pool=pool)), pool
+
+
+async def fetch_json(
+    client: HTTPClient,
+    method: str,
+    url: str,
+    *,
+    reactor: IReactorTime,
+    timeout: float,
+    token: str | None = None,
+    body: Any = None,
+    headers: Mapping[bytes, list[bytes]] | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """One JSON request; returns (status, parsed body). Raises on transport failure or a non-JSON body.
+
+    :param reactor: passed to treq so its timeout runs on the injected clock.
+    """
+    all_headers = {**auth_headers(token), **(headers or {})}
+    kwargs: dict[str, Any] = {"headers": all_headers, "timeout": timeout, "reactor": reactor}
+    if body is not None:
+        kwargs["data"] = json.dumps(body).encode("utf-8")
+        all_headers[b"Content-Type"] = [JSON_CONTENT_TYPE]
+    response = await client.request(method, url, **kwargs)
+    payload = await treq.json_content(response)
+    if not isinstance(payload, dict):
+        raise ValueError(f"{method} {url} answered with a JSON {type(payload).__name__}, not an object")
+    return response.code, payload
