@@ -1,0 +1,298 @@
+"""The catalog's durable state: toys (stock, price) and stock reservations keyed by request id.
+
+Every operation is one function of a SQLite connection run by :class:`toystore.db.Database`,
+so each is one transaction: an operation that raises :class:`CatalogError` changes nothing.
+The reservation table carries the order saga of DESIGN.md: ``buy`` holds stock for a
+request id, ``confirm`` keeps it for good, ``release`` gives it back, and the highest
+Raft term seen fences releases from deposed leaders.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+
+from toystore.db import Database, connect
+
+HELD = "held"
+CONFIRMED = "confirmed"
+RELEASED = "released"
+STATES = (HELD, CONFIRMED, RELEASED)
+
+# Name and price of the toys a new catalog starts with.
+INITIAL_TOYS: tuple[tuple[str, float], ...] = (
+    ("Tux", 15.99),
+    ("Whale", 24.99),
+    ("Elephant", 29.99),
+    ("Dolphin", 19.99),
+    ("Fox", 17.49),
+    ("Python", 21.99),
+    ("Lego", 49.99),
+    ("Monopoly", 34.99),
+    ("Frisbee", 9.99),
+    ("Marbles", 5.49),
+)
+
+DATABASE_FILE = Path("catalog") / "catalog.sqlite3"
+
+
+def schema(initial_stock: int) -> str:
+    """The tables, and the ten toys with ``initial_stock`` each when the catalog is new.
+
+    An existing catalog is kept as it is: the toys go in only while the table is empty.
+    """
+    toys = ", ".join(f"('{name}', {price}, {int(initial_stock)}, {int(initial_stock)})" for name, price in INITIAL_TOYS)
+    return f"""
+    BEGIN IMMEDIATE;
+    CREATE TABLE IF NOT EXISTS toys (
+        name TEXT PRIMARY KEY,
+        price REAL NOT NULL,
+        quantity INTEGER NOT NULL CHECK (quantity >= 0),
+        initial INTEGER NOT NULL,
+        restocked INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE IF NOT EXISTS reservations (
+        request_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL REFERENCES toys(name),
+        quantity INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        term INTEGER NOT NULL,
+        created REAL NOT NULL,
+        remaining INTEGER NOT NULL,
+        released_term INTEGER
+    );
+    CREATE INDEX IF NOT EXISTS reservations_by_state ON reservations (state, created);
+    CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    INSERT OR IGNORE INTO meta (key, value) VALUES ('highest_term', 0);
+    INSERT INTO toys (name, price, quantity, initial)
+        SELECT * FROM (VALUES {toys}) WHERE (SELECT COUNT(*) FROM toys) = 0;
+    COMMIT;
+    """
+
+
+def open_database(path: Path, clock: IReactorTime, initial_stock: int, **kwargs: Any) -> Database:
+    """A catalog database on ``path`` whose work runs inline (unit tests); services use
+    :meth:`Database.open_threaded` with :func:`schema`."""
+    return Database(connect(path, schema(initial_stock)), clock, **kwargs)
+
+
+class CatalogError(Exception):
+    """A refused operation; nothing changed. ``message`` is one sentence for the client."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(CatalogError):
+    """No such toy or reservation."""
+
+
+class Conflict(CatalogError):
+    """The operation contradicts the current state (stock short, fenced, wrong state)."""
+
+
+@dataclass(frozen=True)
+class Toy:
+    name: str
+    price: float
+    quantity: int
+
+
+@dataclass(frozen=True)
+class Bought:
+    """The answer to a buy; a retry of the same request id gets the same one."""
+
+    request_id: str
+    name: str
+    quantity: int
+    remaining: int
+
+
+@dataclass(frozen=True)
+class Reservation:
+    request_id: str
+    name: str
+    quantity: int
+    state: str
+    term: int
+    age: float
+
+
+def _highest_term(conn: sqlite3.Connection) -> int:
+    return conn.execute("SELECT value FROM meta WHERE key = 'highest_term'").fetchone()[0]
+
+
+def _see_term(conn: sqlite3.Connection, term: int) -> None:
+    conn.execute("UPDATE meta SET value = MAX(value, ?) WHERE key = 'highest_term'", (term,))
+
+
+def _take_stock(conn: sqlite3.Connection, name: str, quantity: int) -> int:
+    """Decrement stock; the stock left. Raises NotFound or Conflict (stock short)."""
+    row = conn.execute("SELECT quantity FROM toys WHERE name = ?", (name,)).fetchone()
+    if row is None:
+        raise NotFound(f"There is no toy named {name!r}.")
+    if row[0] < quantity:
+        raise Conflict(f"Not enough {name} in stock: {row[0]} left, {quantity} asked.")
+    conn.execute("UPDATE toys SET quantity = quantity - ? WHERE name = ?", (quantity, name))
+    return row[0] - quantity
+
+
+class CatalogStore:
+    """Stock, prices and reservations.
+
+    :param db: a database opened with :func:`schema`.
+    :param clock: stamps reservations, so that their age can be asked for.
+    """
+
+    def __init__(self, db: Database, clock: IReactorTime) -> None:
+        self._db = db
+        self._clock = clock
+
+    async def query(self, name: str) -> Toy:
+        def work(conn: sqlite3.Connection) -> Toy:
+            row = conn.execute("SELECT name, price, quantity FROM toys WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise NotFound(f"There is no toy named {name!r}.")
+            return Toy(*row)
+
+        return await self._db.read(work)
+
+    async def buy(self, request_id: str, name: str, quantity: int, term: int = 0) -> Bought:
+        """Hold ``quantity`` of ``name`` for ``request_id`` and take it from stock.
+
+        A request id that holds or has confirmed its reservation changes nothing and gets the
+        first answer again. One that was released is held again, unless a newer term released it.
+        """
+        now = self._clock.seconds()
+
+        def work(conn: sqlite3.Connection) -> Bought:
+            row = conn.execute(
+                "SELECT name, quantity, state, remaining, released_term FROM reservations WHERE request_id = ?",
+                (request_id,),
+            ).fetchone()
+            if row is not None and (row[0], row[1]) != (name, quantity):
+                raise Conflict(f"Request {request_id!r} was already used for {row[1]} {row[0]}.")
+            _see_term(conn, term)
+            if row is None:
+                remaining = _take_stock(conn, name, quantity)
+                conn.execute(
+                    "INSERT INTO reservations (request_id, name, quantity, state, term, created, remaining)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (request_id, name, quantity, HELD, term, now, remaining),
+                )
+                return Bought(request_id, name, quantity, remaining)
+            _, _, state, remaining, released_term = row
+            if state != RELEASED:
+                return Bought(request_id, name, quantity, remaining)
+            if term < released_term:
+                raise Conflict(
+                    f"Request {request_id!r} was fenced by a newer term: released in term {released_term}, "
+                    f"asked again in term {term}."
+                )
+            remaining = _take_stock(conn, name, quantity)
+            conn.execute(
+                "UPDATE reservations SET state = ?, term = ?, created = ?, remaining = ?, released_term = NULL"
+                " WHERE request_id = ?",
+                (HELD, term, now, remaining, request_id),
+            )
+            return Bought(request_id, name, quantity, remaining)
+
+        return await self._db.write(work)
+
+    async def release(self, request_id: str, term: int) -> str:
+        """Give a held reservation's stock back; returns the toy's name. Fenced below the
+        highest term seen; releasing twice is harmless; a confirmed one cannot be released."""
+
+        def work(conn: sqlite3.Connection) -> str:
+            highest = _highest_term(conn)
+            if term < highest:
+                raise Conflict(f"Release of {request_id!r} was fenced by a newer term: {term} < {highest}.")
+            row = conn.execute(
+                "SELECT name, quantity, state FROM reservations WHERE request_id = ?", (request_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"There is no reservation {request_id!r}.")
+            name, quantity, state = row
+            if state == CONFIRMED:
+                raise Conflict(f"Reservation {request_id!r} is confirmed and cannot be released.")
+            _see_term(conn, term)
+            if state == HELD:
+                conn.execute("UPDATE toys SET quantity = quantity + ? WHERE name = ?", (quantity, name))
+                conn.execute(
+                    "UPDATE reservations SET state = ?, released_term = ? WHERE request_id = ?",
+                    (RELEASED, term, request_id),
+                )
+            return name
+
+        return await self._db.write(work)
+
+    async def confirm(self, request_id: str, term: int) -> None:
+        """Keep a held reservation for good (its order committed). Confirming twice is harmless;
+        confirming a released one is refused (Conflict)."""
+
+        def work(conn: sqlite3.Connection) -> None:
+            row = conn.execute("SELECT state FROM reservations WHERE request_id = ?", (request_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"There is no reservation {request_id!r}.")
+            if row[0] == RELEASED:
+                raise Conflict(f"Reservation {request_id!r} was released and cannot be confirmed.")
+            _see_term(conn, term)
+            conn.execute("UPDATE reservations SET state = ? WHERE request_id = ?", (CONFIRMED, request_id))
+
+        await self._db.write(work)
+
+    async def reservations(self, state: str | None = None, older_than: float = 0.0) -> list[Reservation]:
+        """Reservations (in one state, if given) at least ``older_than`` seconds old, oldest first."""
+        now = self._clock.seconds()
+
+        def work(conn: sqlite3.Connection) -> list[Reservation]:
+            rows = conn.execute(
+                "SELECT request_id, name, quantity, state, term, created FROM reservations"
+                " WHERE (? IS NULL OR state = ?) AND created <= ? ORDER BY created, request_id",
+                (state, state, now - older_than),
+            ).fetchall()
+            return [Reservation(r[0], r[1], r[2], r[3], r[4], max(0.0, now - r[5])) for r in rows]
+
+        return await self._db.read(work)
+
+    async def restock(self, restock_to: int, name: str | None = None) -> dict[str, int]:
+        """Bring every toy (or the named one) that is sold out back to ``restock_to``;
+        returns how much each restocked toy got."""
+
+        def work(conn: sqlite3.Connection) -> dict[str, int]:
+            if name is not None and conn.execute("SELECT 1 FROM toys WHERE name = ?", (name,)).fetchone() is None:
+                raise NotFound(f"There is no toy named {name!r}.")
+            rows = conn.execute(
+                "SELECT name FROM toys WHERE quantity = 0 AND (? IS NULL OR name = ?) ORDER BY name", (name, name)
+            ).fetchall()
+            added = {row[0]: restock_to for row in rows if restock_to > 0}
+            conn.executemany(
+                "UPDATE toys SET quantity = ?, restocked = restocked + ? WHERE name = ?",
+                [(restock_to, restock_to, toy) for toy in added],
+            )
+            return added
+
+        return await self._db.write(work)
+
+    async def ledger(self) -> dict[str, Any]:
+        """Everything an invariant checker needs (the ``GET /ledger`` shape)."""
+
+        def work(conn: sqlite3.Connection) -> dict[str, Any]:
+            toys = {
+                row[0]: {"price": row[1], "quantity": row[2], "initial": row[3], "restocked": row[4]}
+                for row in conn.execute("SELECT name, price, quantity, initial, restocked FROM toys ORDER BY name")
+            }
+            counts = dict.fromkeys(STATES, 0)
+            counts.update(conn.execute("SELECT state, COUNT(*) FROM reservations GROUP BY state").fetchall())
+            return {"toys": toys, "reservations": counts, "highest_term": _highest_term(conn)}
+
+        return await self._db.read(work)
+
+
+def as_json(record: Toy | Bought | Reservation) -> dict[str, Any]:
+    return asdict(record)
