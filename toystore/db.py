@@ -75,6 +75,10 @@ class Database:
         if self._db_delay > 0:
             await deferLater(self._clock, self._db_delay)
 
+    def read_at_start(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a read on the calling thread; only before the reactor runs (service start-up)."""
+        return work(self._conn)
+
     async def read(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run a read-only function; it sees every write committed before it."""
         await self._simulated_delay()
