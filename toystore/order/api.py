@@ -1,0 +1,103 @@
+"""HTTP routes of an order replica (DESIGN.md, "Order replicas"); the replication mode
+behind them is an :class:`~toystore.order.replica.OrderReplica`."""
+
+from __future__ import annotations
+
+from klein import Klein
+from twisted.web.iweb import IRequest
+
+from toystore.http import (
+    ApiError,
+    install_json_errors,
+    json_response,
+    read_json_object,
+    require_positive_int,
+    require_string,
+    require_token,
+)
+from toystore.order.replica import OrderReplica
+
+MAX_ORDER_NUMBER = 2**62
+# A batch of appended entries; larger than the public limit, and only read after the token check.
+MAX_PEER_BODY_BYTES = 16 * 1024 * 1024
+
+
+def _order_number(text: str) -> int:
+    if not text.isdigit() or not text.isascii() or int(text) > MAX_ORDER_NUMBER:
+        raise ApiError(400, "An order number is a whole number from 0.")
+    return int(text)
+
+
+def _after_argument(request: IRequest) -> int:
+    values = request.args.get(b"after")
+    if not values:
+        return -1
+    text = values[0].decode("utf-8", "replace")
+    if text == "-1":
+        return -1
+    return _order_number(text)
+
+
+class OrderApi:
+    """:param token: the cluster token, None with ``--insecure``."""
+
+    app = Klein()
+
+    def __init__(self, replica: OrderReplica, token: str | None) -> None:
+        self._replica = replica
+        self._token = token
+
+    @app.route("/health", methods=["GET"])
+    async def health(self, request: IRequest) -> bytes:
+        return json_response(request, {"status": "ok"})
+
+    @app.route("/health_check", methods=["GET"])
+    async def health_check(self, request: IRequest) -> bytes:
+        require_token(request, self._token)
+        return json_response(request, self._replica.status())
+
+    @app.route("/order", methods=["POST"])
+    async def order(self, request: IRequest) -> bytes:
+        require_token(request, self._token)
+        body = read_json_object(request)
+        name = require_string(body, "name")
+        quantity = require_positive_int(body, "quantity")
+        request_id = require_string(body, "request_id")
+        placed = await self._replica.place_order(request_id, name, quantity)
+        return json_response(request, {"order_number": placed.number})
+
+    @app.route("/orders/<string:number>", methods=["GET"])
+    async def get_order(self, request: IRequest, number: str) -> bytes:
+        require_token(request, self._token)
+        found = await self._replica.read_order(_order_number(number))
+        if found is None:
+            raise ApiError(404, f"There is no order {number}.")
+        return json_response(request, found.public())
+
+    @app.route("/latest_order_no", methods=["GET"])
+    async def latest_order_no(self, request: IRequest) -> bytes:
+        require_token(request, self._token)
+        return json_response(request, {"latest_order_no": self._replica.orders.latest_number})
+
+    @app.route("/orders_since", methods=["GET"])
+    async def orders_since(self, request: IRequest) -> bytes:
+        require_token(request, self._token)
+        after = _after_argument(request)
+        return json_response(request, {"orders": [o.public() for o in self._replica.orders.since(after)]})
+
+    @app.route("/set_leader", methods=["POST"])
+    async def set_leader(self, request: IRequest) -> bytes:
+        require_token(request, self._token)
+        replica_id = require_positive_int(read_json_object(request), "id")
+        self._replica.set_leader(replica_id)
+        return json_response(request, {"accepted": True})
+
+    @app.route("/<any(append_entries,request_vote,commit_entries,truncate_log,timeout_now):endpoint>",
+               methods=["POST"])
+    async def peer_message(self, request: IRequest, endpoint: str) -> bytes:
+        require_token(request, self._token)
+        self._replica.receive_peer(endpoint, read_json_object(request, MAX_PEER_BODY_BYTES))
+        return json_response(request, {"accepted": True})
+
+
+install_json_errors(OrderApi.app)

@@ -1,0 +1,189 @@
+"""The order service replicated with Raft (the default mode).
+
+An order is a small saga keyed by the request id (DESIGN.md): the leader registers
+the id as pending, reserves stock at the catalog, appends the order to the Raft log,
+and answers once the entry is committed and applied here. Applying assigns the next
+dense number unless the id was applied before. The reaper settles reservations whose
+order committed or never will.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from toystore.http import ApiError
+from toystore.order.catalog_client import CatalogClient
+from toystore.order.reaper import LeaderView, ReservationReaper
+from toystore.order.replica import not_leader, unavailable
+from toystore.order.state import Applied, Order, OrderCommand, OrderStateMachine
+from toystore.order.store import Changes, ReplicaStore
+from toystore.raft.core import NotLeader
+from toystore.raft.messages import Entry, Message, MessageType, Ready, Role
+from toystore.raft.node import ProposalDropped, RaftNode
+
+log = Logger()
+
+# Which message kinds each replication endpoint accepts.
+PEER_ENDPOINTS: Mapping[str, frozenset[MessageType]] = {
+    "append_entries": frozenset({MessageType.APPEND, MessageType.APPEND_RESP}),
+    "request_vote": frozenset({MessageType.VOTE, MessageType.VOTE_RESP,
+                               MessageType.PRE_VOTE, MessageType.PRE_VOTE_RESP}),
+    "commit_entries": frozenset({MessageType.HEARTBEAT, MessageType.HEARTBEAT_RESP}),
+    "truncate_log": frozenset({MessageType.TRUNCATE}),
+    "timeout_now": frozenset({MessageType.TIMEOUT_NOW}),
+}
+
+ORDER_TIMEOUT = 5.0   # an order not committed by then is answered 503 (outcome unknown)
+READ_TIMEOUT = 2.0    # a ReadIndex round that cannot reach a majority by then is 503
+
+
+class RaftReplica:
+    """One order replica in Raft mode.
+
+    :param node: the Raft node, built over a core restored from ``store``.
+    :param orders: the state machine restored from the same store.
+    :param replicas: ``{id: URL}`` of every replica, for leader hints.
+    """
+
+    def __init__(self, node_id: int, orders: OrderStateMachine, store: ReplicaStore, catalog: CatalogClient,
+                 replicas: Mapping[int, str], *, clock: IReactorTime) -> None:
+        self.id = node_id
+        self.orders = orders
+        self._store = store
+        self._catalog = catalog
+        self._replicas = dict(replicas)
+        self._clock = clock
+        self._pending: dict[str, list[defer.Deferred]] = {}
+        self.node: RaftNode | None = None
+        self.reaper = ReservationReaper(catalog, LeaderView(
+            can_judge=self._can_judge_reservations, term=lambda: self._core.term,
+            committed=lambda rid: orders.for_request(rid) is not None, in_flight=self._in_flight,
+        ), clock=clock)
+
+    def attach(self, node: RaftNode) -> None:
+        """The node is built with :meth:`apply_entry` and :meth:`persist_cycle` as its callbacks."""
+        self.node = node
+
+    @property
+    def _core(self) -> Any:
+        assert self.node is not None
+        return self.node.core
+
+    # -- the node's callbacks -------------------------------------------------------
+
+    def apply_entry(self, entry: Entry) -> Applied | None:
+        if not entry.data:
+            return None  # a leader's no-op
+        return self.orders.apply(OrderCommand.decode(entry.data))
+
+    async def persist_cycle(self, ready: Ready, results: Sequence[Applied | None]) -> None:
+        new_orders = [r.order for r in results if r is not None and r.created]
+        applied = ready.committed_entries[-1].index if ready.committed_entries else None
+        if ready.hard_state is None and not ready.entries and applied is None:
+            return
+        await self._store.save(Changes(ready.hard_state, ready.entries, new_orders, applied))
+
+    # -- orders ---------------------------------------------------------------------
+
+    async def place_order(self, request_id: str, name: str, quantity: int) -> Order:
+        existing = self.orders.for_request(request_id)
+        if existing is not None:
+            return existing
+        if self._core.role is not Role.LEADER:
+            raise not_leader(self._core.leader_id, self._replicas)
+        if request_id in self._pending:
+            # A retry while the first attempt still runs shares its outcome.
+            waiter: defer.Deferred = defer.Deferred()
+            self._pending[request_id].append(waiter)
+            return await waiter
+        self._pending[request_id] = []
+        try:
+            order = await self._commit_order(request_id, name, quantity)
+        except Exception:
+            outcome: Any = Failure()
+            raise
+        else:
+            outcome = order
+            return order
+        finally:
+            for waiter in self._pending.pop(request_id):
+                waiter.callback(outcome) if not isinstance(outcome, Failure) else waiter.errback(outcome)
+
+    async def _commit_order(self, request_id: str, name: str, quantity: int) -> Order:
+        term = self._core.term
+        await self.reaper.wait_released(request_id)
+        await self._catalog.reserve(name, quantity, request_id, term)
+        command = OrderCommand(request_id, name, quantity).encode()
+        assert self.node is not None
+        try:
+            applied = await self.node.propose(command).addTimeout(ORDER_TIMEOUT, self._clock)
+        except NotLeader as e:
+            raise not_leader(e.leader_id, self._replicas) from None
+        except (ProposalDropped, defer.TimeoutError):
+            raise unavailable("The order's outcome is not known yet; retry with the same Idempotency-Key.") from None
+        return applied.order
+
+    def _in_flight(self, request_id: str) -> bool:
+        if request_id in self._pending:
+            return True
+        core = self._core
+        for entry in core.log[core.commit_index:]:
+            if entry.data and OrderCommand.decode(entry.data).request_id == request_id:
+                return True
+        return False
+
+    def _can_judge_reservations(self) -> bool:
+        core = self._core
+        if core.role is not Role.LEADER or core.commit_index == 0:
+            return False
+        return core.log[core.commit_index - 1].term == core.term
+
+    async def read_order(self, number: int) -> Order | None:
+        if self._core.role is Role.LEADER:
+            assert self.node is not None
+            try:
+                await self.node.read_barrier().addTimeout(READ_TIMEOUT, self._clock)
+            except NotLeader as e:
+                raise not_leader(e.leader_id, self._replicas) from None
+            except (ProposalDropped, defer.TimeoutError):
+                raise unavailable("This replica could not confirm it is still the leader.") from None
+        return self.orders.get(number)
+
+    # -- cluster --------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        assert self.node is not None
+        return {**self.node.status(), "replication": "raft"}
+
+    def set_leader(self, replica_id: int) -> None:
+        if self._core.role is Role.LEADER and replica_id != self.id and replica_id in self._replicas:
+            log.info("Transferring leadership to {target} at the frontend's request", target=replica_id)
+            assert self.node is not None
+            self.node.transfer_leadership(replica_id)
+
+    def receive_peer(self, endpoint: str, body: Mapping[str, Any]) -> None:
+        try:
+            message = Message.from_json(dict(body))
+        except (ValueError, KeyError, TypeError) as e:
+            raise ApiError(400, f"Not a Raft message: {e}") from None
+        if message.type not in PEER_ENDPOINTS[endpoint]:
+            raise ApiError(400, f"A {message.type.value} message does not belong on /{endpoint}.")
+        if message.to != self.id:
+            raise ApiError(400, f"This is replica {self.id}, not {message.to}.")
+        assert self.node is not None
+        self.node.receive(message)
+
+    def start(self) -> None:
+        assert self.node is not None
+        self.node.start()
+        self.reaper.start()
+
+    def stop(self) -> None:
+        self.reaper.stop()
+        if self.node is not None:
+            self.node.stop()

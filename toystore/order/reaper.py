@@ -1,0 +1,121 @@
+"""Settling reservations that the catalog still holds (DESIGN.md, the order saga, steps 3-4).
+
+A reservation is held from ``buy_qty`` until the leader decides it: confirmed when its
+order committed, released (stock returned) when its order can never commit. The
+leader may judge "never" only after it has committed an entry of its own term: then
+no entry absent from its log can commit any more (an older leader cannot gather a
+majority, and every later leader's log extends this one's committed prefix with
+entries of newer terms). A request that is pending here, or whose entry sits in this
+leader's log uncommitted, is left alone; the catalog fences a release by term, so a
+deposed leader cannot release what a newer one is about to commit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from toystore.order.catalog_client import CatalogClient, Reservation
+
+log = Logger()
+
+
+class Verdict:
+    CONFIRM = "confirm"
+    RELEASE = "release"
+    WAIT = "wait"
+
+
+def judge(reservation: Reservation, *, committed: Callable[[str], bool],
+          in_flight: Callable[[str], bool]) -> str:
+    """What to do with one held reservation, given this leader's view."""
+    if committed(reservation.request_id):
+        return Verdict.CONFIRM
+    if in_flight(reservation.request_id):
+        return Verdict.WAIT
+    return Verdict.RELEASE
+
+
+@dataclass
+class LeaderView:
+    """What the reaper needs to know of the replica it runs on."""
+
+    can_judge: Callable[[], bool]        # leader, with an entry of its own term committed
+    term: Callable[[], int]
+    committed: Callable[[str], bool]     # request id applied as an order
+    in_flight: Callable[[str], bool]     # pending here or in the log uncommitted
+
+
+class ReservationReaper:
+    """Every ``interval`` seconds, settles held reservations older than ``min_age``.
+
+    ``releasing`` holds the request ids being released right now: an order that arrives
+    for one of them waits (:meth:`wait_released`) so that its new reservation is not
+    undone by the release already on its way.
+    """
+
+    def __init__(self, catalog: CatalogClient, view: LeaderView, *, clock: IReactorTime,
+                 interval: float = 1.0, min_age: float = 2.0) -> None:
+        self._catalog = catalog
+        self._view = view
+        self._min_age = min_age
+        self._releasing: dict[str, list[defer.Deferred]] = {}
+        self._loop = LoopingCall(self._run_once_logged)
+        self._loop.clock = clock
+        self._interval = interval
+        self.released = 0
+        self.confirmed = 0
+
+    def start(self) -> None:
+        self._loop.start(self._interval, now=False)
+
+    def stop(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+
+    async def wait_released(self, request_id: str) -> None:
+        while request_id in self._releasing:
+            waiter: defer.Deferred = defer.Deferred()
+            self._releasing[request_id].append(waiter)
+            await waiter
+
+    def _run_once_logged(self) -> defer.Deferred:
+        d = defer.ensureDeferred(self.run_once())
+        d.addErrback(lambda f: log.warn("Settling reservations failed: {error}", error=f.getErrorMessage()))
+        return d
+
+    async def run_once(self) -> None:
+        if not self._view.can_judge():
+            return
+        held = await self._catalog.held_reservations(self._min_age)
+        await self._settle(held)
+
+    async def _settle(self, held: Iterable[Reservation]) -> None:
+        for reservation in held:
+            # The view may change while we await the catalog: judge each one afresh.
+            if not self._view.can_judge():
+                return
+            verdict = judge(reservation, committed=self._view.committed, in_flight=self._view.in_flight)
+            if verdict == Verdict.CONFIRM:
+                await self._catalog.settle("confirm", reservation.request_id, self._view.term())
+                self.confirmed += 1
+            elif verdict == Verdict.RELEASE:
+                await self._release(reservation)
+
+    async def _release(self, reservation: Reservation) -> None:
+        # Marked before the first await, in the same reactor turn as the verdict.
+        self._releasing[reservation.request_id] = []
+        try:
+            status = await self._catalog.settle("release", reservation.request_id, self._view.term())
+            if status == 200:
+                self.released += 1
+                log.info("Released reservation {request_id} ({quantity} x {name}): its order can never commit",
+                         request_id=reservation.request_id, quantity=reservation.quantity, name=reservation.name)
+        finally:
+            for waiter in self._releasing.pop(reservation.request_id):
+                waiter.callback(None)

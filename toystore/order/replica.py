@@ -1,0 +1,47 @@
+"""What the order service's HTTP routes need of a replication mode.
+
+Both modes (Raft and primary-backup) implement :class:`OrderReplica`; the routes,
+the storage and the order state machine are shared.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Protocol
+
+from toystore.http import ApiError
+from toystore.order.state import Order, OrderStateMachine
+
+
+class OrderReplica(Protocol):
+    orders: OrderStateMachine  # committed orders held by this replica
+
+    async def place_order(self, request_id: str, name: str, quantity: int) -> Order:
+        """The committed order for this request (the same one on a retry).
+
+        Raises :class:`ApiError`: 421 not the leader, 404/409 from the catalog, 503
+        when the outcome cannot be known now (the caller retries with the same id).
+        """
+
+    async def read_order(self, number: int) -> Order | None:
+        """On the leader, a read that reflects every order acknowledged before it."""
+
+    def status(self) -> dict[str, Any]:
+        """The ``/health_check`` body."""
+
+    def set_leader(self, replica_id: int) -> None:
+        """The frontend's preference for the leader."""
+
+    def receive_peer(self, endpoint: str, body: Mapping[str, Any]) -> None:
+        """A replication RPC from another replica (raises ApiError(400) on bad input)."""
+
+
+def not_leader(leader_id: int | None, replicas: Mapping[int, str]) -> ApiError:
+    """421 with the leader's id and URL, so the frontend can go there at once."""
+    details: dict[str, Any] = {"leader_id": leader_id or 0}
+    if leader_id in replicas:
+        details["leader_url"] = replicas[leader_id]
+    return ApiError(421, "This replica is not the leader; send orders to the leader.", details=details)
+
+
+def unavailable(message: str) -> ApiError:
+    return ApiError(503, message, headers={"Retry-After": "1"})

@@ -1,0 +1,89 @@
+"""The order state machine: what applying a committed log entry means.
+
+Pure and deterministic, so every replica that applies the same log holds the same
+orders. Numbers are dense from 0 in log order; a request id that was applied before
+consumes no number and answers with the one it got the first time (retries across a
+failover are idempotent).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable
+
+
+@dataclass(frozen=True)
+class Order:
+    number: int
+    request_id: str
+    name: str
+    quantity: int
+
+    def public(self) -> dict[str, Any]:
+        """The JSON shape every endpoint answers with (the request id stays internal)."""
+        return {"number": self.number, "name": self.name, "quantity": self.quantity}
+
+
+@dataclass(frozen=True)
+class OrderCommand:
+    """What a log entry carries for one order."""
+
+    request_id: str
+    name: str
+    quantity: int
+
+    def encode(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def decode(cls, data: str) -> "OrderCommand":
+        fields = json.loads(data)
+        return cls(str(fields["request_id"]), str(fields["name"]), int(fields["quantity"]))
+
+
+@dataclass(frozen=True)
+class Applied:
+    """The outcome of applying one entry: the order it maps to, and whether it is new."""
+
+    order: Order
+    created: bool
+
+
+class OrderStateMachine:
+    """Orders by number and by request id."""
+
+    def __init__(self, orders: Iterable[Order] = ()) -> None:
+        self._orders: list[Order] = []
+        self._by_request: dict[str, Order] = {}
+        for order in sorted(orders, key=lambda o: o.number):
+            self._add(order)
+
+    def _add(self, order: Order) -> None:
+        if order.number != len(self._orders):
+            raise ValueError(f"order numbers must be dense: expected {len(self._orders)}, got {order.number}")
+        self._orders.append(order)
+        self._by_request[order.request_id] = order
+
+    def apply(self, command: OrderCommand) -> Applied:
+        existing = self._by_request.get(command.request_id)
+        if existing is not None:
+            return Applied(existing, created=False)
+        order = Order(len(self._orders), command.request_id, command.name, command.quantity)
+        self._add(order)
+        return Applied(order, created=True)
+
+    def get(self, number: int) -> Order | None:
+        return self._orders[number] if 0 <= number < len(self._orders) else None
+
+    def for_request(self, request_id: str) -> Order | None:
+        return self._by_request.get(request_id)
+
+    def since(self, after: int) -> list[Order]:
+        """Orders numbered above ``after`` (-1: all), in number order."""
+        return self._orders[max(after + 1, 0):]
+
+    @property
+    def latest_number(self) -> int:
+        """The highest order number, -1 when there is none."""
+        return len(self._orders) - 1

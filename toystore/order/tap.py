@@ -1,0 +1,62 @@
+"""``twistd toystore-order``: one order replica."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from toystore.config import (
+    CATALOG_URL_ENV,
+    DEFAULT_CATALOG_URL,
+    ORDER_PORT_BASE,
+    ORDER_REPLICAS_ENV,
+    CommonOptions,
+    default_replicas,
+    parse_base_url,
+    parse_replicas,
+)
+
+REPLICATION_MODES = ("raft", "primary-backup")
+
+
+class Options(CommonOptions):
+    optParameters = CommonOptions.optParameters + [
+        ["id", None, None, "This replica's id (1, 2, 3, ...).", int],
+        ["port", "p", None, "TCP port to listen on (default 8100 + id).", int],
+        ["replication", None, "raft", "raft or primary-backup."],
+        ["catalog-url", None, None, f"The catalog (default ${CATALOG_URL_ENV} or {DEFAULT_CATALOG_URL})."],
+        ["order-replicas", None, None,
+         f"Every replica as ID=URL,... (default ${ORDER_REPLICAS_ENV} or 1..3 on ports 8101-8103)."],
+    ]
+
+    def postOptions(self) -> None:
+        if self["id"] is None or self["id"] < 1:
+            raise usage.UsageError("--id is required: a whole number from 1.")
+        if self["replication"] not in REPLICATION_MODES:
+            raise usage.UsageError(f"--replication must be one of {', '.join(REPLICATION_MODES)}.")
+        if self["port"] is None:
+            self["port"] = ORDER_PORT_BASE + self["id"]
+        if not 0 <= self["port"] <= 65535:
+            raise usage.UsageError("--port must be a port number.")
+        self["catalog-url"] = parse_base_url(self.env_default("catalog-url", CATALOG_URL_ENV, DEFAULT_CATALOG_URL))
+        replicas_text = self.env_default("order-replicas", ORDER_REPLICAS_ENV, "")
+        self["order-replicas"] = parse_replicas(replicas_text) if replicas_text else default_replicas()
+        if self["id"] not in self["order-replicas"]:
+            raise usage.UsageError(f"Replica {self['id']} is not in the replica list {self['order-replicas']}.")
+
+
+def makeService(config: Options) -> IService:
+    from twisted.internet import reactor
+
+    from toystore.order.service import build_raft_replica
+
+    token = config.cluster_token()
+    if config["replication"] != "raft":
+        raise SystemExit("error: --replication primary-backup is not available yet; use raft.")
+    return build_raft_replica(
+        reactor=reactor, node_id=config["id"], replicas=config["order-replicas"],
+        catalog_url=config["catalog-url"], data_dir=Path(config["data-dir"]), token=token,
+        interface=config["interface"], port=config["port"], db_delay=config["db-delay"],
+    )
