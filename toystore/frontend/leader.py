@@ -1,0 +1,371 @@
+"""Which order replica leads, and sending requests to it across failovers.
+
+Three layers: pure decisions (:func:`choose_leader`, :class:`Preference`, :func:`classify`)
+that the tests drive with plain values; :class:`LeaderTracker`, which polls every replica's
+``/health_check`` on the injected clock, keeps the current leader and announces the
+frontend's preference (``/set_leader``, the highest live id); and :class:`LeaderCaller`,
+which sends one request to the leader and retries through 421 hints, 503s, refused
+connections and timeouts until a time budget runs out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Collection, Coroutine, Iterable, Mapping
+
+from treq.client import HTTPClient
+from twisted.internet.defer import CancelledError, Deferred, gatherResults
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.logger import Logger
+
+from toystore.frontend.cache import SingleFlight
+from toystore.http import ApiError, fetch_json
+
+ROLES = ("leader", "follower", "candidate")
+
+log = Logger()
+
+
+# ---------------------------------------------------------------- pure decisions
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    """What one replica said about itself in ``GET /health_check``."""
+
+    replica_id: int
+    role: str
+    term: int
+    leader_id: int | None
+
+    @classmethod
+    def from_payload(cls, replica_id: int, payload: Mapping[str, Any]) -> HealthReport | None:
+        """Parse an answer; None when it is not the documented shape."""
+        data = payload.get("data")
+        if not isinstance(data, dict):
+            return None
+        role, term, leader_id = data.get("role"), data.get("term"), data.get("leader_id")
+        if role not in ROLES or type(term) is not int or term < 0:
+            return None
+        if leader_id is not None and type(leader_id) is not int:
+            return None
+        return cls(replica_id, role, term, leader_id or None)
+
+
+def choose_leader(reports: Iterable[HealthReport]) -> int | None:
+    """The leader according to the replicas that answered, or None while it is unknown.
+
+    Only the highest term any of them reports counts: a replica that still calls itself
+    leader at a lower term has been deposed (or is about to be) and cannot commit. At
+    that term, a replica that says it leads wins; otherwise the leader id its followers
+    report, if that one answered too (followers keep naming a dead leader until their
+    election timeout, and sending to it would only fail).
+    """
+    reports = list(reports)
+    if not reports:
+        return None
+    top_term = max(report.term for report in reports)
+    current = [report for report in reports if report.term == top_term]
+    leaders = [report.replica_id for report in current if report.role == "leader"]
+    if leaders:
+        return max(leaders)
+    responsive = {report.replica_id for report in reports}
+    hinted = [report.leader_id for report in current if report.leader_id in responsive]
+    return max(hinted) if hinted else None
+
+
+@dataclass
+class Preference:
+    """Decides when to tell the replicas which one the frontend wants as leader.
+
+    The frontend prefers the highest responsive id. It asks for it only once that id has
+    answered ``required_streak`` consecutive checks (so a replica that flaps does not
+    cause a transfer each time it comes back) and at most once per ``min_interval`` seconds.
+    """
+
+    min_interval: float = 5.0
+    required_streak: int = 2
+    _candidate: int | None = field(default=None, init=False)
+    _streak: int = field(default=0, init=False)
+    _last_announced: float | None = field(default=None, init=False)
+
+    def observe(self, responsive: Collection[int], leader: int | None, now: float) -> int | None:
+        """Record one round of health checks; returns the id to announce, or None."""
+        preferred = max(responsive) if responsive else None
+        if preferred is None or preferred != self._candidate:
+            self._candidate, self._streak = preferred, 0
+        if preferred is None:
+            return None
+        self._streak += 1
+        if self._streak < self.required_streak or preferred == leader:
+            return None
+        if self._last_announced is not None and now - self._last_announced < self.min_interval:
+            return None
+        self._last_announced = now
+        return preferred
+
+
+@dataclass(frozen=True)
+class Final:
+    """The replica's answer is the answer (success, or 400/404/409 and the like)."""
+
+    status: int
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Redirect:
+    """A follower named the leader (421)."""
+
+    leader_id: int
+    leader_url: str | None
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Try again after rediscovery; ``suspect`` when the replica itself seems broken."""
+
+    suspect: bool
+
+
+Outcome = Final | Redirect | Retry
+
+
+def classify(status: int, payload: Mapping[str, Any]) -> Outcome:
+    """What one answer from an order replica means for the request."""
+    if status == 421:
+        error = payload.get("error")
+        error = error if isinstance(error, dict) else {}
+        leader_id, leader_url = error.get("leader_id"), error.get("leader_url")
+        if type(leader_id) is int and leader_id > 0:
+            return Redirect(leader_id, leader_url if isinstance(leader_url, str) else None)
+        return Retry(suspect=False)
+    if status >= 500:
+        return Retry(suspect=True)
+    return Final(status, dict(payload))
+
+
+# ---------------------------------------------------------------- I/O
+
+
+async def _timed_fetch(
+    client: HTTPClient, clock: IReactorTime, timeout: float, method: str, url: str, token: str | None, body: Any = None
+) -> tuple[int, dict[str, Any]]:
+    """fetch_json under a deadline that covers the body too; a timeout is a TimeoutError.
+
+    treq's own timeout stops at the headers and its cancellation looks like the caller's;
+    giving it more slack than ours means any CancelledError we see is the caller's own.
+    """
+    request: Coroutine[Any, Any, tuple[int, dict[str, Any]]] = fetch_json(
+        client, method, url, reactor=clock, timeout=timeout + 1, token=token, body=body
+    )
+    return await Deferred.fromCoroutine(request).addTimeout(timeout, clock)
+
+
+class LeaderTracker:
+    """Knows the current order leader from health checks and 421 hints.
+
+    :param replicas: ``{id: base URL}`` of every order replica.
+    :param client: the service's treq client.
+    :param clock: every timer runs on it.
+    :param token: the cluster token, or None with ``--insecure``.
+    """
+
+    def __init__(
+        self,
+        replicas: Mapping[int, str],
+        client: HTTPClient,
+        clock: IReactorTime,
+        token: str | None,
+        *,
+        check_interval: float = 0.5,
+        check_timeout: float = 1.0,
+        announce_interval: float = 5.0,
+    ) -> None:
+        self.replicas = dict(replicas)
+        self._client = client
+        self._clock = clock
+        self._token = token
+        self._check_interval = check_interval
+        self._check_timeout = check_timeout
+        self._preference = Preference(min_interval=announce_interval)
+        self._leader_id: int | None = None
+        self._leader_url: str | None = None
+        self._probes: SingleFlight[str, dict[int, HealthReport]] = SingleFlight()
+        self._loop: LoopingCall | None = None
+
+    def start(self) -> None:
+        """Start the periodic health checks (the first one at once)."""
+        self._loop = LoopingCall(self._check_logging_failures)
+        self._loop.clock = self._clock
+        self._loop.start(self._check_interval, now=True)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+
+    def current_leader(self) -> tuple[int, str] | None:
+        if self._leader_id is None or self._leader_url is None:
+            return None
+        return self._leader_id, self._leader_url
+
+    @property
+    def leader_id(self) -> int | None:
+        return self._leader_id
+
+    async def find_leader(self) -> tuple[int, str] | None:
+        """Ask every replica now (sharing a probe already in flight) and return the leader."""
+        await self._probes.run("probe", self._probe)
+        return self.current_leader()
+
+    def note_leader_hint(self, leader_id: int, leader_url: str | None) -> tuple[int, str] | None:
+        """Adopt the leader a follower named; our own address for it wins over the hint's."""
+        url = self.replicas.get(leader_id, leader_url)
+        if url is None:
+            return self.current_leader()
+        self._set_leader(leader_id, url, "a replica named it")
+        return leader_id, url
+
+    def mark_failed(self, replica_id: int) -> None:
+        """The replica failed a request: stop sending to it until a probe confirms it leads."""
+        if replica_id == self._leader_id:
+            log.warn("Order leader {id} failed; failing over", id=replica_id)
+            self._leader_id = self._leader_url = None
+
+    def _set_leader(self, leader_id: int | None, url: str | None, why: str) -> None:
+        if leader_id != self._leader_id:
+            if leader_id is None:
+                log.info("Order leader unknown ({why})", why=why)
+            else:
+                log.info("Order leader is now {id} at {url} ({why})", id=leader_id, url=url, why=why)
+        self._leader_id, self._leader_url = leader_id, url
+
+    async def _check_logging_failures(self) -> None:
+        # An exception would stop the LoopingCall for good.
+        try:
+            await self.check()
+        except Exception:
+            log.failure("Order replica health check failed")
+
+    async def check(self) -> None:
+        """One round: probe every replica, adopt the leader, announce the preference if due."""
+        reports = await self._probes.run("probe", self._probe)
+        wanted = self._preference.observe(reports.keys(), self._leader_id, self._clock.seconds())
+        if wanted is not None:
+            await self._announce(wanted, sorted(reports))
+
+    async def _probe(self) -> dict[int, HealthReport]:
+        answers = await gatherResults(
+            [Deferred.fromCoroutine(self._health(ident, url)) for ident, url in sorted(self.replicas.items())]
+        )
+        reports = {report.replica_id: report for report in answers if report is not None}
+        leader = choose_leader(reports.values())
+        self._set_leader(leader, self.replicas.get(leader) if leader is not None else None, "health checks")
+        return reports
+
+    async def _health(self, replica_id: int, url: str) -> HealthReport | None:
+        try:
+            status, payload = await _timed_fetch(
+                self._client, self._clock, self._check_timeout, "GET", f"{url}/health_check", self._token
+            )
+        except CancelledError:
+            raise
+        except Exception as error:
+            log.debug("Order replica {id} did not answer its health check: {error}", id=replica_id, error=error)
+            return None
+        if status != 200:
+            return None
+        return HealthReport.from_payload(replica_id, payload)
+
+    async def _announce(self, wanted: int, responsive: list[int]) -> None:
+        log.info("Asking order replicas {ids} to make {wanted} the leader", ids=responsive, wanted=wanted)
+        await gatherResults(
+            [Deferred.fromCoroutine(self._send_set_leader(ident, wanted)) for ident in responsive]
+        )
+
+    async def _send_set_leader(self, replica_id: int, wanted: int) -> None:
+        try:
+            await _timed_fetch(
+                self._client, self._clock, self._check_timeout, "POST",
+                f"{self.replicas[replica_id]}/set_leader", self._token, {"id": wanted},
+            )
+        except CancelledError:
+            raise
+        except Exception as error:
+            log.info("Order replica {id} did not take /set_leader: {error}", id=replica_id, error=error)
+
+
+class LeaderCaller:
+    """Sends one request to the order leader, following it through failovers.
+
+    A request is retried only where a retry is safe: reads, and writes that carry an
+    idempotency key (the caller's duty).
+
+    :param budget: seconds from the first attempt after which the client gets 503.
+    :param attempt_timeout: seconds one attempt may take.
+    """
+
+    def __init__(
+        self,
+        tracker: LeaderTracker,
+        client: HTTPClient,
+        clock: IReactorTime,
+        token: str | None,
+        *,
+        budget: float = 8.0,
+        attempt_timeout: float = 3.0,
+        first_backoff: float = 0.05,
+        max_backoff: float = 0.4,
+    ) -> None:
+        self._tracker = tracker
+        self._client = client
+        self._clock = clock
+        self._token = token
+        self._budget = budget
+        self._attempt_timeout = attempt_timeout
+        self._first_backoff = first_backoff
+        self._max_backoff = max_backoff
+
+    async def call(self, method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
+        """The leader's final answer (status, payload); ApiError 503 once the budget is spent."""
+        deadline = self._clock.seconds() + self._budget
+        backoff = self._first_backoff
+        target = self._tracker.current_leader() or await self._tracker.find_leader()
+        redirects = 0
+        while True:
+            remaining = deadline - self._clock.seconds()
+            if target is not None and remaining > 0:
+                outcome = await self._attempt(target, method, path, body, min(self._attempt_timeout, remaining))
+                if isinstance(outcome, Final):
+                    return outcome.status, outcome.payload
+                if isinstance(outcome, Redirect):
+                    if outcome.leader_id != target[0] and redirects < len(self._tracker.replicas):
+                        redirects += 1
+                        target = self._tracker.note_leader_hint(outcome.leader_id, outcome.leader_url)
+                        continue
+                elif outcome.suspect:
+                    self._tracker.mark_failed(target[0])
+            redirects = 0
+            if self._clock.seconds() + backoff >= deadline:
+                log.warn("No order leader took {method} {path} within {budget} s", method=method, path=path,
+                         budget=self._budget)
+                raise ApiError(503, "No order leader is reachable; try again shortly.", headers={"Retry-After": "1"})
+            await deferLater(self._clock, backoff)
+            backoff = min(backoff * 2, self._max_backoff)
+            target = await self._tracker.find_leader()
+
+    async def _attempt(self, target: tuple[int, str], method: str, path: str, body: Any, timeout: float) -> Outcome:
+        replica_id, url = target
+        try:
+            status, payload = await _timed_fetch(
+                self._client, self._clock, timeout, method, f"{url}{path}", self._token, body
+            )
+        except CancelledError:
+            raise
+        except Exception as error:
+            log.info("Order replica {id} failed {method} {path}: {error}", id=replica_id, method=method, path=path,
+                     error=error)
+            return Retry(suspect=True)
+        return classify(status, payload)
