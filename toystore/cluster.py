@@ -1,0 +1,332 @@
+"""Run a whole local cluster: catalog, order replicas and frontend as twistd processes.
+
+Used by ``./scripts/demo``, the integration and fault tests, and benchmarks. It is a
+supervisor, not a service, so it is plain synchronous Python: processes, signals and
+short HTTP polls. Every process gets the same generated token and one data folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import toystore
+
+ROLE_PLUGINS = {"catalog": "toystore-catalog", "frontend": "toystore-frontend", "order": "toystore-order"}
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel just handed out on 127.0.0.1 (free now; taken again only by chance)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def twistd_command() -> list[str]:
+    """twistd from the Python running us (a venv's bin/twistd, else the module)."""
+    beside = Path(sys.executable).with_name("twistd")
+    if beside.exists():
+        return [str(beside)]
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+def http_json(method: str, url: str, *, token: str | None = None, body: Any = None,
+              timeout: float = 2.0, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    """One JSON request; (status, body). Connection failures raise OSError."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        payload = e.read()
+        try:
+            return e.code, json.loads(payload or b"{}")
+        except ValueError:
+            return e.code, {"raw": payload.decode("utf-8", "replace")}
+
+
+@dataclass
+class Process:
+    name: str
+    argv: list[str]
+    log_path: Path
+    popen: subprocess.Popen | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+
+@dataclass
+class ClusterConfig:
+    data_dir: Path
+    replicas: int = 3
+    cache_size: int = 8
+    db_delay: float = 0.0
+    replication: str = "raft"
+    initial_stock: int = 100
+    restock_interval: float = 10.0
+    restock_to: int = 100
+    interface: str = "127.0.0.1"
+    base_port: int | None = None  # None: free ports; else frontend base, catalog base+1, replica i base+100+i
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+
+
+class LocalCluster:
+    """Starts, inspects, faults and stops a local cluster.
+
+    ``ports`` maps process names (``catalog``, ``frontend``, ``order-1``...) to ports.
+    """
+
+    def __init__(self, config: ClusterConfig) -> None:
+        self.config = config
+        self.data_dir = config.data_dir
+        self.log_dir = self.data_dir / "logs"
+        names = ["catalog", "frontend"] + [f"order-{i}" for i in range(1, config.replicas + 1)]
+        if config.base_port is None:
+            self.ports = dict(zip(names, free_ports(len(names))))
+        else:
+            base = config.base_port
+            self.ports = {"frontend": base, "catalog": base + 1,
+                          **{f"order-{i}": base + 100 + i for i in range(1, config.replicas + 1)}}
+        self.processes: dict[str, Process] = {}
+        for name in names:
+            self.processes[name] = Process(name, self._argv(name), self.log_dir / f"{name}.log")
+
+    # -- addresses --------------------------------------------------------------------
+
+    def url(self, name: str) -> str:
+        return f"http://{self.config.interface}:{self.ports[name]}"
+
+    @property
+    def frontend_url(self) -> str:
+        return self.url("frontend")
+
+    @property
+    def catalog_url(self) -> str:
+        return self.url("catalog")
+
+    @property
+    def replica_ids(self) -> list[int]:
+        return list(range(1, self.config.replicas + 1))
+
+    def replica_url(self, replica_id: int) -> str:
+        return self.url(f"order-{replica_id}")
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        source_root = str(Path(toystore.__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (source_root, env.get("PYTHONPATH")) if p)
+        env["TOYSTORE_CLUSTER_TOKEN"] = self.config.token
+        env["TOYSTORE_CATALOG_URL"] = self.catalog_url
+        env["TOYSTORE_FRONTEND_URL"] = self.frontend_url
+        env["TOYSTORE_ORDER_REPLICAS"] = ",".join(f"{i}={self.replica_url(i)}" for i in self.replica_ids)
+        return env
+
+    def _argv(self, name: str) -> list[str]:
+        c = self.config
+        role = name.split("-")[0]
+        common = ["--port", str(self.ports[name]), "--interface", c.interface, "--db-delay", str(c.db_delay)]
+        if role == "catalog":
+            extra = ["--data-dir", str(self.data_dir), "--initial-stock", str(c.initial_stock),
+                     "--restock-interval", str(c.restock_interval), "--restock-to", str(c.restock_to)]
+        elif role == "frontend":
+            extra = ["--cache-size", str(c.cache_size)]
+        else:
+            extra = ["--id", name.split("-")[1], "--data-dir", str(self.data_dir), "--replication", c.replication]
+        return twistd_command() + ["-n", "--pidfile=", ROLE_PLUGINS[role]] + common + extra
+
+    # -- processes --------------------------------------------------------------------
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start every process and wait until the cluster takes orders."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for name in ["catalog"] + [f"order-{i}" for i in self.replica_ids] + ["frontend"]:
+            self.start_process(name)
+        self.wait_ready(timeout)
+
+    def start_process(self, name: str) -> None:
+        process = self.processes[name]
+        if process.running:
+            return
+        log_file = open(process.log_path, "ab")
+        process.popen = subprocess.Popen(process.argv, stdout=log_file, stderr=subprocess.STDOUT,
+                                         env=self.environment(), cwd=self.data_dir, start_new_session=True)
+        log_file.close()
+
+    def signal(self, name: str, signum: int) -> None:
+        process = self.processes[name]
+        if process.running:
+            assert process.popen is not None
+            os.kill(process.popen.pid, signum)
+
+    def kill(self, name: str) -> None:
+        """kill -9, and reap it."""
+        process = self.processes[name]
+        if process.running:
+            assert process.popen is not None
+            process.popen.kill()
+            process.popen.wait(10)
+
+    def pause(self, name: str) -> None:
+        self.signal(name, signal.SIGSTOP)
+
+    def resume(self, name: str) -> None:
+        self.signal(name, signal.SIGCONT)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM everything (resuming paused ones), then SIGKILL what is left."""
+        for process in self.processes.values():
+            if process.running:
+                assert process.popen is not None
+                os.kill(process.popen.pid, signal.SIGCONT)
+                process.popen.terminate()
+        deadline = time.monotonic() + timeout
+        for process in self.processes.values():
+            if process.popen is None:
+                continue
+            try:
+                process.popen.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.popen.kill()
+                process.popen.wait(5)
+
+    def __enter__(self) -> "LocalCluster":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- inspection -------------------------------------------------------------------
+
+    def get(self, name: str, path: str, timeout: float = 2.0) -> tuple[int, dict[str, Any]]:
+        return http_json("GET", self.url(name) + path, token=self.config.token, timeout=timeout)
+
+    def health(self, replica_id: int, timeout: float = 1.0) -> dict[str, Any] | None:
+        try:
+            status, body = self.get(f"order-{replica_id}", "/health_check", timeout)
+        except OSError:
+            return None
+        return body["data"] if status == 200 else None
+
+    def leader(self) -> int | None:
+        """The replica that says it leads in the highest term, if any answers so."""
+        best: tuple[int, int] | None = None
+        for i in self.replica_ids:
+            health = self.health(i)
+            if health and health["role"] == "leader" and (best is None or health["term"] > best[0]):
+                best = (health["term"], i)
+        return best[1] if best else None
+
+    def wait_for(self, predicate: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what} not within {timeout} s; logs in {self.log_dir}")
+            time.sleep(interval)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Catalog and frontend answer, and a leader is elected."""
+        def up(name: str) -> bool:
+            try:
+                return self.get(name, "/health", 1.0)[0] == 200
+            except OSError:
+                return False
+
+        for name in ("catalog", "frontend"):
+            self.wait_for(lambda: up(name), timeout, f"{name} up")
+        self.wait_for(self.leader, timeout, "a leader")
+        self.wait_for(lambda: http_json("GET", self.frontend_url + "/health")[1]["data"].get("leader_id"),
+                      timeout, "the frontend to know the leader")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m toystore.cluster",
+        description="Run a local toystore cluster (catalog, order replicas, frontend) until Ctrl-C, "
+                    "or run a command against it and stop.")
+    parser.add_argument("--data-dir", type=Path, help="where state and logs go (default: a new temporary folder)")
+    parser.add_argument("--replicas", type=int, default=3)
+    parser.add_argument("--cache-size", type=int, default=8)
+    parser.add_argument("--db-delay", type=float, default=0.0)
+    parser.add_argument("--replication", choices=["raft", "primary-backup"], default="raft")
+    parser.add_argument("--initial-stock", type=int, default=100)
+    parser.add_argument("--base-port", type=int, default=None,
+                        help="frontend on it, catalog +1, replica i +100+i (default: free ports)")
+    parser.add_argument("command", nargs=argparse.REMAINDER,
+                        help="after --: a command to run once the cluster is ready ({frontend} is replaced by its URL)")
+    args = parser.parse_args(argv)
+    data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="toystore-"))
+    config = ClusterConfig(data_dir=data_dir.resolve(), replicas=args.replicas, cache_size=args.cache_size,
+                           db_delay=args.db_delay, replication=args.replication,
+                           initial_stock=args.initial_stock, base_port=args.base_port)
+    cluster = LocalCluster(config)
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    outcome = 1
+    try:
+        print(f"Starting a local cluster in {data_dir} ...", flush=True)
+        cluster.start()
+        print(f"frontend  {cluster.frontend_url}\ncatalog   {cluster.catalog_url}", flush=True)
+        for i in cluster.replica_ids:
+            print(f"order-{i}   {cluster.replica_url(i)}", flush=True)
+        print(f"logs      {cluster.log_dir}", flush=True)
+        command = [part.replace("{frontend}", cluster.frontend_url) for part in args.command if part != "--"]
+        if command:
+            outcome = subprocess.call(command, env={**cluster.environment(),
+                                                    "TOYSTORE_FRONTEND_URL": cluster.frontend_url})
+            return outcome
+        print("Ready. Ctrl-C stops the cluster.", flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        outcome = 0
+        return outcome
+    except TimeoutError as e:
+        print(f"error: {e}", file=sys.stderr)
+        for process in cluster.processes.values():
+            if process.log_path.exists():
+                tail = process.log_path.read_text(errors="replace").splitlines()[-8:]
+                print(f"--- {process.name}:\n" + "\n".join(tail), file=sys.stderr)
+        return outcome
+    finally:
+        cluster.stop()
+        print("Cluster stopped.", flush=True)
+        if args.data_dir is None and outcome == 0:
+            shutil.rmtree(data_dir, ignore_errors=True)  # a temporary folder; kept with its logs on failure
+
+
+if __name__ == "__main__":
+    sys.exit(main())

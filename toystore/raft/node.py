@@ -1,0 +1,273 @@
+"""The Twisted driver of a :class:`~toystore.raft.core.RaftCore`: it moves bytes and time.
+
+The core is touched only between two cycles. A cycle steps everything that arrived
+since the last one (peer messages, proposals, ticks, read requests) into the core,
+takes its Ready, applies newly committed entries in memory, makes the Ready's hard
+state, entries and applied results durable in one write, then sends the Ready's
+messages (never before they are durable), answers waiting proposals and reads, and
+advances the core. Whatever arrives while a cycle's fsync is on disk joins the next
+cycle, so many proposals share one fsync (group commit) and one append per follower.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any, Callable, Awaitable, Protocol, Sequence
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from toystore.raft.core import NotLeader, RaftCore
+from toystore.raft.messages import Entry, Message, Ready, Role
+
+log = Logger()
+
+
+def _fire(waiter: defer.Deferred, result: Any) -> None:
+    """Fire a waiter unless its caller gave up on it already (a timed-out request)."""
+    if waiter.called:
+        return
+    if isinstance(result, Failure):
+        waiter.errback(result)
+    else:
+        waiter.callback(result)
+
+
+class ProposalDropped(Exception):
+    """The entry of a proposal was overwritten or this node stopped leading before it
+    committed here; it may still commit through another leader, so the outcome is unknown."""
+
+
+class Transport(Protocol):
+    def send(self, message: Message) -> None: ...
+
+
+# Applies one committed entry in memory and returns what its proposer hears.
+ApplyEntry = Callable[[Entry], Any]
+# Makes a cycle durable: the Ready's hard state and entries, and what applying its
+# committed entries produced (as returned by ApplyEntry, in order).
+PersistCycle = Callable[[Ready, Sequence[Any]], Awaitable[None]]
+
+
+@dataclass
+class _Proposal:
+    data: str
+    done: defer.Deferred
+
+
+@dataclass
+class _ReadRequest:
+    context: str
+    done: defer.Deferred
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Raft's clock: ``tick_seconds`` per tick; elections after 10 to 20 ticks without a
+    leader, heartbeats every tick (defaults: 0.5 to 1 s and 50 ms)."""
+
+    tick_seconds: float = 0.05
+    election_ticks: int = 10
+    heartbeat_ticks: int = 1
+
+
+class RaftNode:
+    """Drives one core on an injected clock.
+
+    :param core: the consensus core, restored from durable state.
+    :param clock: every timer runs on it.
+    :param transport: sends a message to a peer (one-way; losses are Raft's business).
+    :param apply_entry: the state machine, applied in log order.
+    :param persist: durable write of one cycle.
+    """
+
+    def __init__(self, core: RaftCore, *, clock: IReactorTime, transport: Transport,
+                 apply_entry: ApplyEntry, persist: PersistCycle, timing: Timing = Timing()) -> None:
+        self.core = core
+        self._clock = clock
+        self._transport = transport
+        self._apply_entry = apply_entry
+        self._persist = persist
+        self._timing = timing
+        self._inbox_messages: list[Message] = []
+        self._inbox_proposals: list[_Proposal] = []
+        self._inbox_reads: list[_ReadRequest] = []
+        self._inbox_transfer: int | None = None
+        self._pending_ticks = 0
+        self._cycling = False
+        self._stopped = False
+        self._proposals: dict[int, tuple[int, defer.Deferred]] = {}  # index -> (term, waiter)
+        self._reads: dict[str, defer.Deferred] = {}
+        self._reads_waiting_apply: list[tuple[int, defer.Deferred]] = []
+        self._read_ids = itertools.count()
+        self._ticker = LoopingCall(self._tick)
+        self._ticker.clock = clock
+        self.role_listeners: list[Callable[[Role, int], None]] = []
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._ticker.start(self._timing.tick_seconds, now=False)
+        self._kick()
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self._ticker.running:
+            self._ticker.stop()
+        self._fail_waiters(ProposalDropped("the replica is stopping"))
+
+    # -- inputs ------------------------------------------------------------------------
+
+    def receive(self, message: Message) -> None:
+        """A message from a peer."""
+        self._inbox_messages.append(message)
+        self._kick()
+
+    def propose(self, data: str) -> defer.Deferred:
+        """Fires with the apply result once the entry is committed and applied here.
+
+        Fails with :class:`NotLeader` at once on a non-leader, or with
+        :class:`ProposalDropped` when leadership is lost before the entry applies.
+        """
+        done: defer.Deferred = defer.Deferred()
+        self._inbox_proposals.append(_Proposal(data, done))
+        self._kick()
+        return done
+
+    def read_barrier(self) -> defer.Deferred:
+        """Fires once this node, still leader, has applied everything committed before the
+        call (ReadIndex): a read served after it is not stale. NotLeader otherwise."""
+        done: defer.Deferred = defer.Deferred()
+        self._inbox_reads.append(_ReadRequest(f"read-{next(self._read_ids)}", done))
+        self._kick()
+        return done
+
+    def transfer_leadership(self, target: int) -> None:
+        self._inbox_transfer = target
+        self._kick()
+
+    def _tick(self) -> None:
+        self._pending_ticks += 1
+        self._kick()
+
+    # -- the cycle ---------------------------------------------------------------------
+
+    def _kick(self) -> None:
+        if self._cycling or self._stopped:
+            return
+        self._cycling = True
+        d = defer.ensureDeferred(self._run_cycles())
+        d.addErrback(self._cycle_failed)
+
+    def _cycle_failed(self, failure: Any) -> None:
+        # A failed durable write leaves memory ahead of disk: stop serving rather than
+        # acknowledge what might be lost (fail-stop; a restart recovers from disk).
+        log.failure("Raft cycle failed; this replica stops taking part", failure)
+        self.stop()
+        self._cycling = False
+
+    async def _run_cycles(self) -> None:
+        try:
+            while not self._stopped:
+                self._step_inbox()
+                if not self.core.has_ready():
+                    return
+                await self._run_one(self.core.ready())
+        finally:
+            self._cycling = False
+
+    def _step_inbox(self) -> None:
+        core = self.core
+        messages, self._inbox_messages = self._inbox_messages, []
+        for message in messages:
+            core.step(message)
+        ticks, self._pending_ticks = self._pending_ticks, 0
+        for _ in range(ticks):
+            core.tick()
+        proposals, self._inbox_proposals = self._inbox_proposals, []
+        for proposal in proposals:
+            try:
+                index, term = core.propose(proposal.data)
+            except NotLeader as e:
+                _fire(proposal.done, Failure(e))
+            else:
+                self._proposals[index] = (term, proposal.done)
+        reads, self._inbox_reads = self._inbox_reads, []
+        for read in reads:
+            try:
+                core.read_index(read.context)
+            except NotLeader as e:
+                _fire(read.done, Failure(e))
+            else:
+                self._reads[read.context] = read.done
+        if self._inbox_transfer is not None:
+            core.transfer_leadership(self._inbox_transfer)
+            self._inbox_transfer = None
+
+    async def _run_one(self, ready: Ready) -> None:
+        results = [self._apply_entry(entry) for entry in ready.committed_entries]
+        await self._persist(ready, results)
+        for message in ready.messages:
+            self._transport.send(message)
+        # Proposals that committed in this cycle succeed even if the node steps down in it.
+        for entry, result in zip(ready.committed_entries, results):
+            self._resolve_proposal(entry, result)
+        if ready.soft_state is not None:
+            self._role_changed(ready.soft_state.role, ready.soft_state.leader_id)
+        for read_state in ready.read_states:
+            waiter = self._reads.pop(read_state.context, None)
+            if waiter is not None:
+                self._reads_waiting_apply.append((read_state.index, waiter))
+        self.core.advance(ready)
+        self._release_reads()
+
+    def _resolve_proposal(self, entry: Entry, result: Any) -> None:
+        waiting = self._proposals.pop(entry.index, None)
+        if waiting is None:
+            return
+        term, done = waiting
+        if term == entry.term:
+            _fire(done, result)
+        else:
+            _fire(done, Failure(ProposalDropped(f"entry {entry.index} was replaced by one of term {entry.term}")))
+
+    def _release_reads(self) -> None:
+        applied = self.core.applied_index
+        ready = [(i, d) for i, d in self._reads_waiting_apply if i <= applied]
+        self._reads_waiting_apply = [(i, d) for i, d in self._reads_waiting_apply if i > applied]
+        for _, done in ready:
+            _fire(done, None)
+
+    def _role_changed(self, role: Role, leader_id: int) -> None:
+        log.info("Raft node {id} is now {role} in term {term} (leader {leader})",
+                 id=self.core.id, role=role.value, term=self.core.term, leader=leader_id)
+        if role is not Role.LEADER:
+            self._fail_waiters(ProposalDropped("this replica stopped leading"), NotLeader(leader_id))
+        for listener in self.role_listeners:
+            listener(role, leader_id)
+
+    def _fail_waiters(self, dropped: Exception, not_leader: Exception | None = None) -> None:
+        proposals, self._proposals = self._proposals, {}
+        for _, done in proposals.values():
+            _fire(done, Failure(dropped))
+        reads = list(self._reads.values()) + [d for _, d in self._reads_waiting_apply]
+        self._reads, self._reads_waiting_apply = {}, []
+        for done in reads:
+            _fire(done, Failure(not_leader or dropped))
+
+    # -- status ------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        core = self.core
+        return {
+            "id": core.id,
+            "role": "candidate" if core.role in (Role.CANDIDATE, Role.PRE_CANDIDATE) else core.role.value,
+            "term": core.term,
+            "leader_id": core.leader_id or None,
+            "commit_index": core.commit_index,
+            "last_index": core.last_index,
+        }
