@@ -149,7 +149,7 @@ def classify(status: int, payload: Mapping[str, Any]) -> Outcome:
 # ---------------------------------------------------------------- I/O
 
 
-async def _timed_fetch(
+async def timed_fetch(
     client: HTTPClient, clock: IReactorTime, timeout: float, method: str, url: str, token: str | None, body: Any = None
 ) -> tuple[int, dict[str, Any]]:
     """fetch_json under a deadline that covers the body too; a timeout is a TimeoutError.
@@ -267,7 +267,7 @@ class LeaderTracker:
 
     async def _health(self, replica_id: int, url: str) -> HealthReport | None:
         try:
-            status, payload = await _timed_fetch(
+            status, payload = await timed_fetch(
                 self._client, self._clock, self._check_timeout, "GET", f"{url}/health_check", self._token
             )
         except CancelledError:
@@ -287,7 +287,7 @@ class LeaderTracker:
 
     async def _send_set_leader(self, replica_id: int, wanted: int) -> None:
         try:
-            await _timed_fetch(
+            await timed_fetch(
                 self._client, self._clock, self._check_timeout, "POST",
                 f"{self.replicas[replica_id]}/set_leader", self._token, {"id": wanted},
             )
@@ -359,7 +359,7 @@ class LeaderCaller:
     async def _attempt(self, target: tuple[int, str], method: str, path: str, body: Any, timeout: float) -> Outcome:
         replica_id, url = target
         try:
-            status, payload = await _timed_fetch(
+            status, payload = await timed_fetch(
                 self._client, self._clock, timeout, method, f"{url}{path}", self._token, body
             )
         except CancelledError:
