@@ -65,7 +65,7 @@ class Harness:
         self.store = CatalogStore(open_database(tmp_path / "catalog.sqlite3", self.clock, initial_stock), self.clock)
         invalidator = Invalidator(self.front_stub, FRONTENDS, self.clock, TOKEN)
         self.api = CatalogApi(self.store, invalidator, TOKEN, restock_to=100)
-        self.stub = StubTreq(self.api.app.resource())
+        self.stub = StubTreq(self.api.resource())
 
     def flush(self) -> None:
         for _ in range(3):
@@ -132,11 +132,11 @@ def test_unknown_names_and_routes_are_404(h: Harness, path: str) -> None:
     assert_error(h.call("GET", path), 404)
 
 
-def test_non_utf8_path_is_refused_without_stock_change(h: Harness) -> None:
-    # Klein answers 400 (plain text) before routing; a shared guard would make it JSON.
-    d = h.send("GET", "/query/%FF%FE")
-    h.flush()
-    assert _case.successResultOf(d).code == 400
+@pytest.mark.parametrize("method,path", [("GET", "/query/%FF%FE"), ("POST", "/buy_qty/%C3")])
+def test_non_utf8_path_is_400_without_a_traceback(h: Harness, method: str, path: str) -> None:
+    with capturedLogs() as events:
+        assert_error(h.call(method, path), 400)
+    assert [e for e in events if "log_failure" in e] == []
     assert h.stock() == 100
 
 
@@ -357,7 +357,7 @@ def test_insecure_api_needs_no_token(tmp_path: Path, frontend: FakeFrontend) -> 
     clock = Clock()
     store = CatalogStore(open_database(tmp_path / "c.sqlite3", clock, 100), clock)
     api = CatalogApi(store, Invalidator(StubTreq(frontend), FRONTENDS, clock, None), None, restock_to=100)
-    stub = StubTreq(api.app.resource())
+    stub = StubTreq(api.resource())
     d = stub.get("http://catalog.test/query/Tux")
     stub.flush()
     assert _case.successResultOf(d).code == 200

@@ -121,7 +121,7 @@ def make_catalog_service(
     parts: list[tuple[str, Service]] = [
         ("database", DatabaseService(db, db_threads, reactor)),
         ("http-pool", HTTPPoolService(http_pool)),
-        ("api", TCPServer(port, QuietSite(api.app.resource()), interface=interface)),
+        ("api", TCPServer(port, QuietSite(api.resource()), interface=interface)),
         ("restock", RestockService(store, invalidator, reactor, restock_interval, restock_to)),
     ]
     for name, part in parts:
