@@ -1,0 +1,223 @@
+"""Three Raft order replicas in one process: real nodes, real SQLite stores, a fake
+catalog, and messages delivered through an in-memory network on a task.Clock."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.task import Clock
+
+from toystore.db import Database, connect
+from toystore.http import ApiError
+from toystore.order.catalog_client import Reservation
+from toystore.order.raft_replica import RaftReplica
+from toystore.order.state import OrderStateMachine
+from toystore.order.store import SCHEMA, ReplicaStore
+from toystore.raft.core import RaftCore
+from toystore.raft.messages import Message, Role
+from toystore.raft.node import RaftNode, Timing
+
+TIMING = Timing()
+REPLICAS = {1: "http://r1", 2: "http://r2", 3: "http://r3"}
+
+
+@dataclass
+class FakeCatalog:
+    """Keeps reservations like the catalog does (idempotent per request id)."""
+
+    stock: int = 100
+    held: dict[str, int] = field(default_factory=dict)
+    settled: dict[str, str] = field(default_factory=dict)
+
+    async def reserve(self, name: str, quantity: int, request_id: str, term: int) -> None:
+        if request_id in self.held and self.settled.get(request_id) != "release":
+            return
+        if quantity > self.stock:
+            raise ApiError(409, "Not enough stock.")
+        self.stock -= quantity
+        self.held[request_id] = quantity
+        self.settled.pop(request_id, None)
+
+    async def held_reservations(self, older_than: float) -> list[Reservation]:
+        return [Reservation(r, "Tux", q, 10.0) for r, q in self.held.items() if r not in self.settled]
+
+    async def settle(self, action: str, request_id: str, term: int) -> int:
+        self.settled[request_id] = action
+        if action == "release":
+            self.stock += self.held[request_id]
+        return 200
+
+
+class Network:
+    """Delivers messages between nodes on the clock, unless a node is cut off."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.nodes: dict[int, RaftNode] = {}
+        self.cut: set[int] = set()
+
+    def transport(self, owner: int) -> Any:
+        network = self
+
+        class _Transport:
+            def send(self, message: Message) -> None:
+                if owner in network.cut or message.to in network.cut:
+                    return
+                network.clock.callLater(0.001, network._deliver, message)
+
+        return _Transport()
+
+    def _deliver(self, message: Message) -> None:
+        node = self.nodes.get(message.to)
+        if node is not None and message.to not in self.cut:
+            node.receive(message)
+
+
+class Cluster:
+    def __init__(self, tmp_path: Path) -> None:
+        self.clock = Clock()
+        self.network = Network(self.clock)
+        self.catalog = FakeCatalog()
+        self.tmp_path = tmp_path
+        self.replicas: dict[int, RaftReplica] = {}
+        for i in REPLICAS:
+            self.boot(i)
+
+    def boot(self, i: int) -> RaftReplica:
+        store = ReplicaStore(Database(connect(self.tmp_path / f"order-{i}.sqlite3", SCHEMA), self.clock))
+        state = store.load_at_start()
+        replica = RaftReplica(i, OrderStateMachine(state.orders), store, self.catalog, REPLICAS, clock=self.clock)
+        core = RaftCore(i, sorted(REPLICAS), hard_state=state.hard_state, entries=state.entries,
+                        applied=state.applied, rng=random.Random(i))
+        node = RaftNode(core, clock=self.clock, transport=self.network.transport(i),
+                        apply_entry=replica.apply_entry, persist=replica.persist_cycle, timing=TIMING)
+        replica.attach(node)
+        self.network.nodes[i] = node
+        self.replicas[i] = replica
+        replica.start()
+        return replica
+
+    def crash(self, i: int) -> None:
+        self.replicas.pop(i).stop()
+        del self.network.nodes[i]
+
+    def run(self, seconds: float) -> None:
+        for _ in range(int(seconds / 0.001)):
+            self.clock.advance(0.001)
+
+    def leader(self) -> RaftReplica:
+        leaders = [r for r in self.replicas.values() if r.node.core.role is Role.LEADER
+                   and r.id not in self.network.cut]
+        assert len(leaders) == 1, f"expected one leader, got {[r.id for r in leaders]}"
+        return leaders[0]
+
+    def order(self, replica: RaftReplica, key: str, quantity: int = 1) -> list[Any]:
+        outcome: list[Any] = []
+        d = defer.ensureDeferred(replica.place_order(key, "Tux", quantity))
+        d.addCallbacks(outcome.append, outcome.append)
+        return outcome
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Cluster:
+    c = Cluster(tmp_path)
+    c.run(3.0)
+    return c
+
+
+def test_an_order_commits_on_every_replica_with_a_dense_number(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    outcomes = [cluster.order(leader, f"k{i}") for i in range(5)]
+    cluster.run(0.5)
+    assert [o[0].number for o in outcomes] == [0, 1, 2, 3, 4]
+    for replica in cluster.replicas.values():
+        assert [o.request_id for o in replica.orders.since(-1)] == [f"k{i}" for i in range(5)]
+    assert cluster.catalog.stock == 95
+
+
+def test_a_follower_answers_421_with_the_leaders_url(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    follower = next(r for r in cluster.replicas.values() if r is not leader)
+    outcome = cluster.order(follower, "k")
+    cluster.run(0.1)
+    error = outcome[0].value
+    assert error.code == 421
+    assert error.details == {"leader_id": leader.id, "leader_url": REPLICAS[leader.id]}
+
+
+def test_a_retried_request_id_gets_the_same_number_and_buys_once(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    first = cluster.order(leader, "same", 3)
+    again = cluster.order(leader, "same", 3)
+    cluster.run(0.5)
+    later = cluster.order(leader, "same", 3)
+    cluster.run(0.5)
+    assert first[0].number == again[0].number == later[0].number == 0
+    assert cluster.catalog.stock == 97
+
+
+def test_no_order_is_acknowledged_without_a_majority(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    cluster.network.cut |= {i for i in REPLICAS if i != leader.id}
+    outcome = cluster.order(leader, "lonely")
+    cluster.run(6.0)
+    assert outcome and isinstance(outcome[0].value, ApiError) and outcome[0].value.code in (421, 503)
+    assert all(r.orders.latest_number == -1 for r in cluster.replicas.values())
+
+
+def test_a_new_leader_takes_orders_and_releases_the_lost_reservation(cluster: Cluster) -> None:
+    old = cluster.leader()
+    cluster.network.cut.add(old.id)
+    lost = cluster.order(old, "lost", 5)  # reserved, appended on the old leader only
+    cluster.run(4.0)
+    assert lost and lost[0].value.code in (421, 503)
+    new = cluster.leader()
+    assert new.id != old.id
+    ok = cluster.order(new, "after")
+    cluster.run(4.0)  # the reaper runs once a second on reservations older than 2 s
+    assert ok[0].number == 0
+    assert cluster.catalog.settled == {"lost": "release", "after": "confirm"}
+    assert cluster.catalog.stock == 99
+
+
+def test_leadership_moves_to_the_frontends_choice(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    target = max(i for i in REPLICAS if i != leader.id)
+    leader.set_leader(target)
+    cluster.run(1.0)
+    assert cluster.leader().id == target
+
+
+def test_a_restarted_replica_keeps_its_orders_and_catches_up(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    follower = next(i for i in REPLICAS if i != leader.id)
+    cluster.order(leader, "before")
+    cluster.run(0.5)
+    cluster.crash(follower)
+    for i in range(3):
+        cluster.order(leader, f"during{i}")
+    cluster.run(0.5)
+    restarted = cluster.boot(follower)
+    assert [o.request_id for o in restarted.orders.since(-1)] == ["before"]
+    cluster.run(1.0)
+    assert [o.request_id for o in restarted.orders.since(-1)] == ["before", "during0", "during1", "during2"]
+
+
+def test_a_leader_read_waits_for_a_majority(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    cluster.order(leader, "k")
+    cluster.run(0.5)
+    read: list[Any] = []
+    defer.ensureDeferred(leader.read_order(0)).addCallbacks(read.append, read.append)
+    cluster.run(0.1)
+    assert read[0].request_id == "k"
+    cluster.network.cut |= {i for i in REPLICAS if i != leader.id}
+    stale: list[Any] = []
+    defer.ensureDeferred(leader.read_order(0)).addCallbacks(stale.append, stale.append)
+    cluster.run(3.0)
+    assert stale[0].value.code in (421, 503)
