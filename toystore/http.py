@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 from werkzeug.exceptions import HTTPException
 
@@ -147,6 +148,27 @@ def install_json_errors(app: Klein) -> None:
         log.failure("Unexpected failure answering {method} {uri}", failure,
                     method=request.method, uri=request.uri)
         return error_response(request, ApiError(500, "Internal error; the request may be retried."))
+
+
+class Utf8PathGuard(Resource):
+    """Answers a URL that is not UTF-8 with a JSON 400 before Klein, which would log a
+    traceback and answer in plain text.
+
+    :param wrapped: a root, leaf resource such as a Klein app's.
+    """
+
+    isLeaf = True
+
+    def __init__(self, wrapped: IResource) -> None:
+        super().__init__()
+        self._wrapped = wrapped
+
+    def render(self, request: IRequest) -> Any:
+        try:
+            b"/".join(request.postpath).decode("utf-8")
+        except UnicodeDecodeError:
+            return error_response(request, ApiError(400, "The URL is not valid UTF-8."))
+        return self._wrapped.render(request)
 
 
 class QuietSite(Site):
