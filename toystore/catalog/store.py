@@ -74,10 +74,10 @@ def schema(initial_stock: int) -> str:
     """
 
 
-def open_database(path: Path, clock: IReactorTime, initial_stock: int, **kwargs: Any) -> Database:
+def open_database(path: Path, clock: IReactorTime, initial_stock: int) -> Database:
     """A catalog database on ``path`` whose work runs inline (unit tests); services use
     :meth:`Database.open_threaded` with :func:`schema`."""
-    return Database(connect(path, schema(initial_stock)), clock, **kwargs)
+    return Database(connect(path, schema(initial_stock)), clock)
 
 
 class CatalogError(Exception):
