@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from klein import Klein
 from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
 
 from toystore.http import (
     ApiError,
@@ -14,6 +15,7 @@ from toystore.http import (
     require_positive_int,
     require_string,
     require_token,
+    Utf8PathGuard,
 )
 from toystore.order.replica import OrderReplica
 
@@ -46,6 +48,10 @@ class OrderApi:
     def __init__(self, replica: OrderReplica, token: str | None) -> None:
         self._replica = replica
         self._token = token
+
+    def resource(self) -> IResource:
+        """What the replica's Site serves."""
+        return Utf8PathGuard(self.app.resource())
 
     @app.route("/health", methods=["GET"])
     async def health(self, request: IRequest) -> bytes:
@@ -92,11 +98,11 @@ class OrderApi:
         self._replica.set_leader(replica_id)
         return json_response(request, {"accepted": True})
 
-    @app.route("/<any(append_entries,request_vote,commit_entries,truncate_log,timeout_now):endpoint>",
+    @app.route("/<any(append_entries,request_vote,commit_entries,truncate_log,timeout_now):rpc>",
                methods=["POST"])
-    async def peer_message(self, request: IRequest, endpoint: str) -> bytes:
+    async def peer_message(self, request: IRequest, rpc: str) -> bytes:
         require_token(request, self._token)
-        self._replica.receive_peer(endpoint, read_json_object(request, MAX_PEER_BODY_BYTES))
+        self._replica.receive_peer(rpc, read_json_object(request, MAX_PEER_BODY_BYTES))
         return json_response(request, {"accepted": True})
 
 

@@ -71,6 +71,6 @@ def build_raft_replica(*, reactor: Any, node_id: int, replicas: Mapping[int, str
         db.close()
 
     top = OrderReplicaService(replica, [http_pool.closeCachedConnections, close_storage])
-    site = QuietSite(OrderApi(replica, token).app.resource())
+    site = QuietSite(OrderApi(replica, token).resource())
     internet.TCPServer(port, site, interface=interface).setServiceParent(top)
     return top
