@@ -194,6 +194,7 @@ class LeaderTracker:
         self._leader_url: str | None = None
         self._probes: SingleFlight[str, dict[int, HealthReport]] = SingleFlight()
         self._loop: LoopingCall | None = None
+        self._answering: set[int] | None = None
 
     def start(self) -> None:
         """Start the periodic health checks (the first one at once)."""
@@ -261,6 +262,10 @@ class LeaderTracker:
             [Deferred.fromCoroutine(self._health(ident, url)) for ident, url in sorted(self.replicas.items())]
         )
         reports = {report.replica_id: report for report in answers if report is not None}
+        if reports.keys() != self._answering:
+            # Only changes are logged: the checks run twice a second.
+            log.info("Order replicas answering health checks: {ids}", ids=sorted(reports))
+            self._answering = set(reports)
         leader = choose_leader(reports.values())
         self._set_leader(leader, self.replicas.get(leader) if leader is not None else None, "health checks")
         return reports
@@ -272,8 +277,7 @@ class LeaderTracker:
             )
         except CancelledError:
             raise
-        except Exception as error:
-            log.debug("Order replica {id} did not answer its health check: {error}", id=replica_id, error=error)
+        except Exception:
             return None
         if status != 200:
             return None
