@@ -60,9 +60,16 @@ def default_replicas(count: int = 3, host: str = "127.0.0.1") -> dict[int, str]:
     return {i: f"http://{host}:{ORDER_PORT_BASE + i}" for i in range(1, count + 1)}
 
 
-def _non_negative_float(text: str) -> float:
+def non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
         raise ValueError("must be >= 0")
     return value
 
@@ -82,7 +89,7 @@ class CommonOptions(usage.Options):
     ]
     optParameters = [
         ["interface", None, "127.0.0.1", "Address to listen on (0.0.0.0 on a real host)."],
-        ["db-delay", None, 0.0, "Simulated processing time per database read or write, in seconds.", _non_negative_float],
+        ["db-delay", None, 0.0, "Simulated processing time per database read or write, in seconds.", non_negative_float],
         ["data-dir", None, "./data", "Folder for durable state; each process uses its own subfolder."],
     ]
 

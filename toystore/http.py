@@ -18,7 +18,7 @@ from treq.client import HTTPClient
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
@@ -182,6 +182,12 @@ class QuietSite(Site):
         pass
 
 
+class _QuietClientFactory(_HTTP11ClientFactory):
+    """No "Starting factory" log line for every new outgoing connection."""
+
+    noisy = False
+
+
 def make_http_client(reactor: IReactorTime, max_per_host: int = 64) -> tuple[HTTPClient, HTTPConnectionPool]:
     """A treq client on one persistent pool; close the pool on stop.
 
@@ -189,6 +195,7 @@ def make_http_client(reactor: IReactorTime, max_per_host: int = 64) -> tuple[HTT
     connections instead of opening one per request.
     """
     pool = HTTPConnectionPool(reactor, persistent=True)
+    pool._factory = _QuietClientFactory
     pool.maxPersistentPerHost = max_per_host
     pool.cachedConnectionTimeout = 120
     return HTTPClient(Agent(reactor, pool=pool)), pool

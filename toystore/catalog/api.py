@@ -13,12 +13,13 @@ from klein import Klein
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
-from twisted.web.resource import IResource, Resource
+from twisted.web.resource import IResource
 
 from toystore.catalog.invalidation import Invalidator
 from toystore.catalog.store import STATES, CatalogStore, Conflict, NotFound, as_json
 from toystore.http import (
     ApiError,
+    Utf8PathGuard,
     error_response,
     install_json_errors,
     json_response,
@@ -51,27 +52,6 @@ def _query_arg(request: IRequest, name: str) -> str | None:
         return values[0].decode("utf-8")
     except UnicodeDecodeError:
         raise ApiError(400, f"'{name}' is not valid UTF-8.") from None
-
-
-class Utf8PathGuard(Resource):
-    """Answers a URL that is not UTF-8 with a JSON 400 before Klein, which would log a
-    traceback and answer in plain text. (A shared helper for every service, once in http.py.)
-
-    :param wrapped: a root, leaf resource such as a Klein app's.
-    """
-
-    isLeaf = True
-
-    def __init__(self, wrapped: IResource) -> None:
-        super().__init__()
-        self._wrapped = wrapped
-
-    def render(self, request: IRequest) -> Any:
-        try:
-            b"/".join(request.postpath).decode("utf-8")
-        except UnicodeDecodeError:
-            return error_response(request, ApiError(400, "The URL is not valid UTF-8."))
-        return self._wrapped.render(request)
 
 
 class CatalogApi:

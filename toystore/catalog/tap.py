@@ -12,17 +12,11 @@ from toystore.config import (
     DEFAULT_FRONTEND_URL,
     FRONTEND_URL_ENV,
     CommonOptions,
-    _non_negative_float,
+    non_negative_float,
+    non_negative_int,
     parse_url_list,
     port_option,
 )
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError("must be >= 0")
-    return value
 
 
 class Options(CommonOptions):
@@ -30,9 +24,9 @@ class Options(CommonOptions):
 
     optParameters = [
         port_option(8001),
-        ["restock-interval", None, 10.0, "Seconds between restocks of sold-out toys (0: never).", _non_negative_float],
-        ["restock-to", None, 100, "Stock a sold-out toy is brought back to.", _non_negative_int],
-        ["initial-stock", None, 100, "Stock of each toy when the catalog is created.", _non_negative_int],
+        ["restock-interval", None, 10.0, "Seconds between restocks of sold-out toys (0: never).", non_negative_float],
+        ["restock-to", None, 100, "Stock a sold-out toy is brought back to.", non_negative_int],
+        ["initial-stock", None, 100, "Stock of each toy when the catalog is created.", non_negative_int],
         ["frontend-url", None, None,
          f"Comma-separated frontend URLs to invalidate (default ${FRONTEND_URL_ENV} or {DEFAULT_FRONTEND_URL})."],
     ]
