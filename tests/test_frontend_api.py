@@ -16,6 +16,7 @@ from test_frontend_leader import TOKEN, FakeNetwork
 from toystore.frontend.api import FrontendApi
 from toystore.frontend.cache import LruCache
 from toystore.frontend.leader import LeaderCaller, LeaderTracker
+from toystore.http import Utf8PathGuard
 
 CATALOG_URL = "http://catalog.test:8001"
 
@@ -57,7 +58,7 @@ class Frontend:
         caller = LeaderCaller(self.tracker, self.network, self.clock, TOKEN)  # type: ignore[arg-type]
         self.api = FrontendApi(CATALOG_URL, self.cache, self.tracker, caller, self.network,  # type: ignore[arg-type]
                                self.clock, TOKEN)
-        self.client = StubTreq(self.api.app.resource())
+        self.client = StubTreq(Utf8PathGuard(self.api.app.resource()))
 
     def lead(self, leader: int, term: int = 1) -> None:
         for ident, replica in self.network.replicas.items():
@@ -359,6 +360,12 @@ def test_unknown_route_and_wrong_method_answer_json(frontend: Frontend) -> None:
     assert (code, body["error"]["code"]) == (404, 404)
     code, _, body = frontend.call("GET", "/orders")
     assert (code, body["error"]["code"]) == (405, 405)
+
+
+def test_non_utf8_url_is_400(frontend: Frontend) -> None:
+    code, _, body = frontend.call("GET", "/products/%FF")
+    assert (code, body["error"]["code"]) == (400, 400)
+    assert frontend.catalog.queries == []
 
 
 def test_health_reports_leader(frontend: Frontend) -> None:

@@ -14,7 +14,7 @@ from twisted.web.client import HTTPConnectionPool
 from toystore.frontend.api import FrontendApi, Product
 from toystore.frontend.cache import LruCache
 from toystore.frontend.leader import LeaderCaller, LeaderTracker
-from toystore.http import QuietSite, make_http_client
+from toystore.http import QuietSite, Utf8PathGuard, make_http_client
 
 
 class FrontendService(MultiService):
@@ -64,6 +64,6 @@ def build_frontend(
     cache: LruCache[Product] = LruCache(cache_size)
     api = FrontendApi(catalog_url, cache, tracker, caller, client, clock, token)
     service = FrontendService(tracker, pool)
-    listener = TCPServer(port, QuietSite(api.app.resource()), interface=interface, reactor=reactor)
+    listener = TCPServer(port, QuietSite(Utf8PathGuard(api.app.resource())), interface=interface, reactor=reactor)
     listener.setServiceParent(service)
     return service

@@ -10,6 +10,7 @@ from toystore.config import (
     ORDER_REPLICAS_ENV,
     CommonOptions,
     default_replicas,
+    non_negative_int,
     parse_base_url,
     parse_replicas,
     port_option,
@@ -17,19 +18,12 @@ from toystore.config import (
 from toystore.frontend.service import build_frontend
 
 
-def _cache_size(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError("must be >= 0")
-    return value
-
-
 class Options(CommonOptions):
     """Frontend options; addresses fall back to the environment, then to the local defaults."""
 
     optParameters = [
         port_option(8000),
-        ["cache-size", None, 8, "How many products the LRU cache keeps (0 disables it).", _cache_size],
+        ["cache-size", None, 8, "How many products the LRU cache keeps (0 disables it).", non_negative_int],
         ["catalog-url", None, None, f"Catalog base URL (default ${CATALOG_URL_ENV} or {DEFAULT_CATALOG_URL})."],
         ["order-replicas", None, None,
          f"Order replicas as 1=URL,2=URL,... (default ${ORDER_REPLICAS_ENV} or 1..3 on 127.0.0.1:810N)."],
