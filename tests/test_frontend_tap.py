@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from twisted.application.internet import TCPServer
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
 from twisted.python import usage
 
 from toystore.config import CommonOptions
 from toystore.frontend import tap
+from toystore.frontend.leader import LeaderTracker
 from toystore.frontend.service import FrontendService
+
+from test_frontend_leader import FakeNetwork
 
 
 def parse(args: list[str], env: dict[str, str] | None = None) -> tap.Options:
@@ -72,3 +79,33 @@ def test_make_service_listens_where_told() -> None:
 def test_insecure_starts_without_token() -> None:
     options = parse(["--insecure"])
     assert isinstance(tap.makeService(options), FrontendService)
+
+
+class FakePool:
+    def __init__(self) -> None:
+        self.closed = False
+
+    def closeCachedConnections(self) -> Deferred[None]:
+        self.closed = True
+        return succeed(None)
+
+
+def test_service_runs_health_checks_only_while_started() -> None:
+    clock = Clock()
+    network = FakeNetwork()
+    network.add_replicas(2)
+    network.replicas[2].lead(1)
+    tracker = LeaderTracker({1: network.url_of(1), 2: network.url_of(2)}, network, clock, "t")  # type: ignore[arg-type]
+    pool = FakePool()
+    service = FrontendService(tracker, pool)  # type: ignore[arg-type]
+    clock.advance(5)
+    assert network.replicas[2].requests == []
+    service.startService()
+    network.flush()
+    assert tracker.leader_id == 2
+    stopped: list[Any] = []
+    service.stopService().addBoth(stopped.append)
+    assert stopped == [None] and pool.closed
+    checks = len(network.replicas[2].requests)
+    clock.pump([0.5] * 10)
+    assert len(network.replicas[2].requests) == checks

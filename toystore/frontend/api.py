@@ -128,11 +128,12 @@ class FrontendApi:
     async def _fill(self, name: str) -> Product:
         """Fetch ``name`` from the catalog and cache it unless it was invalidated meanwhile."""
         generation = self._cache.begin_fill(name)
-        product: Product | None = None
         try:
             product = await self._query_catalog(name)
-        finally:
-            self._cache.end_fill(name, generation, product)
+        except BaseException:
+            self._cache.end_fill(name, generation, None)
+            raise
+        self._cache.end_fill(name, generation, product)
         return product
 
     async def _query_catalog(self, name: str) -> Product:
