@@ -169,9 +169,20 @@ def test_unknown_order_must_be_assumed_to_have_taken_effect() -> None:
     assert stock_verdict(effect) is Verdict.OK
     without_order = History().read_product("Tux", 5, 6, 3)
     assert stock_verdict(without_order) is Verdict.ILLEGAL
-    undone = (History().order("Tux", 2, 0, 1, outcome="unknown")
+    not_yet = History().order("Tux", 2, 0, None, outcome="unknown").read_product("Tux", 5, 6, 5)
+    assert stock_verdict(not_yet) is Verdict.OK
+
+
+def test_reservation_of_unknown_order_may_be_released_but_acknowledged_one_not() -> None:
+    released = (History().order("Tux", 2, 0, 1, outcome="unknown")
+                .read_product("Tux", 5, 6, 3).read_product("Tux", 7, 8, 5))
+    assert stock_verdict(released) is Verdict.OK
+    undone = (History().order("Tux", 2, 0, 1, number=0)
               .read_product("Tux", 5, 6, 3).read_product("Tux", 7, 8, 5))
     assert stock_verdict(undone) is Verdict.ILLEGAL
+    released_twice = (History().order("Tux", 2, 0, 1, outcome="unknown")
+                      .read_product("Tux", 5, 6, 3).read_product("Tux", 7, 8, 7))
+    assert stock_verdict(released_twice) is Verdict.ILLEGAL
 
 
 def test_search_out_of_budget_is_unknown_not_illegal() -> None:
@@ -200,7 +211,7 @@ def test_many_pending_unknown_orders_stay_cheap() -> None:
     for i in range(60):
         history.order("Tux", 1, 0, None, outcome="unknown")
     history.read_product("Tux", 1, 2, 1000 - 30).read_product("Tux", 3, 4, 1)  # 1 is impossible
-    result = check_history(StockCounterModel({"Tux": 1000}), history.ops, max_steps=100_000)
+    result = check_history(StockCounterModel({"Tux": 1000}), history.ops, max_steps=500_000)
     assert result.verdict is Verdict.ILLEGAL
 
 
@@ -279,7 +290,18 @@ def test_sequential_order_histories_are_linearizable(steps: list[tuple[int, bool
 
 
 def brute_force_linearizable(model: Any, key: Any, ops: list[LinOp]) -> bool:
-    """Every order of all ops that keeps real-time precedence, stepped through the model."""
+    """Every order of every op with a return and any subset of those pending forever (they
+    may never take effect), keeping real-time precedence, stepped through the model."""
+    definite = [op for op in ops if op.ret != math.inf]
+    optional = [op for op in ops if op.ret == math.inf]
+    return any(
+        _some_order_legal(model, key, definite + list(chosen))
+        for size in range(len(optional) + 1)
+        for chosen in itertools.combinations(optional, size)
+    )
+
+
+def _some_order_legal(model: Any, key: Any, ops: list[LinOp]) -> bool:
     for order in itertools.permutations(ops):
         position = {op.op_id: i for i, op in enumerate(order)}
         if any(a.ret < b.call and position[a.op_id] > position[b.op_id] for a in ops for b in ops):
@@ -314,6 +336,8 @@ def concurrent_stock_history(draw: st.DrawFn) -> list[LinOp]:
             if point != math.inf and output == "ok":
                 stock -= quantity
             ops.append(LinOp(i, call, ret, ("order", quantity), None if unknown else output))
+            if unknown:
+                ops.append(LinOp(i + 100, call, ret, ("release", quantity), None))
         elif not unknown:
             ops.append(LinOp(i, call, ret, ("read",), stock))
     if ops and draw(st.booleans()):

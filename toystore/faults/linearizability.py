@@ -9,7 +9,9 @@ linearizable when the list empties.
 
 An operation whose outcome is unknown gets a return time of +infinity and an unconstrained
 output, as Porcupine and Knossos model them: it may take effect at any point after its call,
-and linearizing it after everything else is the same as it never taking effect.
+or never. So the search succeeds once every operation with a finite return is linearized,
+and a model may refuse an unknown operation where it could not have taken effect (that
+branch is covered by it never taking effect), which keeps the search small.
 
 Histories are split per key (order number, toy name) first: linearizability is compositional,
 so each part is checked alone, which keeps the search small.
@@ -56,7 +58,10 @@ class Model(Protocol[State]):
         """The state a part starts from."""
 
     def step(self, state: State, input: Any, output: Any) -> tuple[bool, State]:
-        """Whether the operation may apply to ``state`` with this output, and the next state."""
+        """Whether the operation may apply to ``state`` with this output, and the next state.
+
+        Operations pending forever (unknown outcome) are optional: refusing one only means it
+        did not take effect at that point."""
 
 
 class Verdict(enum.Enum):
@@ -197,13 +202,14 @@ def check_operations(
     start_steps = budget.steps
     head = _event_list(ops)
     _mark_twins(head)
+    unfinished = sum(1 for op in ops if not math.isinf(op.ret))
     state = model.init(key)
     linearized = 0
     seen: set[tuple[int, Hashable]] = set()
     calls: list[tuple[_Node, State]] = []
     deepest, stuck_at = -1, None
     entry = head.next
-    while head.next is not None:
+    while unfinished:
         if not budget.spend():
             return PartitionResult(key, Verdict.UNKNOWN, len(ops), budget.steps - start_steps)
         assert entry is not None and entry.op is not None
@@ -219,6 +225,7 @@ def check_operations(
                     seen.add(memo)
                     calls.append((entry, state))
                     state, linearized = new_state, new_linearized
+                    unfinished -= not math.isinf(entry.op.ret)
                     _lift(entry)
                     entry = head.next
                     continue
@@ -231,6 +238,8 @@ def check_operations(
                     key, Verdict.ILLEGAL, len(ops), budget.steps - start_steps, stuck_at
                 )
             top, state = calls.pop()
+            assert top.op is not None
+            unfinished += not math.isinf(top.op.ret)
             linearized &= ~(1 << top.index)
             _unlift(top)
             entry = top.next
@@ -301,8 +310,8 @@ class OrderRegisterModel:
     unknown attempt with the same key (it may have created ``n`` before the retry was sent);
     without one, for each value that reads of ``n`` returned, the earliest-invoked unknown order
     of that name and quantity (an earlier call admits every linearization point a later one
-    does, so it dominates). When it linearizes in part ``n`` and ``n`` is free it creates
-    ``n``; when ``n`` is taken it must have got another number, and changes nothing. This is
+    does, so it dominates). It may only linearize in part ``n`` while ``n`` is free, and then
+    creates it; otherwise it got another number or none, which is it staying out. This is
     an over-approximation (one unknown order could explain two numbers); the phantom-order
     checker bounds the counts.
     """
@@ -359,9 +368,7 @@ class OrderRegisterModel:
         _, name, quantity, identity, definite = input
         if state is None:
             return True, (name, quantity, identity)
-        if not definite:
-            return True, state
-        return state == (name, quantity, identity), state
+        return definite and state == (name, quantity, identity), state
 
 
 def _order_fields(fields: Mapping[str, Any]) -> tuple[str, int]:
@@ -394,21 +401,27 @@ def _unique(ops: Iterable[LinOp]) -> list[LinOp]:
 # --- The stock counter: one counter per toy, when nothing restocks ----------------------
 
 
+StockState = tuple[int, tuple[tuple[int, int], ...]]  # stock, releasable (quantity, count) pairs
+
+
 @dataclass(frozen=True)
 class StockCounterModel:
-    """Each toy's stock is a counter that only orders lower.
+    """Each toy's stock is a counter that only orders lower, when nothing restocks.
 
     Inputs: ``("order", quantity)`` with output ``"ok"``, ``"refused"`` (a 409) or ``None``
-    (unknown), and ``("read",)`` with the quantity read as output. An acknowledged order needs
-    ``stock >= quantity`` and lowers it; a 409 needs ``stock < quantity`` at its point; an
-    unknown order lowers it when it can (not taking effect is linearizing it last). Other
-    refusals (400, 404) and unanswered reads constrain nothing and are left out.
+    (unknown), ``("release", quantity)`` and ``("read",)`` with the quantity read as output.
+    An acknowledged order needs ``stock >= quantity`` and lowers it; a 409 needs
+    ``stock < quantity`` at its point; an unknown order, if it takes effect, needs and lowers
+    stock like an acknowledged one. Other refusals (400, 404) and unanswered reads constrain
+    nothing and are left out.
 
-    Only valid when nothing restocks. The catalog reserves stock before the order commits and
-    releases the reservation of an order that can never commit, so a read may see a dip that
-    is later undone by an order with an unknown (or 5xx) outcome; this model reports that as
-    illegal, so use it on runs whose unknown orders are few, or read its verdict with that in
-    mind.
+    The catalog reserves stock before an order commits and gives back the reservation of an
+    order that can never commit (DESIGN.md, the order saga), so a read may see stock dip and
+    come back. Only an order with an unknown outcome can end that way, so each one brings a
+    ``release`` pseudo-operation, also pending forever from its call and optional: it
+    returns one outstanding unknown reservation of that quantity. The state counts outstanding
+    unknown reservations per quantity rather than naming them, as same-quantity ones are
+    interchangeable; acknowledged orders' reservations are never released.
 
     :param initial: each toy's stock at the start; toys not listed are not checked.
     """
@@ -422,32 +435,46 @@ class StockCounterModel:
             if name not in self.initial:
                 continue
             if op.kind == "order":
-                output = {"ok": "ok", "unknown": None}.get(op.outcome)
-                if op.outcome == "fail" and op.status == 409:
-                    output = "refused"
-                elif op.outcome == "fail":
+                quantity = int(op.request["quantity"])
+                if op.outcome == "fail" and op.status != 409:
                     continue
-                parts[name].append(
-                    LinOp(op.op_id, op.invoke, _ret(op), ("order", int(op.request["quantity"])), output)
-                )
+                output = {"ok": "ok", "fail": "refused"}.get(op.outcome)
+                parts[name].append(LinOp(op.op_id, op.invoke, _ret(op), ("order", quantity), output))
+                if output is None:
+                    parts[name].append(LinOp(op.op_id, op.invoke, math.inf, ("release", quantity), None))
             elif op.kind == "read_product" and op.outcome == "ok" and op.response is not None:
                 parts[name].append(
                     LinOp(op.op_id, op.invoke, _ret(op), ("read",), int(op.response["quantity"]))
                 )
         return parts
 
-    def init(self, key: Hashable) -> int:
-        return int(self.initial[str(key)])
+    def init(self, key: Hashable) -> StockState:
+        return int(self.initial[str(key)]), ()
 
-    def step(self, state: int, input: Any, output: Any) -> tuple[bool, int]:
+    def step(self, state: StockState, input: Any, output: Any) -> tuple[bool, StockState]:
+        stock, releasable = state
         if input[0] == "read":
-            return state == output, state
+            return stock == output, state
         quantity = input[1]
+        if input[0] == "release":
+            held = dict(releasable)
+            if not held.get(quantity):
+                return False, state
+            held[quantity] -= 1
+            return True, (stock + quantity, _counts(held))
         if output == "ok":
-            return state >= quantity, state - quantity
+            return stock >= quantity, (stock - quantity, releasable)
         if output == "refused":
-            return state < quantity, state
-        return True, state - quantity if state >= quantity else state
+            return stock < quantity, state
+        if stock < quantity:
+            return False, state
+        held = dict(releasable)
+        held[quantity] = held.get(quantity, 0) + 1
+        return True, (stock - quantity, _counts(held))
+
+
+def _counts(held: Mapping[int, int]) -> tuple[tuple[int, int], ...]:
+    return tuple(sorted((quantity, count) for quantity, count in held.items() if count))
 
 
 def describe(op: LinOp) -> str:
