@@ -1,0 +1,1 @@
+"""Raft consensus: a pure core (:mod:`toystore.raft.core`) and the Twisted node that drives it."""

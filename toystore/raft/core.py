@@ -1,0 +1,654 @@
+"""The pure Raft state machine, in the manner of etcd-io/raft.
+
+:class:`RaftCore` does no I/O and reads no clock: the caller feeds it ticks, peer
+messages and client requests, then collects a :class:`~toystore.raft.messages.Ready`
+(what to persist, send and apply) and reports it done with :meth:`RaftCore.advance`.
+Everything is deterministic given the injected ``random.Random``.
+
+Implemented: leader election with randomized timeouts, pre-vote and check-quorum
+leases (Ongaro's dissertation 9.6), log replication with probe/replicate flow control
+and fast backup, commit of current-term entries only (Figure 8), ReadIndex, leadership
+transfer (3.10) and TRUNCATE of an outdated follower suffix.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Callable, Sequence
+
+from toystore.raft.messages import Entry, HardState, Message, MessageType, Ready, ReadState, Role, SoftState
+from toystore.raft.progress import Inflights, Progress, ProgressState
+from toystore.raft.raftlog import RaftLog
+from toystore.raft.readindex import PendingReads
+
+#: The context of a VOTE sent after TIMEOUT_NOW: voters must not ignore it for their lease.
+TRANSFER_CONTEXT = "transfer"
+#: Unacknowledged appends allowed per follower in replicate state.
+MAX_INFLIGHT_APPENDS = 64
+
+_RESPONSE_TO_VOTE = {MessageType.VOTE: MessageType.VOTE_RESP, MessageType.PRE_VOTE: MessageType.PRE_VOTE_RESP}
+# Only a leader sends these, so they name the sender as leader of their term.
+_FROM_LEADER = frozenset({MessageType.APPEND, MessageType.HEARTBEAT, MessageType.TRUNCATE})
+
+
+class NotLeader(Exception):
+    """The request needs the leader.
+
+    :param leader_id: the leader this node knows of, 0 when unknown.
+    """
+
+    def __init__(self, leader_id: int) -> None:
+        super().__init__(f"not the leader (leader: {leader_id or 'unknown'})")
+        self.leader_id = leader_id
+
+
+class RaftCore:
+    """One Raft participant.
+
+    :param node_id: this node's id (>= 1).
+    :param peers: every node id of the cluster, this one included.
+    :param hard_state: the persisted term, vote and commit index.
+    :param entries: the persisted log, indexes from 1, contiguous.
+    :param applied: entries up to here were applied before a restart.
+    :param rng: the only source of randomness (election timeouts).
+    :param election_ticks: the base election timeout; each wait is drawn from
+        ``[election_ticks, 2 * election_ticks)``.
+    :param heartbeat_ticks: a leader's heartbeat period.
+    :param pre_vote: run a pre-vote round before bumping the term.
+    :param check_quorum: a leader steps down without a quorum's answers within an
+        election timeout, and nodes that heard from a leader within it ignore votes.
+    :param max_entries_per_append: the largest batch per APPEND.
+    :raises ValueError: on an impossible configuration or persisted state.
+    """
+
+    def __init__(
+        self,
+        node_id: int,
+        peers: Sequence[int],
+        *,
+        hard_state: HardState = HardState(),
+        entries: Sequence[Entry] = (),
+        applied: int = 0,
+        rng: random.Random,
+        election_ticks: int = 10,
+        heartbeat_ticks: int = 1,
+        pre_vote: bool = True,
+        check_quorum: bool = True,
+        max_entries_per_append: int = 512,
+    ) -> None:
+        if node_id < 1 or node_id not in peers or len(set(peers)) != len(peers) or min(peers) < 1:
+            raise ValueError(f"peers {list(peers)} must be distinct ids >= 1 including {node_id}")
+        if not 1 <= heartbeat_ticks < election_ticks:
+            raise ValueError("need 1 <= heartbeat_ticks < election_ticks")
+        if max_entries_per_append < 1:
+            raise ValueError("max_entries_per_append must be at least 1")
+        if hard_state.vote and hard_state.vote not in peers:
+            raise ValueError(f"persisted vote for unknown node {hard_state.vote}")
+        self._id = node_id
+        self._others = tuple(sorted(peer for peer in peers if peer != node_id))
+        self._quorum = len(peers) // 2 + 1
+        self._rng = rng
+        self._election_ticks = election_ticks
+        self._heartbeat_ticks = heartbeat_ticks
+        self._pre_vote = pre_vote
+        self._check_quorum = check_quorum
+        self._max_entries = max_entries_per_append
+
+        self._term = hard_state.term
+        self._vote = hard_state.vote
+        # An applied entry was committed, even if the commit index on disk lags behind.
+        self._log = RaftLog(entries, commit=max(hard_state.commit, applied), applied=applied)
+        self._role = Role.FOLLOWER
+        self._leader_id = 0
+        self._prev_hard_state = hard_state
+        self._prev_soft_state = SoftState(Role.FOLLOWER, 0)
+        self._messages: list[Message] = []
+        self._read_states: list[ReadState] = []
+
+        self._election_elapsed = 0
+        self._heartbeat_elapsed = 0
+        self._timeout = self._draw_timeout()
+        self._votes: dict[int, bool] = {}
+        self._progress: dict[int, Progress] = {}
+        self._transferee = 0
+        self._reads = PendingReads(self._quorum)
+        # ReadIndex requests that wait for the first commit of the leader's own term.
+        self._early_reads: list[str] = []
+        self._handlers: dict[Role, Callable[[Message], None]] = {
+            Role.FOLLOWER: self._step_follower,
+            Role.PRE_CANDIDATE: self._step_candidate,
+            Role.CANDIDATE: self._step_candidate,
+            Role.LEADER: self._step_leader,
+        }
+
+    # -- read-only state ---------------------------------------------------------------
+
+    @property
+    def id(self) -> int:
+        """This node's id."""
+        return self._id
+
+    @property
+    def term(self) -> int:
+        """The current term."""
+        return self._term
+
+    @property
+    def role(self) -> Role:
+        """The current role."""
+        return self._role
+
+    @property
+    def leader_id(self) -> int:
+        """The leader of the current term, 0 when unknown."""
+        return self._leader_id
+
+    @property
+    def commit_index(self) -> int:
+        """The highest index known to be committed."""
+        return self._log.commit
+
+    @property
+    def last_index(self) -> int:
+        """The index of the last log entry."""
+        return self._log.last_index
+
+    @property
+    def applied_index(self) -> int:
+        """The highest index the node reported applied."""
+        return self._log.applied
+
+    @property
+    def log(self) -> Sequence[Entry]:
+        """The whole log (``log[i - 1]`` has index ``i``); a live view, not a copy."""
+        return self._log.entries
+
+    # -- inputs ------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Let one unit of logical time pass."""
+        if self._role is Role.LEADER:
+            self._tick_leader()
+            return
+        self._election_elapsed += 1
+        if self._election_elapsed >= self._timeout:
+            self._election_elapsed = 0
+            self._campaign(pre_vote=self._pre_vote)
+
+    def campaign(self) -> None:
+        """Start an election now (through pre-vote when enabled); no-op on a leader."""
+        if self._role is not Role.LEADER:
+            self._campaign(pre_vote=self._pre_vote)
+
+    def propose(self, data: str) -> tuple[int, int]:
+        """Append ``data`` to the log and start replicating it.
+
+        :return: the new entry's (index, term); it is committed once it comes out in
+            ``committed_entries`` with that term.
+        :raises NotLeader: on a follower or candidate, or during a leadership transfer.
+        """
+        if self._role is not Role.LEADER:
+            raise NotLeader(self._leader_id)
+        if self._transferee:
+            raise NotLeader(0)
+        entry = self._append(data)
+        self._broadcast_append()
+        return entry.index, entry.term
+
+    def read_index(self, context: str) -> None:
+        """Ask for a linearizable read point; a ``ReadState(context, index)`` comes out in
+        a later Ready once a quorum confirmed this node still leads.
+
+        :param context: a unique, non-empty request id.
+        :raises NotLeader: on a non-leader (pending requests die on losing leadership).
+        """
+        if not context:
+            raise ValueError("a ReadIndex context must not be empty")
+        if self._role is not Role.LEADER:
+            raise NotLeader(self._leader_id)
+        # Until an entry of its term commits, the leader's commit index may lag behind
+        # what an earlier leader committed (dissertation 6.4).
+        if self._log.term_at(self._log.commit) != self._term:
+            self._early_reads.append(context)
+        else:
+            self._start_read(context)
+
+    def transfer_leadership(self, target: int) -> None:
+        """Hand leadership to ``target``: bring it up to date, then send TIMEOUT_NOW.
+
+        Proposals are refused meanwhile; the transfer is abandoned after an election
+        timeout. No-op unless leader and ``target`` is another known node.
+        """
+        if self._role is not Role.LEADER or target not in self._progress or target in (self._id, self._transferee):
+            return
+        self._transferee = target
+        # The transfer gets one election timeout from now.
+        self._election_elapsed = 0
+        if self._progress[target].match == self._log.last_index:
+            self._send(MessageType.TIMEOUT_NOW, target)
+        else:
+            self._send_append(target)
+
+    def step(self, message: Message) -> None:
+        """Handle a message from a peer; wrong-addressed or malformed ones are ignored."""
+        if message.to != self._id or message.sender not in self._others:
+            return
+        if message.term > self._term:
+            if not self._accept_higher_term(message):
+                return
+        elif message.term < self._term:
+            self._answer_stale(message)
+            return
+        if message.type in _RESPONSE_TO_VOTE:
+            self._handle_vote_request(message)
+        else:
+            self._handlers[self._role](message)
+
+    # -- Ready -------------------------------------------------------------------------
+
+    def has_ready(self) -> bool:
+        """Is there anything to persist, send, apply or report?"""
+        previous = self._prev_hard_state
+        return bool(
+            self._messages
+            or self._read_states
+            or self._log.has_unpersisted()
+            or self._log.has_to_apply()
+            or (self._term, self._vote, self._log.commit) != (previous.term, previous.vote, previous.commit)
+            or self._soft_state() != self._prev_soft_state
+        )
+
+    def ready(self) -> Ready:
+        """Collect the pending work; hand it back to :meth:`advance` once done."""
+        hard_state = HardState(self._term, self._vote, self._log.commit)
+        soft_state = self._soft_state()
+        return Ready(
+            hard_state=None if hard_state == self._prev_hard_state else hard_state,
+            entries=self._log.unpersisted(),
+            committed_entries=self._log.to_apply(),
+            messages=tuple(self._messages),
+            read_states=tuple(self._read_states),
+            soft_state=None if soft_state == self._prev_soft_state else soft_state,
+        )
+
+    def advance(self, ready: Ready) -> None:
+        """The node persisted, sent and applied what ``ready`` held."""
+        if ready.hard_state is not None:
+            self._prev_hard_state = ready.hard_state
+        if ready.soft_state is not None:
+            self._prev_soft_state = ready.soft_state
+        del self._messages[: len(ready.messages)]
+        del self._read_states[: len(ready.read_states)]
+        if ready.committed_entries:
+            self._log.applied_to(ready.committed_entries[-1].index)
+        if ready.entries:
+            last = ready.entries[-1]
+            self._log.persisted_to(last.index, last.term)
+            # A leader counts itself towards a quorum only for what it persisted.
+            if self._role is Role.LEADER and self._progress[self._id].maybe_update(self._log.persisted):
+                self._maybe_commit()
+
+    # -- roles -------------------------------------------------------------------------
+
+    def _reset(self, term: int) -> None:
+        """Start afresh in ``term``: forget the vote (if the term changed), timers and role state."""
+        if term != self._term:
+            self._term = term
+            self._vote = 0
+        self._leader_id = 0
+        self._election_elapsed = 0
+        self._heartbeat_elapsed = 0
+        self._timeout = self._draw_timeout()
+        self._votes = {}
+        self._progress = {}
+        self._transferee = 0
+        self._reads.clear()
+        self._early_reads = []
+
+    def _become_follower(self, term: int, leader_id: int) -> None:
+        self._reset(term)
+        self._role = Role.FOLLOWER
+        self._leader_id = leader_id
+
+    def _become_leader(self) -> None:
+        self._reset(self._term)
+        self._role = Role.LEADER
+        self._leader_id = self._id
+        next_index = self._log.last_index + 1
+        for peer in (self._id, *self._others):
+            self._progress[peer] = Progress(match=0, next=next_index, inflights=Inflights(MAX_INFLIGHT_APPENDS))
+        own = self._progress[self._id]
+        own.match = self._log.persisted
+        own.become_replicate()
+        own.recent_active = True
+        # The no-op lets the leader commit, hence learn the commit index, in its term.
+        self._append("")
+        self._broadcast_append()
+
+    def _campaign(self, *, pre_vote: bool, transfer: bool = False) -> None:
+        """Ask every peer for a (pre-)vote, counting our own at once."""
+        if pre_vote:
+            self._reset(self._term)
+            self._role = Role.PRE_CANDIDATE
+            kind, term = MessageType.PRE_VOTE, self._term + 1
+        else:
+            self._reset(self._term + 1)
+            self._role = Role.CANDIDATE
+            self._vote = self._id
+            kind, term = MessageType.VOTE, self._term
+        self._votes = {self._id: True}
+        if self._quorum == 1:
+            self._won_election()
+            return
+        for peer in self._others:
+            self._messages.append(
+                Message(
+                    kind,
+                    self._id,
+                    peer,
+                    term,
+                    log_term=self._log.last_term,
+                    index=self._log.last_index,
+                    context=TRANSFER_CONTEXT if transfer else "",
+                )
+            )
+
+    def _won_election(self) -> None:
+        if self._role is Role.PRE_CANDIDATE:
+            self._campaign(pre_vote=False)
+        else:
+            self._become_leader()
+
+    # -- term handling and votes -------------------------------------------------------
+
+    def _accept_higher_term(self, message: Message) -> bool:
+        """Handle the term of a message from a later term. :return: whether to go on with it."""
+        if message.type in _RESPONSE_TO_VOTE and message.context != TRANSFER_CONTEXT and self._in_lease():
+            # A leader was heard from recently: this candidate would only disrupt it.
+            return False
+        if message.type is MessageType.PRE_VOTE:
+            # A pre-vote asks about a term nobody holds yet: ours must not move.
+            return True
+        if message.type is MessageType.PRE_VOTE_RESP and not message.reject:
+            # Granted for our future term; we move there only after winning.
+            return True
+        leader = message.sender if message.type in _FROM_LEADER else 0
+        self._become_follower(message.term, leader)
+        return True
+
+    def _in_lease(self) -> bool:
+        """Has this node heard from a leader within the (minimum) election timeout?"""
+        return self._check_quorum and self._leader_id != 0 and self._election_elapsed < self._election_ticks
+
+    def _answer_stale(self, message: Message) -> None:
+        """Tell a sender from a past term about ours when that unblocks it."""
+        if message.type in (MessageType.APPEND, MessageType.HEARTBEAT) and (self._check_quorum or self._pre_vote):
+            # A deposed leader whose followers all ignore it might never learn the new
+            # term otherwise: pre-vote keeps the new term from reaching it through votes.
+            self._send(MessageType.APPEND_RESP, message.sender)
+        elif message.type is MessageType.PRE_VOTE:
+            # The pre-candidate adopts our term from the rejection and can then win.
+            self._send(MessageType.PRE_VOTE_RESP, message.sender, reject=True)
+
+    def _handle_vote_request(self, message: Message) -> None:
+        can_vote = (
+            self._vote == message.sender
+            or (self._vote == 0 and self._leader_id == 0)
+            or (message.type is MessageType.PRE_VOTE and message.term > self._term)
+        )
+        response = _RESPONSE_TO_VOTE[message.type]
+        if can_vote and self._log.is_up_to_date(message.index, message.log_term):
+            self._messages.append(Message(response, self._id, message.sender, message.term))
+            if message.type is MessageType.VOTE:
+                self._election_elapsed = 0
+                self._vote = message.sender
+        else:
+            self._send(response, message.sender, reject=True)
+
+    # -- followers and candidates ------------------------------------------------------
+
+    def _step_follower(self, message: Message) -> None:
+        if message.type in _FROM_LEADER:
+            self._election_elapsed = 0
+            self._leader_id = message.sender
+            self._handle_from_leader(message)
+        elif message.type is MessageType.TIMEOUT_NOW:
+            self._campaign(pre_vote=False, transfer=True)
+
+    def _step_candidate(self, message: Message) -> None:
+        if message.type in _FROM_LEADER:
+            # Someone won this term.
+            self._become_follower(message.term, message.sender)
+            self._handle_from_leader(message)
+            return
+        expected = MessageType.PRE_VOTE_RESP if self._role is Role.PRE_CANDIDATE else MessageType.VOTE_RESP
+        if message.type is not expected:
+            return
+        self._votes.setdefault(message.sender, not message.reject)
+        granted = sum(self._votes.values())
+        if granted >= self._quorum:
+            self._won_election()
+        elif len(self._votes) - granted >= self._quorum:
+            self._become_follower(self._term, 0)
+
+    def _handle_from_leader(self, message: Message) -> None:
+        if message.type is MessageType.APPEND:
+            self._handle_append(message)
+        elif message.type is MessageType.HEARTBEAT:
+            # commit <= the follower's match index, so it is in our log; min() only
+            # guards against a faulty peer.
+            self._log.commit_to(min(message.commit, self._log.last_index))
+            self._send(MessageType.HEARTBEAT_RESP, message.sender, context=message.context)
+        else:
+            self._handle_truncate(message)
+
+    def _handle_append(self, message: Message) -> None:
+        log = self._log
+        if message.index < log.commit:
+            # Everything up to our commit index matches any leader's log.
+            self._send_append_response(message.sender, index=log.commit)
+            return
+        if not _well_formed_entries(message):
+            return
+        if not log.matches(message.index, message.log_term):
+            hint = log.find_conflict_by_term(min(message.index, log.last_index), message.log_term)
+            self._send_append_response(
+                message.sender,
+                index=message.index,
+                reject=True,
+                reject_hint=hint,
+                conflict_term=log.term_at(hint) or 0,
+            )
+            return
+        # Entries start past our commit index (checked above), so no committed entry is
+        # cut here; RaftLog.append asserts it.
+        conflict = log.find_conflict(message.entries)
+        if conflict:
+            log.append(message.entries[conflict - message.index - 1 :])
+        last_new = message.index + len(message.entries)
+        log.commit_to(min(message.commit, last_new))
+        self._send_append_response(message.sender, index=last_new)
+
+    def _handle_truncate(self, message: Message) -> None:
+        """Drop older-term entries past the leader's last index: they can never commit."""
+        log = self._log
+        keep = max(message.index, log.commit)
+        # Terms only grow along the log, so if the last entry is older than the leader's
+        # term, so is every entry past ``keep``.
+        if keep >= 1 and keep < log.last_index and log.last_term < self._term:
+            log.truncate_after(keep)
+
+    def _send_append_response(self, to: int, *, index: int, **fields: int | bool) -> None:
+        self._send(
+            MessageType.APPEND_RESP,
+            to,
+            index=index,
+            log_term=self._log.last_term,
+            commit=self._log.last_index,
+            **fields,
+        )
+
+    # -- leader ------------------------------------------------------------------------
+
+    def _tick_leader(self) -> None:
+        self._heartbeat_elapsed += 1
+        self._election_elapsed += 1
+        if self._election_elapsed >= self._election_ticks:
+            self._election_elapsed = 0
+            if self._check_quorum and not self._quorum_active():
+                self._become_follower(self._term, 0)
+                return
+            # A transfer that did not finish within an election timeout is abandoned.
+            self._transferee = 0
+        if self._heartbeat_elapsed >= self._heartbeat_ticks:
+            self._heartbeat_elapsed = 0
+            self._broadcast_heartbeat(self._reads.last_context)
+
+    def _quorum_active(self) -> bool:
+        """Did a quorum answer during the last election timeout? Starts the next period."""
+        active = 1 + sum(self._progress[peer].recent_active for peer in self._others)
+        for peer in self._others:
+            self._progress[peer].recent_active = False
+        return active >= self._quorum
+
+    def _step_leader(self, message: Message) -> None:
+        progress = self._progress[message.sender]
+        if message.type is MessageType.APPEND_RESP:
+            progress.recent_active = True
+            if message.index <= self._log.last_index:
+                self._handle_append_response(message, progress)
+            self._maybe_send_truncate(message)
+        elif message.type is MessageType.HEARTBEAT_RESP:
+            progress.recent_active = True
+            progress.probe_sent = False
+            if progress.state is ProgressState.REPLICATE and progress.inflights.full:
+                progress.inflights.free_first()
+            if progress.match < self._log.last_index or progress.state is ProgressState.PROBE:
+                self._send_append(message.sender)
+            if message.context:
+                self._read_states.extend(self._reads.acknowledge(message.context, message.sender))
+
+    def _handle_append_response(self, message: Message, progress: Progress) -> None:
+        peer = message.sender
+        if message.reject:
+            match_hint = min(message.reject_hint, self._log.last_index)
+            if message.conflict_term:
+                # Skip every entry of ours whose term the follower cannot hold there.
+                match_hint = self._log.find_conflict_by_term(match_hint, message.conflict_term)
+            if progress.maybe_decrease(message.index, match_hint):
+                if progress.state is ProgressState.REPLICATE:
+                    progress.become_probe()
+                self._send_append(peer)
+            return
+        if progress.maybe_update(message.index) or (
+            progress.match == message.index and progress.state is ProgressState.PROBE
+        ):
+            if progress.state is ProgressState.PROBE:
+                progress.become_replicate()
+            else:
+                progress.inflights.free_up_to(message.index)
+            if not self._maybe_commit():
+                self._send_commit(peer)
+            while self._send_append(peer, allow_empty=False):
+                pass
+            if peer == self._transferee and progress.match == self._log.last_index:
+                self._send(MessageType.TIMEOUT_NOW, peer)
+
+    def _maybe_send_truncate(self, message: Message) -> None:
+        """Answer a follower reporting older-term entries past our log with a TRUNCATE."""
+        if message.commit > self._log.last_index and message.log_term < self._term:
+            self._send(MessageType.TRUNCATE, message.sender, index=self._log.last_index)
+
+    def _maybe_commit(self) -> bool:
+        """Commit what a quorum persisted, if it is of our term (Figure 8). :return: whether commit moved."""
+        matches = sorted((progress.match for progress in self._progress.values()), reverse=True)
+        candidate = matches[self._quorum - 1]
+        if self._log.term_at(candidate) != self._term or not self._log.commit_to(candidate):
+            return False
+        if self._early_reads:
+            early, self._early_reads = self._early_reads, []
+            for context in early:
+                self._start_read(context)
+        for peer in self._others:
+            # Followers with nothing new to receive learn the commit by heartbeat at once.
+            if not self._send_append(peer, allow_empty=False):
+                self._send_commit(peer)
+        return True
+
+    def _append(self, data: str) -> Entry:
+        entry = Entry(self._log.last_index + 1, self._term, data)
+        self._log.append((entry,))
+        return entry
+
+    def _broadcast_append(self) -> None:
+        for peer in self._others:
+            self._send_append(peer, allow_empty=False)
+
+    def _send_append(self, peer: int, *, allow_empty: bool = True) -> bool:
+        """Send the entries ``peer`` lacks, unless its flow control says wait. :return: whether sent."""
+        progress = self._progress[peer]
+        if progress.paused:
+            return False
+        log = self._log
+        previous = progress.next - 1
+        entries = log.slice(progress.next, progress.next + self._max_entries)
+        if not entries and not allow_empty:
+            return False
+        self._send(
+            MessageType.APPEND,
+            peer,
+            index=previous,
+            log_term=log.term_at(previous) or 0,
+            entries=entries,
+            commit=log.commit,
+        )
+        last = previous + len(entries)
+        # The follower commits no further than the entries it has just been sent.
+        progress.sent_commit = max(progress.sent_commit, min(log.commit, last))
+        progress.sent(len(entries), last)
+        return True
+
+    def _send_commit(self, peer: int) -> None:
+        """Tell ``peer`` a commit index it has not been told, if any."""
+        progress = self._progress[peer]
+        commit = min(progress.match, self._log.commit)
+        if commit > progress.sent_commit:
+            self._send_heartbeat(peer, "")
+
+    def _send_heartbeat(self, peer: int, context: str) -> None:
+        progress = self._progress[peer]
+        commit = min(progress.match, self._log.commit)
+        progress.sent_commit = max(progress.sent_commit, commit)
+        self._send(MessageType.HEARTBEAT, peer, commit=commit, context=context)
+
+    def _broadcast_heartbeat(self, context: str) -> None:
+        for peer in self._others:
+            self._send_heartbeat(peer, context)
+
+    def _start_read(self, context: str) -> None:
+        if self._quorum == 1:
+            self._read_states.append(ReadState(context, self._log.commit))
+        elif self._reads.add(context, self._log.commit, self._id):
+            self._broadcast_heartbeat(context)
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _send(self, kind: MessageType, to: int, **fields: object) -> None:
+        self._messages.append(Message(kind, self._id, to, self._term, **fields))  # type: ignore[arg-type]
+
+    def _soft_state(self) -> SoftState:
+        return SoftState(self._role, self._leader_id)
+
+    def _draw_timeout(self) -> int:
+        return self._rng.randrange(self._election_ticks, 2 * self._election_ticks)
+
+
+def _well_formed_entries(message: Message) -> bool:
+    """Are the entries contiguous after ``message.index``, with terms that never decrease
+    nor pass the message's term? (Peers are trusted to be correct, not to be bug-free.)"""
+    previous_term = message.log_term
+    for offset, entry in enumerate(message.entries, start=1):
+        if entry.index != message.index + offset or not previous_term <= entry.term <= message.term:
+            return False
+        previous_term = entry.term
+    return True

@@ -1,0 +1,268 @@
+"""The records that flow in and out of :class:`~toystore.raft.core.RaftCore`.
+
+Messages arrive over HTTP from peers, so :meth:`Message.from_json` validates every
+field and raises :class:`ValueError` on anything malformed; everything else here is a
+plain frozen record.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+#: The largest integer a peer may send (an index or a term); bounds arithmetic on input.
+MAX_INT = 2**63 - 1
+#: Bounds on untrusted input, far above what a correct peer sends.
+MAX_ENTRIES_PER_MESSAGE = 10_000
+MAX_CONTEXT_LENGTH = 1024
+
+
+class MessageType(enum.Enum):
+    """The kinds of Raft message; the value is the wire name."""
+
+    APPEND = "append"
+    APPEND_RESP = "append_resp"
+    VOTE = "vote"
+    VOTE_RESP = "vote_resp"
+    PRE_VOTE = "pre_vote"
+    PRE_VOTE_RESP = "pre_vote_resp"
+    HEARTBEAT = "heartbeat"
+    HEARTBEAT_RESP = "heartbeat_resp"
+    TIMEOUT_NOW = "timeout_now"
+    TRUNCATE = "truncate"
+
+
+class Role(enum.Enum):
+    """The role a Raft node plays in its current term."""
+
+    FOLLOWER = "follower"
+    PRE_CANDIDATE = "pre_candidate"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One log entry.
+
+    :param index: position in the log, from 1.
+    :param term: the term of the leader that created it.
+    :param data: ``""`` for a leader's no-op, otherwise an opaque application string.
+    """
+
+    index: int
+    term: int
+    data: str
+
+    def to_json(self) -> dict[str, Any]:
+        """:return: a JSON-ready dict."""
+        return {"index": self.index, "term": self.term, "data": self.data}
+
+    @classmethod
+    def from_json(cls, value: Any) -> Entry:
+        """Parse and validate an entry.
+
+        :raises ValueError: on a missing, extra or ill-typed field.
+        """
+        fields = _fields(value, "entry", required=("index", "term", "data"), optional=())
+        data = fields["data"]
+        if not isinstance(data, str):
+            raise ValueError("entry field 'data' must be a string")
+        return cls(index=_int(fields, "index", minimum=1), term=_int(fields, "term", minimum=1), data=data)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A one-way Raft message.
+
+    Fields by type (unused fields stay at their defaults):
+
+    - ``APPEND``: ``index``/``log_term`` = the entry preceding ``entries``,
+      ``commit`` = the leader's commit index.
+    - ``APPEND_RESP``: ``index`` = the last index now known to match (accepted) or the
+      rejected ``APPEND``'s ``index``; on reject, ``reject_hint`` = the index to retry
+      from and ``conflict_term`` = the responder's term there. Always ``log_term`` /
+      ``commit`` = the responder's last log term / last log index, so a leader can see
+      an outdated suffix worth a ``TRUNCATE``.
+    - ``VOTE``/``PRE_VOTE``: ``index``/``log_term`` = the candidate's last entry,
+      ``context`` = ``"transfer"`` for a leadership transfer.
+    - ``VOTE_RESP``/``PRE_VOTE_RESP``: ``reject``.
+    - ``HEARTBEAT``: ``commit`` = min(the follower's match index, the leader's commit);
+      ``context`` = a pending ReadIndex request, echoed by ``HEARTBEAT_RESP``.
+    - ``TRUNCATE``: ``index`` = the leader's last index; older-term entries past it go.
+    - ``TIMEOUT_NOW``: only ``term``.
+    """
+
+    type: MessageType
+    sender: int
+    to: int
+    term: int
+    log_term: int = 0
+    index: int = 0
+    entries: tuple[Entry, ...] = ()
+    commit: int = 0
+    reject: bool = False
+    reject_hint: int = 0
+    conflict_term: int = 0
+    context: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """:return: a JSON-ready dict that :meth:`from_json` accepts."""
+        return {
+            "type": self.type.value,
+            "sender": self.sender,
+            "to": self.to,
+            "term": self.term,
+            "log_term": self.log_term,
+            "index": self.index,
+            "entries": [entry.to_json() for entry in self.entries],
+            "commit": self.commit,
+            "reject": self.reject,
+            "reject_hint": self.reject_hint,
+            "conflict_term": self.conflict_term,
+            "context": self.context,
+        }
+
+    @classmethod
+    def from_json(cls, value: Any) -> Message:
+        """Parse and validate a message from a peer.
+
+        :raises ValueError: naming the first problem found.
+        """
+        fields = _fields(
+            value,
+            "message",
+            required=("type", "sender", "to", "term"),
+            optional=("log_term", "index", "entries", "commit", "reject", "reject_hint", "conflict_term", "context"),
+        )
+        try:
+            kind = MessageType(fields["type"])
+        except (ValueError, TypeError):
+            raise ValueError(f"unknown message type {fields['type']!r}") from None
+        reject = fields.get("reject", False)
+        if not isinstance(reject, bool):
+            raise ValueError("message field 'reject' must be a boolean")
+        context = fields.get("context", "")
+        if not isinstance(context, str) or len(context) > MAX_CONTEXT_LENGTH:
+            raise ValueError(f"message field 'context' must be a string of at most {MAX_CONTEXT_LENGTH} characters")
+        index = _int(fields, "index")
+        term = _int(fields, "term")
+        return cls(
+            type=kind,
+            sender=_int(fields, "sender", minimum=1),
+            to=_int(fields, "to", minimum=1),
+            term=term,
+            log_term=_int(fields, "log_term"),
+            index=index,
+            entries=_entries(fields.get("entries", []), kind, index, term),
+            commit=_int(fields, "commit"),
+            reject=reject,
+            reject_hint=_int(fields, "reject_hint"),
+            conflict_term=_int(fields, "conflict_term"),
+            context=context,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HardState:
+    """What must be durable before any message of the same Ready is sent.
+
+    :param vote: the candidate voted for in ``term``; 0 = none (node ids are >= 1).
+    """
+
+    term: int = 0
+    vote: int = 0
+    commit: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """:return: a JSON-ready dict."""
+        return {"term": self.term, "vote": self.vote, "commit": self.commit}
+
+    @classmethod
+    def from_json(cls, value: Any) -> HardState:
+        """Parse and validate a stored hard state.
+
+        :raises ValueError: on a missing, extra or ill-typed field.
+        """
+        fields = _fields(value, "hard state", required=("term", "vote", "commit"), optional=())
+        return cls(term=_int(fields, "term"), vote=_int(fields, "vote"), commit=_int(fields, "commit"))
+
+
+@dataclass(frozen=True, slots=True)
+class SoftState:
+    """Volatile state worth reporting (role and known leader; 0 = unknown)."""
+
+    role: Role
+    leader_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadState:
+    """A confirmed ReadIndex request: reads are linearizable once ``index`` is applied."""
+
+    context: str
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """Work for the node, to be done in this order: persist, send, apply, advance.
+
+    :param hard_state: to persist; ``None`` when unchanged.
+    :param entries: to persist; when ``entries[0].index`` is not past the last
+        persisted index, storage first deletes every entry from ``entries[0].index`` on.
+    :param committed_entries: to apply, in order, after persisting.
+    :param messages: to send only once ``hard_state`` and ``entries`` are durable.
+    :param read_states: confirmed ReadIndex requests.
+    :param soft_state: the new role and leader; ``None`` when unchanged.
+    """
+
+    hard_state: HardState | None
+    entries: tuple[Entry, ...]
+    committed_entries: tuple[Entry, ...]
+    messages: tuple[Message, ...]
+    read_states: tuple[ReadState, ...]
+    soft_state: SoftState | None
+
+
+def _fields(value: Any, what: str, *, required: tuple[str, ...], optional: tuple[str, ...]) -> Mapping[str, Any]:
+    """Check that ``value`` is an object with exactly the allowed keys."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} must be a JSON object")
+    missing = [name for name in required if name not in value]
+    if missing:
+        raise ValueError(f"{what} lacks field {missing[0]!r}")
+    unknown = sorted(set(value) - set(required) - set(optional), key=str)
+    if unknown:
+        raise ValueError(f"{what} has unknown field {unknown[0]!r}")
+    return value
+
+
+def _int(fields: Mapping[str, Any], name: str, *, minimum: int = 0) -> int:
+    """Read an optional integer field in ``[minimum, MAX_INT]`` (booleans refused)."""
+    value = fields.get(name, 0)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"field {name!r} must be an integer")
+    if not minimum <= value <= MAX_INT:
+        raise ValueError(f"field {name!r} must be between {minimum} and {MAX_INT}")
+    return value
+
+
+def _entries(value: Any, kind: MessageType, index: int, term: int) -> tuple[Entry, ...]:
+    """Parse the entries of a message: only APPEND carries them, contiguous after ``index``."""
+    if not isinstance(value, list):
+        raise ValueError("message field 'entries' must be a list")
+    if value and kind is not MessageType.APPEND:
+        raise ValueError(f"a {kind.value} message carries no entries")
+    if len(value) > MAX_ENTRIES_PER_MESSAGE:
+        raise ValueError(f"a message carries at most {MAX_ENTRIES_PER_MESSAGE} entries")
+    entries = tuple(Entry.from_json(item) for item in value)
+    previous_term = 0
+    for offset, entry in enumerate(entries, start=1):
+        if entry.index != index + offset:
+            raise ValueError("message entries must be contiguous and follow field 'index'")
+        if not previous_term <= entry.term <= term:
+            raise ValueError("message entry terms must not decrease nor pass the message's term")
+        previous_term = entry.term
+    return entries

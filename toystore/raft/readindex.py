@@ -1,0 +1,62 @@
+"""A leader's ReadIndex requests waiting for a heartbeat round to confirm its leadership."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from toystore.raft.messages import ReadState
+
+
+@dataclass
+class _Request:
+    index: int
+    acks: set[int]
+
+
+@dataclass
+class PendingReads:
+    """ReadIndex requests in arrival order, each with the peers that acknowledged it.
+
+    :param quorum: how many acknowledgements (the leader's own included) confirm a read.
+    """
+
+    quorum: int
+    _requests: dict[str, _Request] = field(default_factory=dict)
+
+    def add(self, context: str, index: int, leader_id: int) -> bool:
+        """Start a request for the commit ``index`` at this moment.
+
+        :return: False when ``context`` is already pending (it is not restarted).
+        """
+        if context in self._requests:
+            return False
+        self._requests[context] = _Request(index, {leader_id})
+        return True
+
+    @property
+    def last_context(self) -> str:
+        """The newest pending context, to piggyback on heartbeats ("" when none)."""
+        return next(reversed(self._requests), "")
+
+    def acknowledge(self, context: str, sender: int) -> list[ReadState]:
+        """Record a heartbeat answer echoing ``context``.
+
+        :return: the requests now confirmed: this one and every older one, since a
+            quorum that answered a later heartbeat also confirms the earlier requests.
+        """
+        request = self._requests.get(context)
+        if request is None:
+            return []
+        request.acks.add(sender)
+        if len(request.acks) < self.quorum:
+            return []
+        confirmed = []
+        for pending in list(self._requests):
+            confirmed.append(ReadState(pending, self._requests.pop(pending).index))
+            if pending == context:
+                break
+        return confirmed
+
+    def clear(self) -> None:
+        """Drop every request (leadership lost; the node times them out)."""
+        self._requests.clear()

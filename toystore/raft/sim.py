@@ -1,0 +1,433 @@
+"""A deterministic simulated cluster of :class:`~toystore.raft.core.RaftCore` instances.
+
+Time is a tick counter; the network drops, delays, reorders and partitions messages;
+nodes crash (keeping only what their Ready persisted, and what they applied) and
+restart. Each node is driven the way the real node drives its core: persist the
+Ready's hard state and entries, then send its messages, then apply its committed
+entries, then advance. An :class:`InvariantChecker` looks at the cluster after every
+step and raises :class:`InvariantViolation`, naming the seed, at the first breach.
+
+Everything random comes from one ``random.Random(seed)``, so a seed replays a run.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from toystore.raft.core import NotLeader, RaftCore
+from toystore.raft.messages import Entry, HardState, Message, Ready, ReadState, Role
+
+#: Ticks per simulated second: with the default 10-tick election timeout, an election
+#: takes 0.5 to 1 s and heartbeats go every 50 ms, as in the MIT 6.824 labs.
+TICKS_PER_SECOND = 20
+
+
+class InvariantViolation(AssertionError):
+    """A Raft safety property failed."""
+
+
+@dataclass
+class SimStorage:
+    """What a node's disk holds: exactly what its Readies persisted."""
+
+    hard_state: HardState = HardState()
+    entries: list[Entry] = field(default_factory=list)
+
+    def persist(self, ready: Ready) -> None:
+        """Write a Ready's hard state and entries, as the contract asks of storage."""
+        if ready.hard_state is not None:
+            self.hard_state = ready.hard_state
+        if ready.entries:
+            first = ready.entries[0].index
+            if first > len(self.entries) + 1:
+                raise InvariantViolation(f"Ready entries start at {first} past the stored log's end")
+            del self.entries[first - 1 :]
+            self.entries.extend(ready.entries)
+
+
+@dataclass
+class SimNode:
+    """One simulated server: its disk, its state machine's history, and its core when up.
+
+    :param applied: every entry applied, in order (the state machine survives crashes,
+        as the store's applied orders do).
+    """
+
+    id: int
+    storage: SimStorage = field(default_factory=SimStorage)
+    applied: list[Entry] = field(default_factory=list)
+    read_states: list[ReadState] = field(default_factory=list)
+    core: RaftCore | None = None
+    # The last term in which the checker saw this node lead.
+    led_term: int = 0
+
+
+@dataclass(order=True)
+class _InFlight:
+    due: int
+    order: float
+    message: Message = field(compare=False)
+
+
+class SimNetwork:
+    """Delivers messages after a delay, maybe reordered, dropped or cut by a partition.
+
+    Nodes carry a group label and only nodes with the same label reach each other;
+    label 0 is the "connected" majority side that tests watch.
+    """
+
+    def __init__(self, rng: random.Random) -> None:
+        self._rng = rng
+        #: Probability that a message is lost.
+        self.drop_rate = 0.0
+        #: Delivery delay in ticks, drawn uniformly from this inclusive range.
+        self.delay = (0, 0)
+        #: Shuffle messages due at the same tick instead of keeping send order.
+        self.reorder = False
+        #: Probability that a message is held back much longer (6.824's long reordering).
+        self.long_delay_rate = 0.0
+        self.long_delay = (4, 2 * TICKS_PER_SECOND)
+        self._labels: dict[int, int] = {}
+        self._isolated = itertools.count(-1, -1)
+        self._queue: list[_InFlight] = []
+        self._sequence = itertools.count()
+        self.sent = 0
+
+    def connected(self, a: int, b: int) -> bool:
+        """Can ``a`` and ``b`` reach each other?"""
+        return self._labels.get(a, 0) == self._labels.get(b, 0)
+
+    def in_main_group(self, node: int) -> bool:
+        """Is ``node`` on the side tests call connected?"""
+        return self._labels.get(node, 0) == 0
+
+    def partition(self, *groups: Iterable[int]) -> None:
+        """Split the network: each group talks only within itself; the first is the main group."""
+        self._labels = {}
+        for label, group in enumerate(groups):
+            for node in group:
+                self._labels[node] = label
+
+    def disconnect(self, node: int) -> None:
+        """Cut ``node`` off from everyone."""
+        self._labels[node] = next(self._isolated)
+
+    def connect(self, node: int) -> None:
+        """Put ``node`` back in the main group."""
+        self._labels.pop(node, None)
+
+    def heal(self) -> None:
+        """Remove every partition."""
+        self._labels = {}
+
+    def set_unreliable(self, unreliable: bool) -> None:
+        """Lose 10% of messages and delay and reorder the rest a little (6.824's unreliable net)."""
+        self.drop_rate = 0.1 if unreliable else 0.0
+        self.delay = (0, 2) if unreliable else (0, 0)
+        self.reorder = unreliable
+
+    def send(self, message: Message, now: int) -> None:
+        """Queue ``message``, unless it is lost or its receiver is unreachable."""
+        self.sent += 1
+        if not self.connected(message.sender, message.to) or self._rng.random() < self.drop_rate:
+            return
+        late = self.long_delay_rate and self._rng.random() < self.long_delay_rate
+        due = now + self._rng.randint(*(self.long_delay if late else self.delay))
+        order = self._rng.random() if self.reorder else next(self._sequence)
+        heapq.heappush(self._queue, _InFlight(due, order, message))
+
+    def pop_due(self, now: int) -> Message | None:
+        """:return: the next message to deliver at ``now`` that can still get through, if any."""
+        while self._queue and self._queue[0].due <= now:
+            message = heapq.heappop(self._queue).message
+            if self.connected(message.sender, message.to):
+                return message
+        return None
+
+
+class InvariantChecker:
+    """Raft's safety properties, checked as the cluster runs.
+
+    - State machine safety: no two nodes apply different entries at one index.
+    - Applied indexes only grow, one entry at a time, across restarts too.
+    - Election safety: at most one leader per term.
+    - Leader completeness: an entry applied anywhere is in the log of every leader of a
+      later term than the one that committed it.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self._seed = seed
+        # index -> (entry, an upper bound on the term in which it was committed)
+        self.committed: dict[int, tuple[Entry, int]] = {}
+        self._leaders: dict[int, int] = {}
+
+    def fail(self, now: int, problem: str) -> None:
+        """Raise a violation that names how to replay it."""
+        raise InvariantViolation(f"seed={self._seed} tick={now}: {problem}")
+
+    def on_apply(self, now: int, node: SimNode, entry: Entry, max_term: int) -> None:
+        """``node`` applies ``entry`` while no node's term is above ``max_term``."""
+        if entry.index != len(node.applied) + 1:
+            self.fail(now, f"node {node.id} applies index {entry.index} after {len(node.applied)}")
+        known = self.committed.get(entry.index)
+        if known is None:
+            # The committing leader's term is at most every term now in the cluster.
+            self.committed[entry.index] = (entry, max_term)
+        elif known[0] != entry:
+            self.fail(now, f"node {node.id} applies {entry} where another node applied {known[0]}")
+
+    def on_leader(self, now: int, node: SimNode, core: RaftCore) -> None:
+        """``node`` is leader of ``core.term`` (checked once per term it leads)."""
+        other = self._leaders.setdefault(core.term, node.id)
+        if other != node.id:
+            self.fail(now, f"nodes {other} and {node.id} both lead term {core.term}")
+        log = core.log
+        for index, (entry, commit_term) in self.committed.items():
+            if commit_term < core.term and (index > len(log) or log[index - 1] != entry):
+                self.fail(now, f"leader {node.id} of term {core.term} lacks committed {entry}")
+
+
+class Cluster:
+    """N simulated nodes, ids 1..N, on one network and one clock.
+
+    :param size: the number of nodes.
+    :param seed: seeds every random choice of the run (network, timeouts, tests).
+    """
+
+    def __init__(
+        self,
+        size: int,
+        *,
+        seed: int,
+        election_ticks: int = 10,
+        heartbeat_ticks: int = 1,
+        pre_vote: bool = True,
+        check_quorum: bool = True,
+        max_entries_per_append: int = 512,
+    ) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.now = 0
+        self.ids = tuple(range(1, size + 1))
+        self.election_ticks = election_ticks
+        self.network = SimNetwork(random.Random(self.rng.getrandbits(64)))
+        self.checker = InvariantChecker(seed)
+        self.nodes = {node_id: SimNode(node_id) for node_id in self.ids}
+        self._options = dict(
+            election_ticks=election_ticks,
+            heartbeat_ticks=heartbeat_ticks,
+            pre_vote=pre_vote,
+            check_quorum=check_quorum,
+            max_entries_per_append=max_entries_per_append,
+        )
+        for node_id in self.ids:
+            self.restart(node_id)
+
+    # -- faults ------------------------------------------------------------------------
+
+    def crash(self, node_id: int) -> None:
+        """Stop a node, losing everything its Readies did not persist."""
+        self.nodes[node_id].core = None
+
+    def restart(self, node_id: int) -> None:
+        """Start a node (crashing it first if up) from its persisted state."""
+        node = self.nodes[node_id]
+        node.led_term = 0
+        node.core = RaftCore(
+            node_id,
+            self.ids,
+            hard_state=node.storage.hard_state,
+            entries=node.storage.entries,
+            applied=len(node.applied),
+            rng=random.Random(self.rng.getrandbits(64)),
+            **self._options,  # type: ignore[arg-type]
+        )
+        self._flush(node)
+
+    def is_up(self, node_id: int) -> bool:
+        """Is the node running?"""
+        return self.nodes[node_id].core is not None
+
+    def core(self, node_id: int) -> RaftCore:
+        """The running core of a node (which must be up)."""
+        core = self.nodes[node_id].core
+        assert core is not None, f"node {node_id} is down"
+        return core
+
+    # -- time --------------------------------------------------------------------------
+
+    def tick(self, count: int = 1) -> None:
+        """Let ``count`` ticks pass: deliver due messages and tick every running node."""
+        for _ in range(count):
+            self.deliver()
+            up = [node for node in self.nodes.values() if node.core is not None]
+            self.rng.shuffle(up)
+            for node in up:
+                if node.core is not None:
+                    node.core.tick()
+                    self._flush(node)
+            self.deliver()
+            self.now += 1
+
+    def deliver(self) -> None:
+        """Deliver every message due by now, including those it causes without delay."""
+        while (message := self.network.pop_due(self.now)) is not None:
+            node = self.nodes[message.to]
+            if node.core is not None:
+                node.core.step(message)
+                self._flush(node)
+
+    def run_until(self, predicate: Callable[[], bool], max_ticks: int) -> bool:
+        """Tick until ``predicate()`` holds. :return: whether it did within ``max_ticks``."""
+        for _ in range(max_ticks):
+            if predicate():
+                return True
+            self.tick()
+        return predicate()
+
+    # -- client requests ---------------------------------------------------------------
+
+    def propose(self, node_id: int, data: str) -> tuple[int, int] | None:
+        """Propose on a node. :return: (index, term), or None if it is down or not leader."""
+        node = self.nodes[node_id]
+        if node.core is None:
+            return None
+        try:
+            placed = node.core.propose(data)
+        except NotLeader:
+            return None
+        self._flush(node)
+        return placed
+
+    def read_index(self, node_id: int, context: str) -> bool:
+        """Ask a node for a ReadIndex. :return: False if it is down or not leader."""
+        node = self.nodes[node_id]
+        if node.core is None:
+            return False
+        try:
+            node.core.read_index(context)
+        except NotLeader:
+            return False
+        self._flush(node)
+        return True
+
+    def transfer_leadership(self, node_id: int, target: int) -> None:
+        """Ask a (leader) node to hand leadership to ``target``."""
+        core = self.core(node_id)
+        core.transfer_leadership(target)
+        self._flush(self.nodes[node_id])
+
+    # -- observation -------------------------------------------------------------------
+
+    def leaders(self, among: Iterable[int] | None = None) -> dict[int, int]:
+        """:return: term -> id of the running nodes that believe they lead."""
+        found: dict[int, int] = {}
+        for node_id in self.ids if among is None else among:
+            core = self.nodes[node_id].core
+            if core is not None and core.role is Role.LEADER:
+                found[core.term] = node_id
+        return found
+
+    def leader(self) -> int | None:
+        """The running leader of the highest term, if any."""
+        found = self.leaders()
+        return found[max(found)] if found else None
+
+    def connected(self) -> list[int]:
+        """The running nodes in the network's main group."""
+        return [node_id for node_id in self.ids if self.is_up(node_id) and self.network.in_main_group(node_id)]
+
+    def n_committed(self, index: int) -> tuple[int, str | None]:
+        """:return: how many nodes applied ``index``, and its data."""
+        count, data = 0, None
+        for node in self.nodes.values():
+            if len(node.applied) >= index:
+                count += 1
+                data = node.applied[index - 1].data
+        return count, data
+
+    def check_one_leader(self, max_ticks: int = 10 * TICKS_PER_SECOND) -> int:
+        """Wait for exactly one leader among the connected nodes (6.824's checkOneLeader).
+
+        :raises AssertionError: if none appears, or two lead the same term.
+        """
+        deadline = self.now + max_ticks
+        while self.now < deadline:
+            self.tick(self.rng.randint(9, 11))
+            found = self.leaders(self.connected())
+            if found:
+                return found[max(found)]
+        raise AssertionError(f"seed={self.seed}: expected one leader, got none")
+
+    def check_no_leader(self) -> None:
+        """Assert that no connected node believes it leads."""
+        found = self.leaders(self.connected())
+        assert not found, f"seed={self.seed}: expected no leader among connected, got {found}"
+
+    def check_terms(self) -> int:
+        """Assert that the connected nodes agree on the term. :return: that term."""
+        terms = {self.core(node_id).term for node_id in self.connected()}
+        assert len(terms) == 1, f"seed={self.seed}: connected nodes disagree on the term: {terms}"
+        return terms.pop()
+
+    def one(self, data: str, expected: int, *, retry: bool = True, max_ticks: int = 10 * TICKS_PER_SECOND) -> int:
+        """Get ``data`` committed by at least ``expected`` nodes (6.824's ``one``).
+
+        Proposes to whichever connected node accepts, waits up to 2 s for the commit,
+        and tries again (if ``retry``) until ``max_ticks`` have passed.
+
+        :return: the index where ``data`` was committed.
+        """
+        deadline = self.now + max_ticks
+        start = 0
+        while self.now < deadline:
+            index = None
+            for offset in range(len(self.ids)):
+                node_id = self.ids[(start + offset) % len(self.ids)]
+                if node_id in self.connected() and (placed := self.propose(node_id, data)) is not None:
+                    index = placed[0]
+                    start = offset + 1
+                    break
+            if index is None:
+                self.tick()
+                continue
+            waited_until = self.now + 2 * TICKS_PER_SECOND
+            while self.now < waited_until:
+                count, value = self.n_committed(index)
+                if count >= expected and value == data:
+                    return index
+                self.tick()
+            if not retry:
+                break
+        raise AssertionError(f"seed={self.seed}: {data!r} not committed by {expected} nodes")
+
+    # -- driving a node ----------------------------------------------------------------
+
+    def _flush(self, node: SimNode) -> None:
+        """Do a node's Readies as the real node does: persist, send, apply, advance."""
+        core = node.core
+        assert core is not None
+        while core.has_ready():
+            ready = core.ready()
+            node.storage.persist(ready)
+            for message in ready.messages:
+                self.network.send(message, self.now)
+            if ready.committed_entries:
+                max_term = self._max_term()
+                for entry in ready.committed_entries:
+                    self.checker.on_apply(self.now, node, entry, max_term)
+                    node.applied.append(entry)
+            node.read_states.extend(ready.read_states)
+            core.advance(ready)
+        if core.role is Role.LEADER and node.led_term != core.term:
+            node.led_term = core.term
+            self.checker.on_leader(self.now, node, core)
+
+    def _max_term(self) -> int:
+        return max(
+            node.core.term if node.core is not None else node.storage.hard_state.term for node in self.nodes.values()
+        )
