@@ -302,18 +302,20 @@ def brute_force_linearizable(model: Any, key: Any, ops: list[LinOp]) -> bool:
 
 
 def _some_order_legal(model: Any, key: Any, ops: list[LinOp]) -> bool:
-    for order in itertools.permutations(ops):
-        position = {op.op_id: i for i, op in enumerate(order)}
-        if any(a.ret < b.call and position[a.op_id] > position[b.op_id] for a in ops for b in ops):
-            continue
-        state, legal = model.init(key), True
-        for op in order:
-            legal, state = model.step(state, op.input, op.output)
-            if not legal:
-                break
-        if legal:
+    """Depth-first over orders: place next any op none of whose real-time predecessors waits."""
+
+    def extend(state: Any, left: list[LinOp]) -> bool:
+        if not left:
             return True
-    return False
+        for op in left:
+            if any(other.ret < op.call for other in left):
+                continue
+            legal, after = model.step(state, op.input, op.output)
+            if legal and extend(after, [other for other in left if other is not op]):
+                return True
+        return False
+
+    return extend(model.init(key), ops)
 
 
 @st.composite
