@@ -14,6 +14,8 @@ from hyperlink import URL, DecodedURL
 from twisted.logger import Logger
 from twisted.python import usage
 
+from toystore.logs import LEVELS, install_level
+
 CATALOG_URL_ENV = "TOYSTORE_CATALOG_URL"
 FRONTEND_URL_ENV = "TOYSTORE_FRONTEND_URL"
 ORDER_REPLICAS_ENV = "TOYSTORE_ORDER_REPLICAS"
@@ -91,9 +93,18 @@ class CommonOptions(usage.Options):
         ["interface", None, "127.0.0.1", "Address to listen on (0.0.0.0 on a real host)."],
         ["db-delay", None, 0.0, "Simulated processing time per database read or write, in seconds.", non_negative_float],
         ["data-dir", None, "./data", "Folder for durable state; each process uses its own subfolder."],
+        ["log-level", None, "info", "Lowest level logged: debug, info, warn, error or critical."],
     ]
 
     env: Mapping[str, str] = os.environ
+
+    def parseArgs(self, *args: str) -> None:
+        if args:
+            raise usage.UsageError(f"Unexpected arguments: {' '.join(args)}")
+        if self["log-level"] not in LEVELS:
+            raise usage.UsageError(f"--log-level must be one of {', '.join(LEVELS)}.")
+        # twistd's own options are parsed by now and its logger is built after us.
+        install_level(getattr(self, "parent", None), self["log-level"])
 
     def cluster_token(self) -> str | None:
         """The token, or None with ``--insecure``; exits with one line when it is missing."""
