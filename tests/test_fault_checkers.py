@@ -1,6 +1,7 @@
 """Invariant checkers on one known-good run and on runs broken in one way each."""
 
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -78,6 +79,11 @@ def with_replica_orders(rid: int, orders: list[dict[str, Any]]) -> ClusterState:
     state = good_state()
     state.replicas[rid] = ReplicaState(orders, commit_index=len(orders), latest_order_no=len(orders) - 1)
     return state
+
+
+def test_cluster_state_survives_json() -> None:
+    state = good_state()
+    assert ClusterState.from_json(json.loads(json.dumps(state.to_json()))) == state
 
 
 def test_good_run_passes_every_checker() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from toystore.faults.history import Operation
@@ -60,6 +60,21 @@ class ClusterState:
 
     replicas: dict[int, ReplicaState]
     catalog: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready form, to keep the snapshot beside the history and check again later."""
+        return {
+            "replicas": {str(rid): asdict(replica) for rid, replica in sorted(self.replicas.items())},
+            "catalog": self.catalog,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ClusterState:
+        """The inverse of :meth:`to_json` (JSON object keys are strings; replica ids are ints)."""
+        return cls(
+            {int(rid): ReplicaState(**replica) for rid, replica in data["replicas"].items()},
+            dict(data["catalog"]),
+        )
 
     def committed_orders(self) -> list[dict[str, Any]]:
         """The longest committed list among replicas: committed orders only ever grow."""
