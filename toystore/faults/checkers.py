@@ -125,10 +125,13 @@ def check_lost_orders(history: Sequence[Operation], state: ClusterState) -> Chec
         for rid, orders in replicas.items():
             found = orders.get(number)
             if found is None:
-                problems.append(f"order {number} ({expected[1]} x{expected[2]}, op {op.op_id}) missing on replica {rid}")
+                problems.append(
+                    f"order {number} ({expected[1]} x{expected[2]}, op {op.op_id}) missing on replica {rid}"
+                )
             elif found != expected:
                 problems.append(
-                    f"order {number} is {found[1]} x{found[2]} on replica {rid}, acknowledged as {expected[1]} x{expected[2]}"
+                    f"order {number} is {found[1]} x{found[2]} on replica {rid}, "
+                    f"acknowledged as {expected[1]} x{expected[2]}"
                 )
     return _result("lost acknowledged orders", problems, "every acknowledged order is on every replica")
 
@@ -158,7 +161,8 @@ def check_phantom_orders(history: Sequence[Operation], state: ClusterState) -> C
         for (name, quantity), count in sorted(committed.items()):
             if count > requested[(name, quantity)]:
                 problems.append(
-                    f"replica {rid} holds {count} orders of {name} x{quantity}, clients asked for {requested[(name, quantity)]}"
+                    f"replica {rid} holds {count} orders of {name} x{quantity}, "
+                    f"clients asked for {requested[(name, quantity)]}"
                 )
         orders = _by_number(replica)
         for op in _acknowledged_orders(history):
@@ -186,7 +190,8 @@ def check_order_numbers(history: Sequence[Operation], state: ClusterState) -> Ch
             problems.append(f"replica {rid} is missing order numbers {gaps[:10]}")
         if replica.latest_order_no != max(numbers, default=-1):
             problems.append(
-                f"replica {rid} says latest_order_no {replica.latest_order_no} but holds up to {max(numbers, default=-1)}"
+                f"replica {rid} says latest_order_no {replica.latest_order_no} "
+                f"but holds up to {max(numbers, default=-1)}"
             )
     holders: dict[int, dict[Any, int]] = {}
     numbers_by_key: dict[Any, set[int]] = {}
@@ -288,7 +293,10 @@ def check_stale_reads(
         if op.outcome != "ok":
             problems.append(f"read of order {number} (op {op.op_id}) got 404 after it was acknowledged")
         elif op.response is None or _fields(op.response) != expected:
-            problems.append(f"read of order {number} (op {op.op_id}) got {op.response}, acknowledged as {expected[1]} x{expected[2]}")
+            problems.append(
+                f"read of order {number} (op {op.op_id}) got {op.response}, "
+                f"acknowledged as {expected[1]} x{expected[2]}"
+            )
 
     skipped = []
     if restocks_possible:
@@ -405,9 +413,17 @@ def _linearizability_result(name: str, result: LinearizabilityResult, unit: str)
 
 
 def check_all(
-    history: Sequence[Operation], state: ClusterState, restocks_possible: bool
+    history: Sequence[Operation],
+    state: ClusterState,
+    restocks_possible: bool,
+    linearizability_budget: float = 10.0,
 ) -> list[CheckResult]:
-    """Every checker, in the order of the invariants they check."""
+    """Every checker, in the order of the invariants they check.
+
+    :param restocks_possible: whether stock could rise during the run (restock timer or
+        ``POST /restock``); product-read checks need it not to.
+    :param linearizability_budget: seconds for each linearizability search.
+    """
     simple: list[Callable[[Sequence[Operation], ClusterState], CheckResult]] = [
         check_lost_orders,
         check_phantom_orders,
@@ -418,8 +434,10 @@ def check_all(
     results = [checker(history, state) for checker in simple]
     results.append(check_stale_reads(history, state, restocks_possible))
     results.append(check_convergence(history, state))
-    results.append(check_order_linearizability(history))
-    results.append(check_stock_linearizability(history, state, restocks_possible))
+    results.append(check_order_linearizability(history, linearizability_budget))
+    results.append(
+        check_stock_linearizability(history, state, restocks_possible, linearizability_budget)
+    )
     return results
 
 
