@@ -1,0 +1,114 @@
+"""Raft on real processes: elections, failover, catch-up, majority loss, leadership transfer."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from toystore.cluster import LocalCluster, http_json
+
+
+def _order(cluster: LocalCluster, name: str = "Tux", quantity: int = 1, timeout: float = 15) -> tuple[int, dict]:
+    return http_json("POST", cluster.frontend_url + "/orders", body={"name": name, "quantity": quantity},
+                     timeout=timeout)
+
+
+def _orders_on(cluster: LocalCluster, replica_id: int) -> list[dict]:
+    status, body = cluster.get(f"order-{replica_id}", "/orders_since")
+    assert status == 200
+    return body["data"]["orders"]
+
+
+def _converged(cluster: LocalCluster, replica_ids: list[int]) -> bool:
+    try:
+        views = [(_orders_on(cluster, i), cluster.health(i)["commit_index"]) for i in replica_ids]
+    except (OSError, TypeError):  # a replica still starting
+        return False
+    return all(view == views[0] for view in views)
+
+
+def test_one_leader_soon_after_start(start_cluster: Callable[..., LocalCluster]) -> None:
+    began = time.monotonic()
+    cluster = start_cluster()
+    assert time.monotonic() - began < 5.0
+    roles = [cluster.health(i)["role"] for i in cluster.replica_ids]
+    assert roles.count("leader") == 1
+    terms = {cluster.health(i)["term"] for i in cluster.replica_ids}
+    assert len(terms) == 1
+
+
+def test_leader_kill_failover_and_catch_up(start_cluster: Callable[..., LocalCluster]) -> None:
+    cluster = start_cluster(initial_stock=1000)
+    for _ in range(5):
+        assert _order(cluster)[0] == 200
+    old = cluster.leader()
+    cluster.kill(f"order-{old}")
+    killed_at = time.monotonic()
+    status, body = _order(cluster)
+    failover = time.monotonic() - killed_at
+    assert status == 200 and body["data"]["order_number"] == 5
+    assert failover < 2.0, f"the next order took {failover:.2f} s after the leader died"
+    new = cluster.leader()
+    assert new not in (None, old)
+    for _ in range(5):
+        assert _order(cluster)[0] == 200
+    cluster.start_process(f"order-{old}")
+    cluster.wait_for(lambda: _converged(cluster, cluster.replica_ids), 10, "the restarted replica to catch up")
+    assert [o["number"] for o in _orders_on(cluster, old)] == list(range(11))
+
+
+def test_no_acknowledgement_without_a_majority_then_recovery(start_cluster: Callable[..., LocalCluster]) -> None:
+    cluster = start_cluster(initial_stock=1000)
+    assert _order(cluster)[0] == 200
+    leader = cluster.leader()
+    others = [i for i in cluster.replica_ids if i != leader]
+    for i in others:
+        cluster.kill(f"order-{i}")
+    status, body = _order(cluster, timeout=20)
+    assert status == 503 and body["error"]["code"] == 503
+    # Whatever the lone node holds, nothing beyond the first order was committed.
+    assert [o["number"] for o in _orders_on(cluster, leader)] == [0]
+    cluster.start_process(f"order-{others[0]}")
+    status, body = _order(cluster, timeout=20)
+    assert status == 200
+    assert body["data"]["order_number"] in (1, 2)  # the unacknowledged one may have committed on recovery
+    cluster.start_process(f"order-{others[1]}")
+    cluster.wait_for(lambda: _converged(cluster, cluster.replica_ids), 10, "all three to converge")
+
+
+def test_set_leader_moves_leadership_by_transfer(start_cluster: Callable[..., LocalCluster]) -> None:
+    cluster = start_cluster()
+    # The frontend prefers the highest live id and asks for it; Raft carries it out.
+    cluster.wait_for(lambda: cluster.leader() == 3, 10, "replica 3 to lead")
+    term = cluster.health(3)["term"]
+    status, _ = http_json("POST", cluster.replica_url(3) + "/set_leader", body={"id": 2},
+                          token=cluster.config.token)
+    assert status == 200
+    cluster.wait_for(lambda: cluster.leader() == 2, 5, "replica 2 to lead after the transfer")
+    assert cluster.health(2)["term"] > term
+    assert _order(cluster)[0] == 200
+
+
+def test_load_run_with_the_leader_killed_in_the_middle(start_cluster: Callable[..., LocalCluster],
+                                                       tmp_path: Path) -> None:
+    cluster = start_cluster(initial_stock=10000)
+    report_path = tmp_path / "report.json"
+    client = subprocess.Popen(
+        [sys.executable, "-m", "client", "--frontend", cluster.frontend_url, "--no-progress", "--seed", "3",
+         "--clients", "8", "--iterations", "60", "-p", "0.8", "--json", str(report_path)],
+        env=cluster.environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        cluster.wait_for(lambda: cluster.health(cluster.leader() or 1)["commit_index"] > 20, 30, "orders flowing")
+        cluster.kill(f"order-{cluster.leader()}")
+        output, _ = client.communicate(timeout=240)
+    finally:
+        client.kill()
+    report = json.loads(report_path.read_text())
+    assert client.returncode == 0, output
+    assert report["orders"]["unexpected_failures"] == 0, output
+    assert report["integrity"]["failures"] == 0, output
+    assert report["integrity"]["checked"] == report["orders"]["placed"] > 50
