@@ -98,7 +98,7 @@ class OrderApi:
         self._replica.set_leader(replica_id)
         return json_response(request, {"accepted": True})
 
-    @app.route("/<any(append_entries,request_vote,commit_entries,truncate_log,timeout_now):rpc>",
+    @app.route("/<any(append_entries,request_vote,commit_entries,truncate_log,timeout_now,replicate_order):rpc>",
                methods=["POST"])
     async def peer_message(self, request: IRequest, rpc: str) -> bytes:
         require_token(request, self._token)

@@ -50,12 +50,11 @@ class Options(CommonOptions):
 def makeService(config: Options) -> IService:
     from twisted.internet import reactor
 
-    from toystore.order.service import build_raft_replica
+    from toystore.order.service import build_primary_backup_replica, build_raft_replica
 
     token = config.cluster_token()
-    if config["replication"] != "raft":
-        raise SystemExit("error: --replication primary-backup is not available yet; use raft.")
-    return build_raft_replica(
+    build = build_raft_replica if config["replication"] == "raft" else build_primary_backup_replica
+    return build(
         reactor=reactor, node_id=config["id"], replicas=config["order-replicas"],
         catalog_url=config["catalog-url"], data_dir=Path(config["data-dir"]), token=token,
         interface=config["interface"], port=config["port"], db_delay=config["db-delay"],
