@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import toystore
+from toystore.faults.proxy import LinkSpec, link_name
 
 ROLE_PLUGINS = {"catalog": "toystore-catalog", "frontend": "toystore-frontend", "order": "toystore-order"}
 
@@ -95,6 +96,7 @@ class ClusterConfig:
     restock_to: int = 100
     interface: str = "127.0.0.1"
     base_port: int | None = None  # None: free ports; else frontend base, catalog base+1, replica i base+100+i
+    proxied: bool = False  # replicas and the frontend reach each replica through a fault proxy link
     token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
 
 
@@ -115,9 +117,24 @@ class LocalCluster:
             base = config.base_port
             self.ports = {"frontend": base, "catalog": base + 1,
                           **{f"order-{i}": base + 100 + i for i in range(1, config.replicas + 1)}}
+        self.links: dict[str, LinkSpec] = {}
+        if config.proxied:
+            self._plan_proxy()
+            names = ["proxy"] + names
         self.processes: dict[str, Process] = {}
         for name in names:
             self.processes[name] = Process(name, self._argv(name), self.log_dir / f"{name}.log")
+
+    def _plan_proxy(self) -> None:
+        """One link per (source, replica) pair: from every other replica and from the frontend."""
+        order_names = [f"order-{i}" for i in self.replica_ids]
+        pairs = [(source, destination) for destination in order_names
+                 for source in ["frontend"] + order_names if source != destination]
+        ports = free_ports(len(pairs) + 1)
+        self.ports["proxy"] = ports[0]
+        for (source, destination), port in zip(pairs, ports[1:]):
+            name = link_name(source, destination)
+            self.links[name] = LinkSpec(name, port, self.config.interface, self.ports[destination])
 
     # -- addresses --------------------------------------------------------------------
 
@@ -139,18 +156,34 @@ class LocalCluster:
     def replica_url(self, replica_id: int) -> str:
         return self.url(f"order-{replica_id}")
 
-    def environment(self) -> dict[str, str]:
+    @property
+    def proxy_url(self) -> str:
+        """The fault proxy's control API (only with ``proxied=True``)."""
+        return self.url("proxy")
+
+    def replica_url_from(self, source: str, replica_id: int) -> str:
+        """How process ``source`` reaches replica ``replica_id``: through its link when proxied."""
+        destination = f"order-{replica_id}"
+        link = self.links.get(link_name(source, destination))
+        return f"http://{self.config.interface}:{link.listen_port}" if link else self.replica_url(replica_id)
+
+    def environment(self, name: str | None = None) -> dict[str, str]:
+        """The environment process ``name`` starts with (None: as seen from outside, unproxied)."""
         env = dict(os.environ)
         source_root = str(Path(toystore.__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (source_root, env.get("PYTHONPATH")) if p)
         env["TOYSTORE_CLUSTER_TOKEN"] = self.config.token
         env["TOYSTORE_CATALOG_URL"] = self.catalog_url
         env["TOYSTORE_FRONTEND_URL"] = self.frontend_url
-        env["TOYSTORE_ORDER_REPLICAS"] = ",".join(f"{i}={self.replica_url(i)}" for i in self.replica_ids)
+        urls = {i: self.replica_url(i) if name is None else self.replica_url_from(name, i) for i in self.replica_ids}
+        env["TOYSTORE_ORDER_REPLICAS"] = ",".join(f"{i}={url}" for i, url in urls.items())
         return env
 
     def _argv(self, name: str) -> list[str]:
         c = self.config
+        if name == "proxy":
+            return [sys.executable, "-m", "toystore.faults.proxy", "--control-port", str(self.ports["proxy"]),
+                    "--interface", c.interface] + [f"--link={spec.as_argument()}" for spec in self.links.values()]
         role = name.split("-")[0]
         common = ["--port", str(self.ports[name]), "--interface", c.interface, "--db-delay", str(c.db_delay)]
         if role == "catalog":
@@ -167,6 +200,9 @@ class LocalCluster:
     def start(self, timeout: float = 30.0) -> None:
         """Start every process and wait until the cluster takes orders."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        if self.config.proxied:
+            self.start_process("proxy")
+            self.wait_for(lambda: self._answers("proxy", "/links"), timeout, "the fault proxy up")
         for name in ["catalog"] + [f"order-{i}" for i in self.replica_ids] + ["frontend"]:
             self.start_process(name)
         self.wait_ready(timeout)
@@ -177,7 +213,7 @@ class LocalCluster:
             return
         log_file = open(process.log_path, "ab")
         process.popen = subprocess.Popen(process.argv, stdout=log_file, stderr=subprocess.STDOUT,
-                                         env=self.environment(), cwd=self.data_dir, start_new_session=True)
+                                         env=self.environment(name), cwd=self.data_dir, start_new_session=True)
         log_file.close()
 
     def signal(self, name: str, signum: int) -> None:
@@ -254,16 +290,16 @@ class LocalCluster:
                 raise TimeoutError(f"{what} not within {timeout} s; logs in {self.log_dir}")
             time.sleep(interval)
 
+    def _answers(self, name: str, path: str) -> bool:
+        try:
+            return self.get(name, path, 1.0)[0] == 200
+        except OSError:
+            return False
+
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Catalog and frontend answer, and a leader is elected."""
-        def up(name: str) -> bool:
-            try:
-                return self.get(name, "/health", 1.0)[0] == 200
-            except OSError:
-                return False
-
         for name in ("catalog", "frontend"):
-            self.wait_for(lambda: up(name), timeout, f"{name} up")
+            self.wait_for(lambda: self._answers(name, "/health"), timeout, f"{name} up")
         self.wait_for(self.leader, timeout, "a leader")
         self.wait_for(lambda: http_json("GET", self.frontend_url + "/health")[1]["data"].get("leader_id"),
                       timeout, "the frontend to know the leader")
