@@ -124,6 +124,8 @@ class PrimaryBackupReplica:
             raise not_leader(self.leader_id, self._replicas)
         if not self.ready:
             raise unavailable("This replica became leader and is still catching up; retry shortly.")
+        if self._conflicts:
+            raise unavailable("This replica's history conflicts with a peer's; it takes no orders until resolved.")
         self._pending[request_id] = []
         outcome: Any = None
         try:
@@ -171,11 +173,13 @@ class PrimaryBackupReplica:
             acked = self._acked[peer]
             start = up_to if acked is None else acked + 1
             while start <= up_to:
-                batch = [_wire(o) for o in self.orders.since(start - 1)[:min(MAX_BATCH, up_to - start + 1)]]
+                # Each batch repeats the order before it, so a follower whose history forked notices.
+                first = max(start - 1, 0)
+                batch = [_wire(o) for o in self.orders.since(first - 1)[:min(MAX_BATCH, up_to - first + 1)]]
                 if not await self._send(peer, batch):
                     self._behind.add(peer)
                     return
-                start += len(batch)
+                start = batch[-1]["number"] + 1
                 self._acked[peer] = start - 1
 
     async def _send(self, peer: int, batch: list[dict[str, Any]]) -> bool:
@@ -268,7 +272,7 @@ class PrimaryBackupReplica:
         return latest if type(latest) is int else None
 
     async def _pull_from(self, peer: int) -> None:
-        after = self.orders.latest_number
+        after = max(self.orders.latest_number - 1, -1)  # one order of overlap, to notice a forked history
         status, body = await self._call(peer, "GET", f"/orders_since?after={after}")
         if status != 200:
             raise ValueError(f"replica {peer} answered {status} to /orders_since")

@@ -1,0 +1,306 @@
+"""Three primary-backup order replicas in one process: real routes and SQLite stores, a fake
+catalog, and peer HTTP through StubTreq on a task.Clock (a replica can be cut off)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+import treq
+from treq.testing import StubTreq
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+
+from tests.test_raft_replica import FakeCatalog
+from toystore.db import Database, connect
+from toystore.http import ApiError
+from toystore.order.api import OrderApi
+from toystore.order.primary_backup import PrimaryBackupReplica
+from toystore.order.state import Order, OrderStateMachine
+from toystore.order.store import SCHEMA, ReplicaStore
+
+REPLICAS = {1: "http://r1", 2: "http://r2", 3: "http://r3"}
+TOKEN = "secret"
+AUTH = {b"Authorization": [b"Bearer " + TOKEN.encode()]}
+
+
+class Hosts(Resource):
+    """Serves each replica's routes under its own host name."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.apis: dict[str, Resource] = {}
+
+    def render(self, request: Any) -> Any:
+        return self.apis[request.getRequestHostname().decode()].render(request)
+
+
+class Network:
+    """A treq-like client for the replicas; requests to a host in ``down`` are refused."""
+
+    def __init__(self) -> None:
+        self.hosts = Hosts()
+        self.stub = StubTreq(self.hosts)
+        self.down: set[str] = {urlparse(url).hostname or "" for url in REPLICAS.values()}  # until booted
+
+        self.paused = False
+        self._waiting: list[tuple[defer.Deferred, str, str, dict[str, Any]]] = []
+
+    def request(self, method: str, url: str, **kwargs: Any) -> defer.Deferred:
+        if urlparse(url).hostname in self.down:
+            return defer.fail(ConnectionRefusedError())
+        if self.paused:
+            waiting: defer.Deferred = defer.Deferred()
+            self._waiting.append((waiting, method, url, kwargs))
+            return waiting
+        return self.stub.request(method, url, **kwargs)
+
+    def resume(self) -> None:
+        """Delivers the requests held while paused."""
+        self.paused = False
+        waiting, self._waiting = self._waiting, []
+        for d, method, url, kwargs in waiting:
+            self.stub.request(method, url, **kwargs).chainDeferred(d)
+
+
+class Cluster:
+    def __init__(self, tmp_path: Path) -> None:
+        self.clock = Clock()
+        self.network = Network()
+        self.catalog = FakeCatalog()
+        self.tmp_path = tmp_path
+        self.replicas: dict[int, PrimaryBackupReplica] = {}
+
+    def boot(self, i: int) -> PrimaryBackupReplica:
+        store = ReplicaStore(Database(connect(self.tmp_path / f"order-{i}.sqlite3", SCHEMA), self.clock))
+        replica = PrimaryBackupReplica(i, OrderStateMachine(store.load_at_start().orders), store, self.catalog,
+                                       self.network, REPLICAS, clock=self.clock, token=TOKEN)  # type: ignore[arg-type]
+        self.network.hosts.apis[f"r{i}"] = OrderApi(replica, TOKEN).app.resource()
+        self.network.down.discard(f"r{i}")
+        self.replicas[i] = replica
+        replica.start()
+        self.settle()
+        return replica
+
+    def crash(self, i: int) -> None:
+        self.replicas.pop(i).stop()
+        self.network.down.add(f"r{i}")
+
+    def set_leader(self, leader: int) -> None:
+        for replica in self.replicas.values():
+            replica.set_leader(leader)
+        self.settle()
+
+    def settle(self) -> None:
+        for _ in range(30):
+            self.network.stub.flush()
+            self.clock.advance(0)
+
+    def run(self, seconds: float) -> None:
+        for _ in range(int(seconds * 10)):
+            self.clock.advance(0.1)
+            self.settle()
+
+    def order(self, replica: PrimaryBackupReplica, key: str, quantity: int = 1) -> list[Any]:
+        outcome: list[Any] = []
+        defer.ensureDeferred(replica.place_order(key, "Tux", quantity)).addCallbacks(outcome.append, outcome.append)
+        return outcome
+
+    def held(self, i: int) -> list[tuple[int, str]]:
+        return [(o.number, o.request_id) for o in self.replicas[i].orders.since(-1)]
+
+    def post(self, i: int, path: str, body: Any) -> tuple[int, dict[str, Any]]:
+        response = result_of(self.network.stub.post(f"http://r{i}{path}", json=body, headers=AUTH))
+        payload = result_of(treq.json_content(response))
+        self.settle()
+        return response.code, payload
+
+
+def result_of(d: defer.Deferred) -> Any:
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert results, "the Deferred has not fired"
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Cluster:
+    c = Cluster(tmp_path)
+    for i in REPLICAS:
+        c.boot(i)
+    c.set_leader(3)
+    return c
+
+
+def test_the_leader_numbers_orders_densely_and_every_follower_holds_them(cluster: Cluster) -> None:
+    leader = cluster.replicas[3]
+    outcomes = [cluster.order(leader, f"k{i}") for i in range(5)]
+    cluster.settle()
+    assert [o[0].number for o in outcomes] == [0, 1, 2, 3, 4]
+    expected = [(i, f"k{i}") for i in range(5)]
+    assert cluster.held(1) == cluster.held(2) == cluster.held(3) == expected
+    assert cluster.catalog.stock == 95
+    assert all(cluster.catalog.settled[f"k{i}"] == "confirm" for i in range(5))
+    assert leader.status() == {"id": 3, "role": "leader", "term": 0, "leader_id": 3, "commit_index": 5,
+                               "last_index": 5, "replication": "primary-backup"}
+    assert cluster.replicas[1].status()["role"] == "follower"
+
+
+def test_orders_survive_a_restart_of_the_replica(cluster: Cluster) -> None:
+    cluster.order(cluster.replicas[3], "k0")
+    cluster.settle()
+    cluster.crash(2)
+    assert cluster.boot(2).orders.since(-1) == [Order(0, "k0", "Tux", 1)]
+
+
+def test_a_follower_answers_421_with_the_leader(cluster: Cluster) -> None:
+    outcome = cluster.order(cluster.replicas[1], "k0")
+    cluster.settle()
+    assert isinstance(outcome[0].value, ApiError)
+    assert outcome[0].value.code == 421
+    assert outcome[0].value.details == {"leader_id": 3, "leader_url": "http://r3"}
+    assert cluster.catalog.stock == 100
+
+
+def test_a_retried_request_gets_its_first_number_and_takes_stock_once(cluster: Cluster) -> None:
+    leader = cluster.replicas[3]
+    first, during = cluster.order(leader, "k0", 2), cluster.order(leader, "k0", 2)
+    cluster.settle()
+    after = cluster.order(leader, "k0", 2)
+    cluster.settle()
+    assert first[0].number == during[0].number == after[0].number == 0
+    assert leader.orders.latest_number == 0
+    assert cluster.catalog.stock == 98
+
+
+def test_a_follower_that_missed_pushes_is_caught_up(cluster: Cluster) -> None:
+    cluster.network.down.add("r1")
+    for i in range(3):
+        cluster.order(cluster.replicas[3], f"k{i}")
+    cluster.settle()
+    assert cluster.held(1) == []
+    cluster.network.down.discard("r1")
+    cluster.run(1.1)
+    assert [o.public() for o in cluster.replicas[1].orders.since(-1)] == [
+        o.public() for o in cluster.replicas[3].orders.since(-1)]
+    assert cluster.replicas[1].orders.latest_number == 2
+    cluster.order(cluster.replicas[3], "k3")
+    cluster.settle()
+    assert cluster.held(1)[-1] == (3, "k3")
+
+
+def test_a_push_after_a_gap_makes_the_follower_pull_the_rest(cluster: Cluster) -> None:
+    cluster.network.down.add("r1")
+    cluster.order(cluster.replicas[3], "k0")
+    cluster.order(cluster.replicas[3], "k1")
+    cluster.settle()
+    cluster.network.down.discard("r1")
+    assert cluster.held(1) == []
+    status, _ = cluster.post(1, "/replicate_order", {"orders": [
+        {"number": 1, "request_id": "k1", "name": "Tux", "quantity": 1}]})
+    assert status == 200
+    # Pulled from the leader at once, before any periodic catch-up ran.
+    assert [o.public() for o in cluster.replicas[1].orders.since(-1)] == [
+        o.public() for o in cluster.replicas[3].orders.since(-1)]
+    assert cluster.replicas[1].orders.latest_number == 1
+
+
+def test_a_replica_that_starts_behind_catches_up_before_it_serves(cluster: Cluster) -> None:
+    cluster.crash(1)
+    for i in range(4):
+        cluster.order(cluster.replicas[3], f"k{i}")
+    cluster.settle()
+    cluster.network.down.discard("r1")
+    store = ReplicaStore(Database(connect(cluster.tmp_path / "order-1.sqlite3", SCHEMA), cluster.clock))
+    replica = PrimaryBackupReplica(1, OrderStateMachine(store.load_at_start().orders), store, cluster.catalog,
+                                   cluster.network, REPLICAS, clock=cluster.clock, token=TOKEN)  # type: ignore[arg-type]
+    cluster.network.paused = True
+    started = replica.start()
+    read: list[Any] = []
+    defer.ensureDeferred(replica.read_order(0)).addErrback(read.append)
+    assert read[0].value.code == 503  # not while its peers have not answered
+    cluster.network.hosts.apis["r1"] = OrderApi(replica, TOKEN).app.resource()
+    cluster.network.resume()
+    cluster.settle()
+    assert started.called and replica.ready
+    assert [(o.number, o.request_id) for o in replica.orders.since(-1)][-1][0] == 3
+    assert [o.public() for o in replica.orders.since(-1)] == [o.public() for o in cluster.replicas[3].orders.since(-1)]
+    replica.stop()
+
+
+def test_a_new_leader_first_pulls_the_longest_history_from_its_peers(cluster: Cluster) -> None:
+    cluster.network.down.add("r1")
+    cluster.order(cluster.replicas[3], "k0")
+    cluster.settle()
+    cluster.network.down.add("r2")  # k1 reaches no follower: lost when 3 dies
+    cluster.network.down.discard("r1")
+    cluster.order(cluster.replicas[3], "k1")
+    cluster.settle()
+    cluster.crash(3)
+    cluster.network.down.discard("r2")
+    # Replica 1 missed k0, replica 2 holds it; the frontend names 1 (as if 2 were slow to answer).
+    assert cluster.held(1) == [] and cluster.held(2) == [(0, "k0")]
+    cluster.network.paused = True
+    cluster.replicas[1].set_leader(1)
+    blocked = cluster.order(cluster.replicas[1], "k2")
+    assert blocked[0].value.code == 503  # it does not number orders before it has pulled
+    cluster.network.resume()
+    cluster.settle()
+    placed = cluster.order(cluster.replicas[1], "k2")
+    cluster.settle()
+    assert placed[0].number == 1
+    assert [(o.number, o.name) for o in cluster.replicas[1].orders.since(-1)] == [(0, "Tux"), (1, "Tux")]
+
+
+def test_a_returning_leader_with_a_lost_order_keeps_it_and_applies_nothing_conflicting(cluster: Cluster) -> None:
+    cluster.network.down.update({"r1", "r2"})
+    cluster.order(cluster.replicas[3], "lost")  # durable and acknowledged on 3 only
+    cluster.settle()
+    cluster.crash(3)
+    cluster.network.down -= {"r1", "r2"}
+    cluster.set_leader(2)
+    cluster.order(cluster.replicas[2], "other")
+    cluster.settle()
+    assert cluster.held(2) == cluster.held(1) == [(0, "other")]
+    returned = cluster.boot(3)
+    cluster.set_leader(2)
+    cluster.order(cluster.replicas[2], "next")
+    cluster.run(1.1)
+    assert cluster.held(2) == cluster.held(1) == [(0, "other"), (1, "next")]
+    assert cluster.held(3) == [(0, "lost")]  # it noticed the fork and applied nothing after it
+    cluster.set_leader(3)
+    refused = cluster.order(returned, "k9")
+    cluster.settle()
+    assert refused[0].value.code == 503
+
+
+@pytest.mark.parametrize("body", [
+    {},
+    {"orders": []},
+    {"orders": "no"},
+    {"orders": [{"number": -1, "request_id": "k", "name": "Tux", "quantity": 1}]},
+    {"orders": [{"number": True, "request_id": "k", "name": "Tux", "quantity": 1}]},
+    {"orders": [{"number": 0, "request_id": "", "name": "Tux", "quantity": 1}]},
+    {"orders": [{"number": 0, "request_id": "k", "name": "Tux", "quantity": 0}]},
+    {"orders": [{"number": 0, "request_id": "k", "name": "Tux", "quantity": 1}, 7]},
+    {"orders": [{"number": 0, "request_id": "a", "name": "Tux", "quantity": 1},
+                {"number": 2, "request_id": "b", "name": "Tux", "quantity": 1}]},
+])
+def test_a_malformed_push_is_400_and_changes_nothing(cluster: Cluster, body: Any) -> None:
+    status, payload = cluster.post(1, "/replicate_order", body)
+    assert status == 400, payload
+    assert cluster.held(1) == []
+
+
+def test_raft_endpoints_are_404_in_this_mode(cluster: Cluster) -> None:
+    status, payload = cluster.post(1, "/append_entries", {"type": "append"})
+    assert status == 404
+    assert "primary-backup" in payload["error"]["message"]
