@@ -1,0 +1,95 @@
+"""Every fault scenario on real processes (short versions): faults under load, heal, and every
+invariant checker on the history and the final state, plus what each scenario promises."""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from toystore.cluster import ClusterConfig, LocalCluster
+from toystore.faults.checkers import verdict_table
+from toystore.faults.nemesis import Nemesis
+from toystore.faults.scenarios import ScenarioResult, acks_between, first_ack_after, scenario
+from toystore.faults.workload import Workload, WorkloadOptions
+
+# Stock never runs out and never comes back: the stock checks are strict.
+CLUSTER = {"proxied": True, "initial_stock": 100_000, "restock_interval": 0}
+
+
+def run(start_cluster: Callable[..., LocalCluster], name: str, duration: float, clients: int = 3,
+        **options: object) -> ScenarioResult:
+    cluster = start_cluster(**CLUSTER)
+    workload = Workload(cluster.frontend_url, WorkloadOptions(clients=clients, seed=zlib.crc32(name.encode()) % 1000))
+    result = scenario(name, cluster, Nemesis(cluster), workload, duration, **options)
+    report = (f"{verdict_table(result.checks)}\nfigures {result.figures}\nmeasures {result.measures}\n"
+              f"faults:\n" + "\n".join(map(str, result.events)) + f"\nlogs in {cluster.log_dir}")
+    print(report)
+    assert result.ok, report
+    assert result.figures["acknowledged"] > 0, report
+    return result
+
+
+def test_leader_kill_fails_over_within_two_seconds(start_cluster: Callable[..., LocalCluster]) -> None:
+    result = run(start_cluster, "leader-kill", 6.0)
+    killed_at = result.measures["killed_at"]
+    first = first_ack_after(result.history, killed_at)
+    assert first is not None and first - killed_at < 2.0, f"first acknowledgement {first} after kill {killed_at}"
+    # The frontend hides the failover: no order failed outright.
+    assert not [op for op in result.history if op.kind == "order" and op.outcome == "fail"]
+
+
+def test_follower_kill_and_rejoin(start_cluster: Callable[..., LocalCluster]) -> None:
+    result = run(start_cluster, "follower-kill", 5.0)
+    # The restarted follower caught up: it holds every committed order (checked) and the same commit index.
+    assert len({replica.commit_index for replica in result.state.replicas.values()}) == 1
+
+
+def test_leader_paused_past_the_election_timeout(start_cluster: Callable[..., LocalCluster]) -> None:
+    result = run(start_cluster, "leader-pause", 5.0)
+    assert result.measures["new_leader"] != result.measures["paused_leader"]
+
+
+def test_minority_partition_of_the_leader_with_clients_still_reaching_it(
+        start_cluster: Callable[..., LocalCluster]) -> None:
+    result = run(start_cluster, "leader-partition", 6.0)
+    assert result.measures["new_leader"] != result.measures["isolated_leader"]
+    # Orders kept being acknowledged during the partition (by the majority side).
+    assert acks_between(result.history, result.measures["isolated_at"] + 2.0,
+                        result.measures["partition_healed_at"])
+
+
+def test_majority_down_acknowledges_nothing_then_recovers(start_cluster: Callable[..., LocalCluster]) -> None:
+    result = run(start_cluster, "majority-down", 9.0)
+    down_at, back_at = result.measures["down_at"], result.measures["back_at"]
+    during = acks_between(result.history, down_at, back_at)
+    assert during == [], f"acknowledged while a majority was down: {during}"
+    assert first_ack_after(result.history, back_at) is not None, "no order acknowledged after the majority returned"
+
+
+def test_all_replicas_killed_and_restarted(start_cluster: Callable[..., LocalCluster]) -> None:
+    result = run(start_cluster, "all-killed", 6.0)
+    assert first_ack_after(result.history, result.measures["back_at"]) is not None
+
+
+def test_rapid_leader_kills(start_cluster: Callable[..., LocalCluster]) -> None:
+    result = run(start_cluster, "rapid-leader-kills", 8.0)
+    assert result.measures["leader_kills"] >= 3
+
+
+def test_churn_of_mixed_faults(start_cluster: Callable[..., LocalCluster]) -> None:
+    result = run(start_cluster, "churn", 12.0, clients=4)
+    assert sum(result.measures["faults"].values()) >= 8
+
+
+def test_catalog_kill_during_orders(start_cluster: Callable[..., LocalCluster]) -> None:
+    result = run(start_cluster, "catalog-kill", 6.0)
+    assert first_ack_after(result.history, result.measures["back_at"]) is not None
+
+
+def test_a_partition_needs_a_proxied_cluster(tmp_path: Path) -> None:
+    cluster = LocalCluster(ClusterConfig(data_dir=tmp_path))  # never started: refused before any fault
+    with pytest.raises(ValueError):
+        scenario("leader-partition", cluster, Nemesis(cluster), Workload(cluster.frontend_url), 1.0)

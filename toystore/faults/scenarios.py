@@ -1,0 +1,244 @@
+"""Fault scenarios: faults while clients run, then heal, converge, snapshot and check.
+
+Each scenario is a function ``(cluster, nemesis, workload, duration) -> ScenarioResult``. The
+workload's clients run for ``duration`` seconds; the faults happen inside that window and
+leave the last part of it for recovery, so every run also shows that work resumes. The
+history is the workload's whole history (a cluster's state holds every earlier round too),
+and every checker of :mod:`toystore.faults.checkers` runs on it.
+
+Timings assume the order replicas' defaults: elections after 0.5 to 1 s without a leader.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from toystore.cluster import LocalCluster
+from toystore.faults.checkers import CheckResult, ClusterState, check_all
+from toystore.faults.history import Operation
+from toystore.faults.nemesis import Nemesis, NemesisEvent
+from toystore.faults.workload import Workload, figures, snapshot
+
+ELECTION_TIMEOUT_MAX = 1.0
+
+
+@dataclass
+class ScenarioResult:
+    """What one scenario run did and found.
+
+    :param measures: scenario-specific figures (a failover gap, acknowledgements during an
+        outage...), for the tests' extra assertions and the chaos report.
+    """
+
+    name: str
+    checks: list[CheckResult]
+    figures: dict[str, int]
+    history: list[Operation]
+    state: ClusterState
+    events: list[NemesisEvent]
+    measures: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return all(check.ok for check in self.checks)
+
+
+Faults = Callable[[LocalCluster, Nemesis, float], dict[str, Any]]
+Scenario = Callable[..., ScenarioResult]
+
+
+def run_scenario(name: str, faults: Faults, cluster: LocalCluster, nemesis: Nemesis, workload: Workload,
+                 duration: float, *, check: bool = True, restocks_possible: bool = False) -> ScenarioResult:
+    """Run ``faults(cluster, nemesis, fault_deadline)`` while the workload runs, then heal all,
+    let the clients finish, wait for convergence and check.
+
+    :param check: run the checkers (chaos rounds may defer them to the end).
+    """
+    events_before = len(nemesis.events)
+    start = time.monotonic()
+    workload.start(duration)
+    try:
+        fault_deadline = start + duration * 0.7
+        measures = faults(cluster, nemesis, fault_deadline)
+    finally:
+        nemesis.heal_all()
+        healed_at = time.monotonic()
+        workload.join()
+    measures = {**measures, "healed_at": healed_at}
+    history = workload.history()
+    state = snapshot(cluster)
+    checks = check_all(history, state, restocks_possible) if check else []
+    return ScenarioResult(name, checks, figures(history), history, state, nemesis.events[events_before:], measures)
+
+
+def _sleep_until(moment: float) -> None:
+    time.sleep(max(0.0, moment - time.monotonic()))
+
+
+def _warmup(fault_deadline: float) -> None:
+    """Let the clients run a little before the first fault."""
+    time.sleep(min(1.0, max(0.0, fault_deadline - time.monotonic()) * 0.25))
+
+
+def first_ack_after(history: list[Operation], moment: float) -> float | None:
+    """When the first order acknowledged after ``moment`` completed (None if none was)."""
+    times = [op.complete for op in history
+             if op.kind == "order" and op.outcome == "ok" and op.complete is not None and op.complete > moment]
+    return min(times, default=None)
+
+
+def acks_between(history: list[Operation], begin: float, end: float) -> list[Operation]:
+    """Orders invoked at or after ``begin`` and acknowledged before ``end``."""
+    return [op for op in history if op.kind == "order" and op.outcome == "ok" and op.invoke >= begin
+            and op.complete is not None and op.complete <= end]
+
+
+# ---------------------------------------------------------------- the faults
+
+
+def _leader_kill(cluster: LocalCluster, nemesis: Nemesis, fault_deadline: float) -> dict[str, Any]:
+    _warmup(fault_deadline)
+    leader = nemesis.wait_leader()
+    killed = nemesis.kill(nemesis.replica(leader))
+    new_leader = nemesis.wait_leader(excluding=leader)
+    _sleep_until(fault_deadline)
+    nemesis.restart(nemesis.replica(leader))
+    return {"killed_leader": leader, "killed_at": killed.at, "new_leader": new_leader}
+
+
+def _follower_kill(cluster: LocalCluster, nemesis: Nemesis, fault_deadline: float) -> dict[str, Any]:
+    _warmup(fault_deadline)
+    leader = nemesis.wait_leader()
+    follower = next(i for i in cluster.replica_ids if i != leader)
+    nemesis.kill(nemesis.replica(follower))
+    _sleep_until(fault_deadline)
+    nemesis.restart(nemesis.replica(follower))
+    return {"killed_follower": follower}
+
+
+def _leader_pause(cluster: LocalCluster, nemesis: Nemesis, fault_deadline: float) -> dict[str, Any]:
+    _warmup(fault_deadline)
+    leader = nemesis.wait_leader()
+    paused = nemesis.pause(nemesis.replica(leader))
+    new_leader = nemesis.wait_leader(excluding=leader)  # the paused one cannot answer health checks
+    _sleep_until(max(paused.at + 2.5, fault_deadline))
+    resumed = nemesis.resume(nemesis.replica(leader))
+    return {"paused_leader": leader, "paused_at": paused.at, "resumed_at": resumed.at, "new_leader": new_leader}
+
+
+def _leader_partition(cluster: LocalCluster, nemesis: Nemesis, fault_deadline: float) -> dict[str, Any]:
+    _warmup(fault_deadline)
+    leader = nemesis.wait_leader()
+    isolated = nemesis.isolate(leader)
+    new_leader = nemesis.wait_leader(excluding=leader)
+    _sleep_until(max(isolated.at + 3.0, fault_deadline))
+    healed = nemesis.heal_network()
+    return {"isolated_leader": leader, "isolated_at": isolated.at, "new_leader": new_leader,
+            "partition_healed_at": healed.at if healed else None}
+
+
+def _majority_down(cluster: LocalCluster, nemesis: Nemesis, fault_deadline: float) -> dict[str, Any]:
+    _warmup(fault_deadline)
+    leader = nemesis.wait_leader()
+    followers = [i for i in cluster.replica_ids if i != leader]
+    down = followers[: len(cluster.replica_ids) // 2 + 1]
+    if len(down) <= len(cluster.replica_ids) // 2:  # fewer followers than a majority: the leader too
+        down.append(leader)
+    kills = [nemesis.kill(nemesis.replica(replica_id)) for replica_id in down]
+    _sleep_until(max(kills[0].at + 3.0, fault_deadline))
+    restarts = [nemesis.restart(nemesis.replica(replica_id)) for replica_id in down]
+    return {"down": down, "down_at": kills[-1].at, "back_at": restarts[0].at}
+
+
+def _all_killed(cluster: LocalCluster, nemesis: Nemesis, fault_deadline: float) -> dict[str, Any]:
+    _warmup(fault_deadline)
+    kills = [nemesis.kill(nemesis.replica(i)) for i in cluster.replica_ids]
+    time.sleep(1.0)
+    restarts = [nemesis.restart(nemesis.replica(i)) for i in cluster.replica_ids]
+    return {"down_at": kills[-1].at, "back_at": restarts[0].at}
+
+
+def _rapid_leader_kills(cluster: LocalCluster, nemesis: Nemesis, fault_deadline: float) -> dict[str, Any]:
+    """Figure 8 of the Raft paper: leaders die right after taking entries, again and again."""
+    _warmup(fault_deadline)
+    kills = 0
+    while time.monotonic() + 1.0 < fault_deadline:
+        round_start = time.monotonic()
+        leader = nemesis.leader()
+        if leader is not None:
+            nemesis.kill(nemesis.replica(leader))
+            time.sleep(0.3)
+            nemesis.restart(nemesis.replica(leader))
+            kills += 1
+        _sleep_until(round_start + 1.0)
+    return {"leader_kills": kills}
+
+
+def _churn(cluster: LocalCluster, nemesis: Nemesis, fault_deadline: float, *, seed: int = 0,
+           interval: float = 0.7) -> dict[str, Any]:
+    """A new fault every ``interval`` s, each healed before the next: kills, pauses,
+    partitions, slow and lossy links, on the leader or any replica."""
+    rng = random.Random(seed)
+    proxied = bool(cluster.links)
+    kinds = ["kill", "pause", "none"] + (["isolate", "delay", "drop"] if proxied else [])
+    applied: dict[str, int] = {}
+    _warmup(fault_deadline)
+    while time.monotonic() + interval < fault_deadline:
+        tick = time.monotonic()
+        nemesis.heal_all()
+        kind = rng.choice(kinds)
+        target = nemesis.leader() if rng.random() < 0.5 else None
+        target = target or rng.choice(cluster.replica_ids)
+        name = nemesis.replica(target)
+        if kind == "kill":
+            nemesis.kill(name)
+        elif kind == "pause":
+            nemesis.pause(name)
+        elif kind == "isolate":
+            nemesis.isolate(target)
+        elif kind in ("delay", "drop"):
+            source = rng.choice(["frontend"] + [nemesis.replica(i) for i in cluster.replica_ids if i != target])
+            if kind == "delay":
+                nemesis.delay(source, name, rng.choice([50, 150, 400]))
+            else:
+                nemesis.drop(source, name, rng.choice([0.3, 0.7, 1.0]))
+        applied[kind] = applied.get(kind, 0) + 1
+        _sleep_until(tick + interval)
+    return {"faults": applied}
+
+
+def _catalog_kill(cluster: LocalCluster, nemesis: Nemesis, fault_deadline: float) -> dict[str, Any]:
+    _warmup(fault_deadline)
+    killed = nemesis.kill("catalog")
+    time.sleep(1.5)
+    restarted = nemesis.restart("catalog")
+    return {"killed_at": killed.at, "back_at": restarted.at}
+
+
+FAULTS: dict[str, Faults] = {
+    "leader-kill": _leader_kill,
+    "follower-kill": _follower_kill,
+    "leader-pause": _leader_pause,
+    "leader-partition": _leader_partition,
+    "majority-down": _majority_down,
+    "all-killed": _all_killed,
+    "rapid-leader-kills": _rapid_leader_kills,
+    "churn": _churn,
+    "catalog-kill": _catalog_kill,
+}
+NEEDS_PROXY = frozenset({"leader-partition"})  # churn uses network faults only when proxied
+
+
+def scenario(name: str, cluster: LocalCluster, nemesis: Nemesis, workload: Workload, duration: float,
+             **options: Any) -> ScenarioResult:
+    """Run the scenario ``name`` (a key of :data:`FAULTS`)."""
+    if name in NEEDS_PROXY and not cluster.links:
+        raise ValueError(f"scenario {name} needs a cluster started with proxied=True")
+    return run_scenario(name, FAULTS[name], cluster, nemesis, workload, duration, **options)
+
+
+SCENARIOS: dict[str, Scenario] = {name: functools.partial(scenario, name) for name in FAULTS}
