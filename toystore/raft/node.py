@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from toystore.raft.core import NotLeader, RaftCore
-from toystore.raft.messages import Entry, Message, Ready, Role
+from toystore.raft.messages import Entry, Message, MessageType, Ready, Role
 
 log = Logger()
 
@@ -51,6 +51,9 @@ ApplyEntry = Callable[[Entry], Any]
 # Makes a cycle durable: the Ready's hard state and entries, and what applying its
 # committed entries produced (as returned by ApplyEntry, in order).
 PersistCycle = Callable[[Ready, Sequence[Any]], Awaitable[None]]
+
+
+_LEADER_BROADCASTS = frozenset({MessageType.APPEND, MessageType.HEARTBEAT})
 
 
 @dataclass
@@ -98,6 +101,7 @@ class RaftNode:
         self._inbox_reads: list[_ReadRequest] = []
         self._inbox_transfer: int | None = None
         self._pending_ticks = 0
+        self._persisted_term = core.term
         self._cycling = False
         self._stopped = False
         self._proposals: dict[int, tuple[int, defer.Deferred]] = {}  # index -> (term, waiter)
@@ -210,12 +214,19 @@ class RaftNode:
 
     async def _run_one(self, ready: Ready) -> None:
         results = [self._apply_entry(entry) for entry in ready.committed_entries]
-        await self._persist(ready, results)
-        for message in ready.messages:
+        early, after_persist = self._split_messages(ready)
+        for message in early:
             self._transport.send(message)
-        # Proposals that committed in this cycle succeed even if the node steps down in it.
+        # Committed entries are durable on a majority already: their proposers may hear now,
+        # while this node's own write (new entries, applied orders) is on disk. Proposals
+        # that committed in this cycle succeed even if the node steps down in it.
         for entry, result in zip(ready.committed_entries, results):
             self._resolve_proposal(entry, result)
+        await self._persist(ready, results)
+        if ready.hard_state is not None:
+            self._persisted_term = ready.hard_state.term
+        for message in after_persist:
+            self._transport.send(message)
         if ready.soft_state is not None:
             self._role_changed(ready.soft_state.role, ready.soft_state.leader_id)
         for read_state in ready.read_states:
@@ -224,6 +235,21 @@ class RaftNode:
                 self._reads_waiting_apply.append((read_state.index, waiter))
         self.core.advance(ready)
         self._release_reads()
+
+    def _split_messages(self, ready: Ready) -> tuple[list[Message], list[Message]]:
+        """Which messages may leave before this cycle's write is durable.
+
+        A leader's appends and heartbeats may (etcd does the same): the core counts the
+        leader towards a quorum only for entries it reported persisted, so a follower
+        never commits on the strength of the leader's unwritten log. Everything else —
+        votes and every answer to a leader — waits for the write, as Raft requires.
+        The term they carry must be durable already.
+        """
+        if ready.hard_state is not None and ready.hard_state.term != self._persisted_term:
+            return [], list(ready.messages)
+        early = [m for m in ready.messages if m.type in _LEADER_BROADCASTS]
+        later = [m for m in ready.messages if m.type not in _LEADER_BROADCASTS]
+        return early, later
 
     def _resolve_proposal(self, entry: Entry, result: Any) -> None:
         waiting = self._proposals.pop(entry.index, None)
