@@ -36,7 +36,7 @@ from toystore.order.api import OrderApi
 TOKEN = "s3cret"  # the token of test_frontend_api's fakes; the other harnesses take it too
 GOOD_AUTH = b"Bearer " + TOKEN.encode()
 METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS")
-SETTINGS = settings(max_examples=150, deadline=None, derandomize=True,
+SETTINGS = settings(max_examples=250, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                            HealthCheck.function_scoped_fixture])
 
@@ -61,7 +61,7 @@ QUERY = st.one_of(
 QUANTITIES = [0, -1, True, False, 1.5, "1", 2**64, 2**31, 2**31 - 1, None, [], {}, 1, 2]
 BAD_VALUE = st.one_of(
     st.sampled_from(QUANTITIES),
-    st.sampled_from(["", "Tux", "Unicorn", "x" * 201, "\u0000", "玩具", "\ud800", 1, 2, 3]),
+    st.sampled_from(["", "Tux", "Unicorn", "x" * 201, "\u0000", "玩具", "\U0001f98a", 1, 2, 3]),
     st.integers(),
     st.floats(),
     st.text(max_size=10),
@@ -79,6 +79,12 @@ RAFT_TYPES = ("append", "append_resp", "vote", "vote_resp", "pre_vote", "pre_vot
 
 def _dump(value: Any) -> bytes:
     return json.dumps(value).encode("utf-8", "surrogatepass")
+
+
+def _mostly(usual: Any, other: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """``usual`` seven times in ten, else something from ``other``, so that most requests reach
+    the code past routing and the token check."""
+    return st.integers(0, 9).flatmap(lambda n: st.just(usual) if n < 7 else other)
 
 
 def _object_with_our_keys() -> st.SearchStrategy[dict[str, Any]]:
@@ -100,7 +106,10 @@ RAW_BODIES = [b"", b"{", b'{"name": "Tux", "quantity": 1', b"null", b"[]", b'"Tu
               b'{"name": "Tux", "quantity": 1e309}', b'{"name": "Tux", "quantity": NaN}',
               b'{"name": "Tux", "quantity": 1, "request_id": "k", "term": 1e309}',
               b'{"name": "Tux", "name": 5, "quantity": 1}', b'\xff\xfe{"name": "Tux"}', b"\x00" * 10,
-              b"name=Tux&quantity=1", b'{"name": "\\ud800", "quantity": 1, "request_id": "k"}']
+              b"name=Tux&quantity=1"]
+# JSON strings holding a lone surrogate (valid JSON, not encodable as UTF-8); see the xfail tests below.
+LONE_SURROGATES = [b'{"name": "\\ud800", "quantity": 1, "request_id": "k"}',
+                   b'{"name": "Tux", "quantity": 1, "request_id": "\\udfff"}']
 
 
 @st.composite
@@ -109,40 +118,69 @@ def _truncated(draw: st.DrawFn) -> bytes:
     return whole[: draw(st.integers(0, max(0, len(whole) - 1)))]
 
 
+@st.composite
+def _order_like(draw: st.DrawFn) -> bytes:
+    """An order or saga body: the right keys, each holding (mostly) a right value or a wrong one."""
+    body = draw(st.fixed_dictionaries(
+        {"name": _mostly("Tux", st.sampled_from(["Fox", "Unicorn"]) | BAD_VALUE),
+         "quantity": _mostly(1, st.integers(1, 200) | BAD_VALUE),
+         "request_id": st.sampled_from(["k1", "k2", "k3", "r1"]) | BAD_VALUE},
+        optional={"term": st.integers(0, 5) | BAD_VALUE, "id": st.integers(1, 3) | BAD_VALUE,
+                  "extra": JSON_VALUE}))
+    return _dump(body)
+
+
+@st.composite
+def _raft_like(draw: st.DrawFn) -> bytes:
+    """A Raft message from a peer: the required fields, some optional ones, right or wrong values."""
+    small = st.one_of(st.integers(-1, 4), BAD_VALUE, st.just(2**63 - 1), st.just(2**63))
+    message = draw(st.fixed_dictionaries(
+        {"type": st.sampled_from(RAFT_TYPES), "sender": small, "to": small, "term": small},
+        optional={key: small for key in ("index", "log_term", "commit", "reject_hint", "conflict_term")}
+        | {"reject": BAD_VALUE, "context": BAD_VALUE, "extra": JSON_VALUE,
+           "entries": st.lists(st.fixed_dictionaries({"index": small, "term": small, "data": BAD_VALUE}),
+                               max_size=3)}))
+    return _dump(message)
+
+
+# Half the bodies have the shape a route reads (so they get past parsing), half are garbage.
 BODY = st.one_of(
-    st.none(),
-    _object_with_our_keys().map(_dump),
-    JSON_VALUE.map(_dump),
-    _truncated(),
-    st.binary(max_size=64),
-    st.sampled_from(RAW_BODIES),
-    st.sampled_from(BIG_BODIES),
+    st.one_of(_order_like(), _raft_like()),
+    st.one_of(
+        st.none(),
+        _object_with_our_keys().map(_dump),
+        JSON_VALUE.map(_dump),
+        _truncated(),
+        st.binary(max_size=64),
+        st.sampled_from(RAW_BODIES),
+        st.sampled_from(BIG_BODIES),
+    ),
 )
 CONTENT_TYPE = st.sampled_from([None, b"application/json", b"text/plain", b"application/json; charset=latin-1",
                                 b"application/x-www-form-urlencoded", b"multipart/form-data; boundary=x",
                                 b"multipart/form-data", b";;;", b"\xff"])
-AUTHORIZATION = st.sampled_from([GOOD_AUTH, GOOD_AUTH, None, b"Bearer wrong", b"Bearer", b"Bearer ",
-                                 b"bearer " + TOKEN.encode(), GOOD_AUTH + b" ", b"Basic czNjcmV0",
-                                 b"Bearer " + b"x" * 10_000, b"\xff\xfe", TOKEN.encode()])
 BAD_AUTHORIZATION = st.sampled_from([None, b"Bearer wrong", b"Bearer", b"Bearer ", b"bearer " + TOKEN.encode(),
-                                     GOOD_AUTH[:-1], b"Basic czNjcmV0", TOKEN.encode(),
-                                     b"Bearer " + b"x" * 10_000, b"\xff\xfe"])
+                                     GOOD_AUTH[:-1], GOOD_AUTH + b"x", b"Basic czNjcmV0", TOKEN.encode(),
+                                     b"Bearer " + b"x" * 10_000, b"\xff\xfe", b"Bearer s3cret, Bearer s3cret"])
 IDEMPOTENCY_KEY = st.sampled_from([None, None, b"", b"k1", b"x" * 200, b"x" * 201, b"y" * 10_000,
                                    b"\x01", b"\xff", "玩具".encode(), b" "])
 
 
 @st.composite
-def requests(draw: st.DrawFn, templates: tuple[str, ...]) -> tuple[str, str, bytes | None, dict[bytes, list[bytes]]]:
-    """(method, path, body, headers): a real route (or a made-up one) with random segments."""
-    template = draw(st.sampled_from(templates + ("/{}", "/{}/{}", "/{}/../{}")))
+def requests(draw: st.DrawFn, routes: tuple[tuple[str, str], ...]
+             ) -> tuple[str, str, bytes | None, dict[bytes, list[bytes]]]:
+    """(method, path, body, headers): mostly a real route with its own method and the token,
+    with random segments, query, body and headers; sometimes a made-up route or method."""
+    route_method, template = draw(st.sampled_from(routes + (("GET", "/{}"), ("POST", "/{}/{}"),
+                                                            ("GET", "/{}/../{}"))))
     path = template.format(*(draw(SEGMENT) for _ in range(template.count("{}")))) + draw(QUERY)
     headers: dict[bytes, list[bytes]] = {}
-    for name, strategy in ((b"Content-Type", CONTENT_TYPE), (b"Authorization", AUTHORIZATION),
+    for name, strategy in ((b"Content-Type", CONTENT_TYPE), (b"Authorization", _mostly(GOOD_AUTH, BAD_AUTHORIZATION)),
                            (b"Idempotency-Key", IDEMPOTENCY_KEY)):
         value = draw(strategy)
         if value is not None:
             headers[name] = [value]
-    return draw(st.sampled_from(METHODS)), path, draw(BODY), headers
+    return draw(_mostly(route_method, st.sampled_from(METHODS))), path, draw(BODY), headers
 
 
 # -------------------------------------------------------------------- checks
@@ -218,8 +256,8 @@ def check_answer(method: str, path: str, code: int, content: bytes, failures: li
 
 # -------------------------------------------------------------------- catalog
 
-CATALOG_ROUTES = ("/health", "/query/{}", "/buy_qty", "/release", "/confirm", "/reservations", "/restock",
-                  "/ledger")
+CATALOG_ROUTES = (("GET", "/health"), ("GET", "/query/{}"), ("POST", "/buy_qty"), ("POST", "/release"),
+                  ("POST", "/confirm"), ("GET", "/reservations"), ("POST", "/restock"), ("GET", "/ledger"))
 CATALOG_INTERNAL = (("GET", "/query/Tux"), ("POST", "/buy_qty"), ("POST", "/release"), ("POST", "/confirm"),
                     ("GET", "/reservations?state=held"), ("POST", "/restock"), ("GET", "/ledger"))
 
@@ -275,7 +313,7 @@ def test_catalog_survives_any_request(catalog: CatalogHarness, logged_failures: 
         assert catalog.snapshot() == before, f"{method} {path!r} -> {code} changed the catalog"
 
 
-@SETTINGS
+@settings(SETTINGS, max_examples=100)
 @given(route=st.sampled_from(CATALOG_INTERNAL), auth=BAD_AUTHORIZATION, body=BODY)
 def test_catalog_internal_endpoints_need_the_token(catalog: CatalogHarness, logged_failures: list[dict[str, Any]],
                                                    route: tuple[str, str], auth: bytes | None,
@@ -290,9 +328,10 @@ def test_catalog_internal_endpoints_need_the_token(catalog: CatalogHarness, logg
 
 # -------------------------------------------------------------------- order replicas
 
-ORDER_ROUTES = ("/health", "/health_check", "/order", "/orders/{}", "/latest_order_no", "/orders_since",
-                "/set_leader", "/append_entries", "/request_vote", "/commit_entries", "/truncate_log",
-                "/timeout_now")
+ORDER_ROUTES = (("GET", "/health"), ("GET", "/health_check"), ("POST", "/order"), ("GET", "/orders/{}"),
+                ("GET", "/latest_order_no"), ("GET", "/orders_since"), ("POST", "/set_leader"),
+                ("POST", "/append_entries"), ("POST", "/request_vote"), ("POST", "/commit_entries"),
+                ("POST", "/truncate_log"), ("POST", "/timeout_now"))
 ORDER_INTERNAL = (("GET", "/health_check"), ("POST", "/order"), ("GET", "/orders/0"), ("GET", "/latest_order_no"),
                   ("GET", "/orders_since?after=-1"), ("POST", "/set_leader"), ("POST", "/append_entries"),
                   ("POST", "/request_vote"), ("POST", "/commit_entries"), ("POST", "/truncate_log"),
@@ -351,7 +390,7 @@ def test_order_replica_survives_any_request(replicas: OrderHarness, logged_failu
         assert replicas.orders() == before, f"{method} {path!r} -> {code} changed the orders or the stock"
 
 
-@SETTINGS
+@settings(SETTINGS, max_examples=100)
 @given(replica_id=st.sampled_from([1, 2, 3]), route=st.sampled_from(ORDER_INTERNAL), auth=BAD_AUTHORIZATION,
        body=BODY)
 def test_order_internal_endpoints_need_the_token(replicas: OrderHarness, logged_failures: list[dict[str, Any]],
@@ -368,7 +407,8 @@ def test_order_internal_endpoints_need_the_token(replicas: OrderHarness, logged_
 
 # -------------------------------------------------------------------- frontend
 
-FRONTEND_ROUTES = ("/products/{}", "/orders", "/orders/{}", "/invalidate", "/health")
+FRONTEND_ROUTES = (("GET", "/products/{}"), ("POST", "/orders"), ("GET", "/orders/{}"), ("POST", "/invalidate"),
+                   ("GET", "/health"))
 
 
 class FrontendHarness:
@@ -411,7 +451,7 @@ def test_frontend_survives_any_request(frontend: FrontendHarness, logged_failure
         assert frontend.snapshot() == before, f"{method} {path!r} -> {code} changed an order or the stock"
 
 
-@SETTINGS
+@settings(SETTINGS, max_examples=100)
 @given(auth=BAD_AUTHORIZATION, body=BODY)
 def test_frontend_invalidate_needs_the_token(frontend: FrontendHarness, logged_failures: list[dict[str, Any]],
                                              auth: bytes | None, body: bytes | None) -> None:
@@ -422,3 +462,32 @@ def test_frontend_invalidate_needs_the_token(frontend: FrontendHarness, logged_f
     check_answer("POST", "/invalidate", code, content, logged_failures)
     assert code == 401
     assert frontend.frontend.cache.names() == cached
+
+
+# -------------------------------------------------------------------- known bug
+
+
+@pytest.mark.xfail(strict=True, reason="require_string accepts a lone surrogate, which SQLite cannot store: "
+                                       "the catalog answers 500 and logs a traceback")
+@pytest.mark.parametrize("body", LONE_SURROGATES)
+def test_catalog_refuses_a_lone_surrogate(tmp_path: Path, logged_failures: list[dict[str, Any]],
+                                          body: bytes) -> None:
+    catalog = CatalogHarness(tmp_path)
+    before = catalog.snapshot()
+    code, content = catalog.send("POST", "/buy_qty", body, {b"Authorization": [GOOD_AUTH]})
+    check_answer("POST", "/buy_qty", code, content, logged_failures)
+    assert code == 400 and catalog.snapshot() == before
+
+
+@pytest.mark.xfail(strict=True, reason="require_string accepts a lone surrogate: the order is appended and "
+                                       "committed, then every replica's Raft cycle fails to store it")
+@pytest.mark.parametrize("body", LONE_SURROGATES)
+def test_order_leader_refuses_a_lone_surrogate(tmp_path: Path, logged_failures: list[dict[str, Any]],
+                                               body: bytes) -> None:
+    replicas = OrderHarness(tmp_path)
+    before = replicas.orders()
+    code, content = replicas.send(replicas.cluster.leader().id, "POST", "/order", body,
+                                  {b"Authorization": [GOOD_AUTH]})
+    replicas.cluster.run(1.0)
+    check_answer("POST", "/order", code, content, logged_failures)
+    assert code == 400 and replicas.orders() == before
