@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import treq
 from treq.testing import StubTreq
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
@@ -361,3 +362,25 @@ def test_insecure_api_needs_no_token(tmp_path: Path, frontend: FakeFrontend) -> 
     d = stub.get("http://catalog.test/query/Tux")
     stub.flush()
     assert _case.successResultOf(d).code == 200
+
+
+def test_invalidations_are_coalesced_per_round_and_callers_wait_for_a_later_push() -> None:
+    frontend = FakeFrontend(hold=True)
+    stub = StubTreq(frontend)
+    invalidator = Invalidator(stub, FRONTENDS[:1], Clock(), TOKEN)
+    finished: list[str] = []
+    defer.ensureDeferred(invalidator.invalidate(["Tux"])).addCallback(lambda _: finished.append("first"))
+    stub.flush()
+    # Changes made while the first push is in flight wait for the next round, together.
+    for label, name in (("second", "Tux"), ("third", "Tux"), ("fourth", "Fox")):
+        defer.ensureDeferred(invalidator.invalidate([name])).addCallback(lambda _, l=label: finished.append(l))
+    stub.flush()
+    assert frontend.names() == [("front-a:8000", "Tux")]
+    frontend.answer_all()
+    stub.flush()
+    assert finished == ["first"]
+    assert sorted(frontend.names()) == [("front-a:8000", "Fox"), ("front-a:8000", "Tux"), ("front-a:8000", "Tux")]
+    frontend.answer_all()
+    stub.flush()
+    assert finished == ["first", "second", "third", "fourth"]
+    assert invalidator.pushes == 3

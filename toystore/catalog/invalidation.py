@@ -8,6 +8,7 @@ and a buy never fails because of it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from treq.client import HTTPClient
@@ -25,6 +26,11 @@ INVALIDATION_TIMEOUT = 0.5
 class Invalidator:
     """Pushes ``POST <frontend>/invalidate {"name"}`` to every frontend.
 
+    Pushes are coalesced per frontend: while one round of pushes is in flight, the
+    names changed meanwhile wait for the next round, which starts when it ends. So
+    under load a frontend receives one push per toy per round trip instead of one per
+    buy, and each caller still waits for a push that started after its change.
+
     :param client: the treq client (a StubTreq of a fake frontend in tests).
     :param frontends: base URLs of every frontend.
     :param reactor: the clock for the per-push timeout.
@@ -40,19 +46,40 @@ class Invalidator:
         timeout: float = INVALIDATION_TIMEOUT,
     ) -> None:
         self._client = client
-        self._frontends = list(frontends)
         self._reactor = reactor
         self._token = token
         self._timeout = timeout
+        self._rounds = {frontend: _Rounds() for frontend in frontends}
+        self.pushes = 0  # POSTs sent, for tests and metrics
 
     async def invalidate(self, names: Iterable[str]) -> None:
-        """Push every name to every frontend at once; returns when all have answered or failed."""
-        pushes = [
-            defer.ensureDeferred(self._push(frontend, name)) for name in names for frontend in self._frontends
-        ]
-        await defer.gatherResults(pushes)
+        """Push every name to every frontend; returns when all have answered or failed."""
+        names = set(names)
+        waits = [self._join(frontend, rounds, names) for frontend, rounds in self._rounds.items()]
+        await defer.gatherResults(waits)
+
+    def _join(self, frontend: str, rounds: "_Rounds", names: set[str]) -> defer.Deferred:
+        done: defer.Deferred = defer.Deferred()
+        rounds.names |= names
+        rounds.waiters.append(done)
+        if not rounds.in_flight:
+            defer.ensureDeferred(self._run_rounds(frontend, rounds))
+        return done
+
+    async def _run_rounds(self, frontend: str, rounds: "_Rounds") -> None:
+        rounds.in_flight = True
+        try:
+            while rounds.waiters:
+                names, rounds.names = rounds.names, set()
+                waiters, rounds.waiters = rounds.waiters, []
+                await defer.gatherResults([defer.ensureDeferred(self._push(frontend, n)) for n in sorted(names)])
+                for waiter in waiters:
+                    waiter.callback(None)
+        finally:
+            rounds.in_flight = False
 
     async def _push(self, frontend: str, name: str) -> None:
+        self.pushes += 1
         try:
             request = defer.ensureDeferred(fetch_json(
                 self._client, "POST", f"{frontend}/invalidate", reactor=self._reactor,
@@ -67,3 +94,12 @@ class Invalidator:
         if status != 200:
             log.warn("Invalidation of {name} at {frontend} answered {status}", name=name, frontend=frontend,
                      status=status)
+
+
+@dataclass
+class _Rounds:
+    """One frontend's coalescing state: names and callers waiting for the next round."""
+
+    names: set[str] = field(default_factory=set)
+    waiters: list[defer.Deferred] = field(default_factory=list)
+    in_flight: bool = False
