@@ -14,8 +14,9 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from twisted.application.service import Service
 from twisted.internet import defer, threads
-from twisted.internet.interfaces import IReactorThreads, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
@@ -44,45 +45,57 @@ def connect(path: Path, schema: str) -> sqlite3.Connection:
 class Database:
     """Group-committing access to one SQLite file.
 
-    :param conn: from :func:`connect`.
+    :param conn: from :func:`connect`; every write runs on it.
     :param clock: for the simulated ``--db-delay``.
     :param runner: where blocking work runs (a one-thread pool in services, inline in tests).
     :param db_delay: simulated processing time per read or write, in seconds.
+    :param reader: a second connection and its runner for reads, so that a read does not
+        wait behind a commit's fsync (WAL readers see the last commit); None: reads use
+        the write connection.
     """
 
     def __init__(self, conn: sqlite3.Connection, clock: IReactorTime, runner: Runner = run_inline,
-                 db_delay: float = 0.0) -> None:
+                 db_delay: float = 0.0, reader: tuple[sqlite3.Connection, Runner] | None = None) -> None:
         self._conn = conn
         self._clock = clock
         self._runner = runner
         self._db_delay = db_delay
+        self._read_conn, self._read_runner = reader or (conn, runner)
         self._pending: list[tuple[Work, defer.Deferred]] = []
         self._committing = False
+        self._thread_pools: list[ThreadPool] = []
         self.commits = 0  # transactions made durable; tests and metrics read it
 
     @classmethod
-    def open_threaded(cls, path: Path, schema: str, reactor: Any, db_delay: float = 0.0) -> tuple["Database", ThreadPool]:
-        """A database whose work runs on its own one-thread pool; stop the pool after :meth:`close`."""
-        pool = ThreadPool(minthreads=1, maxthreads=1, name=f"sqlite:{path.name}")
-        pool.start()
+    def open_threaded(cls, path: Path, schema: str, reactor: Any, db_delay: float = 0.0) -> "Database":
+        """A database whose writes and reads each run on a thread of their own; stop it with
+        :meth:`shut_down` (or :class:`DatabaseService`)."""
+        conn = connect(path, schema)
+        read_conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        read_conn.execute("PRAGMA query_only=ON")
+        pools = [ThreadPool(minthreads=1, maxthreads=1, name=f"sqlite-{role}:{path.name}") for role in ("write", "read")]
+        for pool in pools:
+            pool.start()
 
-        def runner(blocking: Callable[[], Any]) -> defer.Deferred:
-            return threads.deferToThreadPool(reactor, pool, blocking)
+        def runner(pool: ThreadPool) -> Runner:
+            return lambda blocking: threads.deferToThreadPool(reactor, pool, blocking)
 
-        return cls(connect(path, schema), reactor, runner, db_delay), pool
-
-    async def _simulated_delay(self) -> None:
-        if self._db_delay > 0:
-            await deferLater(self._clock, self._db_delay)
+        db = cls(conn, reactor, runner(pools[0]), db_delay, reader=(read_conn, runner(pools[1])))
+        db._thread_pools = pools
+        return db
 
     def read_at_start(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run a read on the calling thread; only before the reactor runs (service start-up)."""
         return work(self._conn)
 
+    async def _simulated_delay(self) -> None:
+        if self._db_delay > 0:
+            await deferLater(self._clock, self._db_delay)
+
     async def read(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run a read-only function; it sees every write committed before it."""
         await self._simulated_delay()
-        return await self._runner(lambda: work(self._conn))
+        return await self._read_runner(lambda: work(self._read_conn))
 
     async def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``work`` in the next group transaction; returns once it is durable."""
@@ -134,4 +147,27 @@ class Database:
             self._commit_pending()
 
     def close(self) -> None:
-        self._conn.close()
+        """Close the connections at once (unit tests; services use :meth:`shut_down`)."""
+        for conn in {id(self._conn): self._conn, id(self._read_conn): self._read_conn}.values():
+            conn.close()
+
+    async def shut_down(self) -> None:
+        """Close each connection on its own thread, after the work queued there, then stop the threads."""
+        try:
+            await self._runner(self._conn.close)
+            if self._read_conn is not self._conn:
+                await self._read_runner(self._read_conn.close)
+        finally:
+            for pool in self._thread_pools:
+                pool.stop()
+
+
+class DatabaseService(Service):
+    """Shuts the database down when the service stops."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
+        return defer.ensureDeferred(self._db.shut_down())

@@ -15,6 +15,8 @@ from typing import Any, Mapping
 import treq
 from klein import Klein
 from treq.client import HTTPClient
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -180,6 +182,17 @@ class QuietSite(Site):
 
     def log(self, request: IRequest) -> None:
         pass
+
+
+class HTTPPoolService(Service):
+    """Closes a service's outgoing connections when it stops."""
+
+    def __init__(self, pool: HTTPConnectionPool) -> None:
+        self._pool = pool
+
+    def stopService(self) -> Deferred:
+        super().stopService()
+        return self._pool.closeCachedConnections()
 
 
 class _QuietClientFactory(_HTTP11ClientFactory):

@@ -8,18 +8,16 @@ from typing import Any, Iterable, Protocol, Sequence
 
 from twisted.application.internet import TCPServer
 from twisted.application.service import MultiService, Service
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
-from twisted.web.client import HTTPConnectionPool
 
 from toystore.catalog.api import CatalogApi
 from toystore.catalog.invalidation import Invalidator
 from toystore.catalog.store import DATABASE_FILE, CatalogStore, schema
-from toystore.db import Database
-from toystore.http import QuietSite, make_http_client
+from toystore.db import Database, DatabaseService
+from toystore.http import HTTPPoolService, QuietSite, make_http_client
 
 log = Logger()
 
@@ -68,34 +66,6 @@ class RestockService(Service):
             log.info("Restocked {toys}", toys=", ".join(restocked))
 
 
-class DatabaseService(Service):
-    """Closes the database on stop, on its own thread after the work queued before, then stops
-    that thread."""
-
-    def __init__(self, db: Database, pool: ThreadPool, reactor: Any) -> None:
-        self._db = db
-        self._pool = pool
-        self._reactor = reactor
-
-    def stopService(self) -> defer.Deferred:
-        super().stopService()
-        closed = threads.deferToThreadPool(self._reactor, self._pool, self._db.close)
-        closed.addErrback(lambda failure: log.failure("Closing the catalog database failed", failure))
-        closed.addBoth(lambda _: self._pool.stop())
-        return closed
-
-
-class HTTPPoolService(Service):
-    """Closes the outgoing connections on stop."""
-
-    def __init__(self, pool: HTTPConnectionPool) -> None:
-        self._pool = pool
-
-    def stopService(self) -> defer.Deferred:
-        super().stopService()
-        return self._pool.closeCachedConnections()
-
-
 def make_catalog_service(
     reactor: Any,
     *,
@@ -111,7 +81,7 @@ def make_catalog_service(
 ) -> MultiService:
     """The whole catalog, built in dependency order. Opening the database creates it, with the
     ten toys, when it is absent."""
-    db, db_threads = Database.open_threaded(data_dir / DATABASE_FILE, schema(initial_stock), reactor, db_delay)
+    db = Database.open_threaded(data_dir / DATABASE_FILE, schema(initial_stock), reactor, db_delay)
     store = CatalogStore(db, reactor)
     client, http_pool = make_http_client(reactor)
     invalidator = Invalidator(client, frontends, reactor, token)
@@ -119,7 +89,7 @@ def make_catalog_service(
 
     top = MultiService()
     parts: list[tuple[str, Service]] = [
-        ("database", DatabaseService(db, db_threads, reactor)),
+        ("database", DatabaseService(db)),
         ("http-pool", HTTPPoolService(http_pool)),
         ("api", TCPServer(port, QuietSite(api.resource()), interface=interface)),
         ("restock", RestockService(store, invalidator, reactor, restock_interval, restock_to)),

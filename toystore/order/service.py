@@ -61,19 +61,13 @@ class ReplicaParts:
 
 def _open_parts(reactor: Any, node_id: int, catalog_url: str, data_dir: Path, token: str | None,
                 db_delay: float) -> ReplicaParts:
-    db, thread_pool = Database.open_threaded(data_dir / f"order-{node_id}" / "order.sqlite3", SCHEMA, reactor,
-                                             db_delay=db_delay)
+    db = Database.open_threaded(data_dir / f"order-{node_id}" / "order.sqlite3", SCHEMA, reactor, db_delay=db_delay)
     store = ReplicaStore(db)
     state = store.load_at_start()
     http_client, http_pool = make_http_client(reactor)
-
-    def close_storage() -> None:
-        thread_pool.stop()  # waits for the write in progress, so the connection is idle
-        db.close()
-
     return ReplicaParts(store, state, OrderStateMachine(state.orders), http_client,
                         CatalogClient(http_client, catalog_url, clock=reactor, token=token),
-                        [http_pool.closeCachedConnections, close_storage])
+                        [http_pool.closeCachedConnections, lambda: defer.ensureDeferred(db.shut_down())])
 
 
 def _serve(replica: RaftReplica | PrimaryBackupReplica, parts: ReplicaParts, token: str | None, interface: str, port: int) -> OrderReplicaService:
