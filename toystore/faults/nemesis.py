@@ -8,6 +8,7 @@ scenario can end in a healthy cluster whatever it did.
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -33,10 +34,12 @@ class Nemesis:
     """Faults on ``cluster``; ``events`` records every one in order.
 
     :param clock: ``time.monotonic`` unless a test wants another clock.
+    :param rng: chooses targets and faults where a scenario picks at random.
     """
 
     cluster: LocalCluster
     clock: Callable[[], float] = time.monotonic
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
     events: list[NemesisEvent] = field(default_factory=list)
     killed: set[str] = field(default_factory=set)
     paused: set[str] = field(default_factory=set)
@@ -124,12 +127,14 @@ class Nemesis:
         return self._log(f"drop {fraction:.0%}", link_name(source, destination))
 
     def heal_network(self) -> NemesisEvent | None:
-        """Every link back to pass, no delay, no drops."""
+        """Every link back to pass, no delay, no drops (logged when some link was faulty)."""
         if not self.cluster.links:
             return None
         status, body = http_json("POST", f"{self.cluster.proxy_url}/reset")
         if status != 200:
             raise RuntimeError(f"the proxy did not reset: {body}")
+        if not self.faulty_links:
+            return None  # nothing was wrong: no event to log
         self.faulty_links.clear()
         return self._log("heal", "network")
 

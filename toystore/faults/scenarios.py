@@ -12,7 +12,6 @@ Timings assume the order replicas' defaults: elections after 0.5 to 1 s without 
 from __future__ import annotations
 
 import functools
-import random
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -136,9 +135,9 @@ def _leader_partition(cluster: LocalCluster, nemesis: Nemesis, fault_deadline: f
     isolated = nemesis.isolate(leader)
     new_leader = nemesis.wait_leader(excluding=leader)
     _sleep_until(max(isolated.at + 3.0, fault_deadline))
-    healed = nemesis.heal_network()
+    nemesis.heal_network()
     return {"isolated_leader": leader, "isolated_at": isolated.at, "new_leader": new_leader,
-            "partition_healed_at": healed.at if healed else None}
+            "partition_healed_at": nemesis.events[-1].at}
 
 
 def _majority_down(cluster: LocalCluster, nemesis: Nemesis, fault_deadline: float) -> dict[str, Any]:
@@ -178,11 +177,10 @@ def _rapid_leader_kills(cluster: LocalCluster, nemesis: Nemesis, fault_deadline:
     return {"leader_kills": kills}
 
 
-def _churn(cluster: LocalCluster, nemesis: Nemesis, fault_deadline: float, *, seed: int = 0,
-           interval: float = 0.7) -> dict[str, Any]:
+def _churn(cluster: LocalCluster, nemesis: Nemesis, fault_deadline: float, interval: float = 0.7) -> dict[str, Any]:
     """A new fault every ``interval`` s, each healed before the next: kills, pauses,
-    partitions, slow and lossy links, on the leader or any replica."""
-    rng = random.Random(seed)
+    partitions, slow and lossy links, on the leader or any replica (chosen by ``nemesis.rng``)."""
+    rng = nemesis.rng
     proxied = bool(cluster.links)
     kinds = ["kill", "pause", "none"] + (["isolate", "delay", "drop"] if proxied else [])
     applied: dict[str, int] = {}
