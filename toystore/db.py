@@ -11,6 +11,7 @@ only after that commit.
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -65,6 +66,10 @@ class Database:
         self._committing = False
         self._thread_pools: list[ThreadPool] = []
         self.commits = 0  # transactions made durable; tests and metrics read it
+        # Called on the reactor thread after each durable group commit with the seconds its
+        # COMMIT (the fsync) took and the number of writes it carried; metrics listen here.
+        self.commit_listeners: list[Callable[[float, int], None]] = []
+        self._last_commit_seconds = 0.0
 
     @classmethod
     def open_threaded(cls, path: Path, schema: str, reactor: Any, db_delay: float = 0.0) -> "Database":
@@ -125,7 +130,10 @@ class Database:
                     conn.execute("ROLLBACK TO work")
                     results.append(Failure())
                 conn.execute("RELEASE work")
+            started = time.perf_counter()
             conn.execute("COMMIT")
+            # Read by _batch_done, which runs only after this batch has returned.
+            self._last_commit_seconds = time.perf_counter() - started
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -136,6 +144,8 @@ class Database:
         self._committing = False
         if not isinstance(outcome, Failure):
             self.commits += 1
+            for listener in self.commit_listeners:
+                listener(self._last_commit_seconds, len(batch))
         for index, (_, done) in enumerate(batch):
             # A failed COMMIT fails every caller of the batch: none of them is durable.
             result = outcome if isinstance(outcome, Failure) else outcome[index]
