@@ -19,7 +19,7 @@ from toystore.order.raft_replica import RaftReplica
 from toystore.order.state import OrderStateMachine
 from toystore.order.store import SCHEMA, ReplicaStore
 from toystore.raft.core import RaftCore
-from toystore.raft.messages import Message, Role
+from toystore.raft.messages import Message, MessageType, Role
 from toystore.raft.node import RaftNode, Timing
 
 TIMING = Timing()
@@ -60,12 +60,14 @@ class Network:
         self.clock = clock
         self.nodes: dict[int, RaftNode] = {}
         self.cut: set[int] = set()
+        self.sent: list[Message] = []
 
     def transport(self, owner: int) -> Any:
         network = self
 
         class _Transport:
             def send(self, message: Message) -> None:
+                network.sent.append(message)
                 if owner in network.cut or message.to in network.cut:
                     return
                 network.clock.callLater(0.001, network._deliver, message)
@@ -221,3 +223,17 @@ def test_a_leader_read_waits_for_a_majority(cluster: Cluster) -> None:
     defer.ensureDeferred(leader.read_order(0)).addCallbacks(stale.append, stale.append)
     cluster.run(3.0)
     assert stale[0].value.code in (421, 503)
+
+
+def test_reads_that_arrive_together_share_one_heartbeat_round(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    cluster.order(leader, "k")
+    cluster.run(0.5)
+    cluster.network.sent.clear()
+    reads: list[Any] = []
+    for _ in range(10):
+        defer.ensureDeferred(leader.read_order(0)).addCallback(reads.append)
+    cluster.run(0.01)
+    assert [r.request_id for r in reads] == ["k"] * 10
+    contexts = {m.context for m in cluster.network.sent if m.type is MessageType.HEARTBEAT and m.context}
+    assert len(contexts) == 1

@@ -62,12 +62,6 @@ class _Proposal:
     done: defer.Deferred
 
 
-@dataclass
-class _ReadRequest:
-    context: str
-    done: defer.Deferred
-
-
 @dataclass(frozen=True)
 class Timing:
     """Raft's clock: ``tick_seconds`` per tick; elections after 10 to 20 ticks without a
@@ -98,14 +92,14 @@ class RaftNode:
         self._timing = timing
         self._inbox_messages: list[Message] = []
         self._inbox_proposals: list[_Proposal] = []
-        self._inbox_reads: list[_ReadRequest] = []
+        self._inbox_reads: list[defer.Deferred] = []
         self._inbox_transfer: int | None = None
         self._pending_ticks = 0
         self._persisted_term = core.term
         self._cycling = False
         self._stopped = False
         self._proposals: dict[int, tuple[int, defer.Deferred]] = {}  # index -> (term, waiter)
-        self._reads: dict[str, defer.Deferred] = {}
+        self._reads: dict[str, list[defer.Deferred]] = {}
         self._reads_waiting_apply: list[tuple[int, defer.Deferred]] = []
         self._read_ids = itertools.count()
         self._ticker = LoopingCall(self._tick)
@@ -146,7 +140,7 @@ class RaftNode:
         """Fires once this node, still leader, has applied everything committed before the
         call (ReadIndex): a read served after it is not stale. NotLeader otherwise."""
         done: defer.Deferred = defer.Deferred()
-        self._inbox_reads.append(_ReadRequest(f"read-{next(self._read_ids)}", done))
+        self._inbox_reads.append(done)
         self._kick()
         return done
 
@@ -201,13 +195,17 @@ class RaftNode:
             else:
                 self._proposals[index] = (term, proposal.done)
         reads, self._inbox_reads = self._inbox_reads, []
-        for read in reads:
+        if reads:
+            # Reads that arrived together share one read point and one heartbeat round:
+            # the commit index it takes is at least what each of them requires.
+            context = f"read-{next(self._read_ids)}"
             try:
-                core.read_index(read.context)
+                core.read_index(context)
             except NotLeader as e:
-                _fire(read.done, Failure(e))
+                for read in reads:
+                    _fire(read, Failure(e))
             else:
-                self._reads[read.context] = read.done
+                self._reads[context] = reads
         if self._inbox_transfer is not None:
             core.transfer_leadership(self._inbox_transfer)
             self._inbox_transfer = None
@@ -230,8 +228,7 @@ class RaftNode:
         if ready.soft_state is not None:
             self._role_changed(ready.soft_state.role, ready.soft_state.leader_id)
         for read_state in ready.read_states:
-            waiter = self._reads.pop(read_state.context, None)
-            if waiter is not None:
+            for waiter in self._reads.pop(read_state.context, []):
                 self._reads_waiting_apply.append((read_state.index, waiter))
         self.core.advance(ready)
         self._release_reads()
@@ -280,7 +277,7 @@ class RaftNode:
         proposals, self._proposals = self._proposals, {}
         for _, done in proposals.values():
             _fire(done, Failure(dropped))
-        reads = list(self._reads.values()) + [d for _, d in self._reads_waiting_apply]
+        reads = [d for batch in self._reads.values() for d in batch] + [d for _, d in self._reads_waiting_apply]
         self._reads, self._reads_waiting_apply = {}, []
         for done in reads:
             _fire(done, Failure(not_leader or dropped))
