@@ -192,6 +192,8 @@ class LeaderTracker:
         self._preference = Preference(min_interval=announce_interval)
         self._leader_id: int | None = None
         self._leader_url: str | None = None
+        self._last_known_leader: int | None = None
+        self.failovers = 0  # moves from one known leader to another; metrics read it
         self._probes: SingleFlight[str, dict[int, HealthReport]] = SingleFlight()
         self._loop: LoopingCall | None = None
         self._answering: set[int] | None = None
@@ -232,15 +234,21 @@ class LeaderTracker:
     def mark_failed(self, replica_id: int) -> None:
         """The replica failed a request: stop sending to it until a probe confirms it leads."""
         if replica_id == self._leader_id:
-            log.warn("Order leader {id} failed; failing over", id=replica_id)
+            log.warn("Order leader {leader_id} failed a request; failing over", leader_id=replica_id)
             self._leader_id = self._leader_url = None
 
     def _set_leader(self, leader_id: int | None, url: str | None, why: str) -> None:
         if leader_id != self._leader_id:
             if leader_id is None:
                 log.info("Order leader unknown ({why})", why=why)
+            elif self._last_known_leader not in (None, leader_id):
+                self.failovers += 1
+                log.info("Order leader failover from {previous_leader_id} to {leader_id} at {url} ({why})",
+                         previous_leader_id=self._last_known_leader, leader_id=leader_id, url=url, why=why)
             else:
-                log.info("Order leader is now {id} at {url} ({why})", id=leader_id, url=url, why=why)
+                log.info("Order leader is now {leader_id} at {url} ({why})", leader_id=leader_id, url=url, why=why)
+        if leader_id is not None:
+            self._last_known_leader = leader_id
         self._leader_id, self._leader_url = leader_id, url
 
     async def _check_logging_failures(self) -> None:
