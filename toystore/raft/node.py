@@ -157,7 +157,12 @@ class RaftNode:
     def _kick(self) -> None:
         if self._cycling or self._stopped:
             return
+        # The cycle starts on the next reactor turn, so that everything arriving in this
+        # one (a burst of proposals, reads or messages) is stepped into a single Ready.
         self._cycling = True
+        self._clock.callLater(0, self._start_cycles)
+
+    def _start_cycles(self) -> None:
         d = defer.ensureDeferred(self._run_cycles())
         d.addErrback(self._cycle_failed)
 
