@@ -1,0 +1,480 @@
+"""The measurements of ``./scripts/bench``, on real local processes.
+
+Each figure comes with the conditions it was taken in (load generator, concurrency,
+duration, machine) and, where a bare baseline makes sense, as a ratio to that baseline
+taken in the same run: the machines this runs on are shared, so absolute numbers alone
+mean little. Every process started here is stopped on the way out, whatever happened.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+from urllib.parse import urlsplit
+
+from toystore.bench.loadgen import Job, LoadResult, find_wrk, median, run_python_load, run_wrk
+from toystore.cluster import ClusterConfig, LocalCluster, free_ports, http_json
+
+CACHED_PRODUCT = "Tux"
+ORDERED_PRODUCT = "Whale"
+FAILOVER_PRODUCT = "Fox"
+CATCHUP_PRODUCT = "Lego"
+INITIAL_STOCK = 10_000_000  # never runs out, so every order is a committed order
+
+
+@dataclass
+class Settings:
+    """What to measure and for how long.
+
+    :param seconds: length of each load point.
+    :param generator: ``wrk`` or ``python`` for the reads (orders always use the Python
+        generator, which waits for every answer so the 200s can be checked against commits).
+    """
+
+    data_dir: Path
+    seconds: float = 10.0
+    kills: int = 5
+    catchup_orders: int = 10_000
+    db_delay: float = 0.0
+    get_concurrency: int = 16
+    order_concurrency: tuple[int, ...] = (1, 16, 64)
+    generator: str = "python"
+    quick: bool = False
+
+
+class Bench:
+    """Runs the measurements in order and collects one JSON-ready report."""
+
+    def __init__(self, settings: Settings, say: Callable[[str], None]) -> None:
+        self.settings = settings
+        self.say = say
+        self.figures: dict[str, float] = {}
+        self.details: dict[str, Any] = {}
+        self.checks: dict[str, Any] = {}
+        self.durations: dict[str, float] = {}
+        self._wrk = find_wrk() if settings.generator == "wrk" else None
+
+    # -- the whole run ------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        began = time.monotonic()
+        with self._stage("uncached_get"), self._cluster("uncached", cache_size=0) as cluster:
+            self._uncached_get(cluster)
+        with self._cluster("main", cache_size=8) as cluster:
+            with self._stage("cached_get_and_baseline"):
+                self._cached_get_and_baseline(cluster)
+            with self._stage("orders"):
+                for clients in self.settings.order_concurrency:
+                    self._orders(cluster, clients)
+            with self._stage("failover"):
+                self._failover(cluster)
+            with self._stage("catchup"):
+                self._catchup(cluster)
+        self.durations["total"] = round(time.monotonic() - began, 2)
+        return self.report()
+
+    def report(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "machine": machine_description(s.generator, self._wrk),
+            "settings": {"seconds_per_point": s.seconds, "kills": s.kills, "catchup_orders": s.catchup_orders,
+                         "db_delay": s.db_delay, "get_concurrency": s.get_concurrency,
+                         "order_concurrency": list(s.order_concurrency), "quick": s.quick,
+                         "read_generator": s.generator, "order_generator": "python"},
+            "figures": self.figures,
+            "checks": self.checks,
+            "details": self.details,
+            "durations_s": self.durations,
+            "all_checks_passed": all(check.get("passed", False) for check in self.checks.values()),
+        }
+
+    @contextmanager
+    def _stage(self, name: str) -> Iterator[None]:
+        began = time.monotonic()
+        try:
+            yield
+        finally:
+            self.durations[name] = round(time.monotonic() - began, 2)
+
+    @contextmanager
+    def _cluster(self, name: str, cache_size: int) -> Iterator[LocalCluster]:
+        config = ClusterConfig(data_dir=self.settings.data_dir / name, replicas=3, cache_size=cache_size,
+                               db_delay=self.settings.db_delay, initial_stock=INITIAL_STOCK,
+                               restock_interval=0.0)
+        cluster = LocalCluster(config)
+        try:
+            began = time.monotonic()
+            cluster.start(timeout=60)
+            self.say(f"cluster '{name}' (cache size {cache_size}) ready in {time.monotonic() - began:.1f} s")
+            yield cluster
+        finally:
+            cluster.stop()
+
+    # -- reads --------------------------------------------------------------------------
+
+    def _load_get(self, url: str) -> LoadResult:
+        s = self.settings
+        if self._wrk:
+            return run_wrk(self._wrk, url, seconds=s.seconds, concurrency=s.get_concurrency)
+        return run_python_load(Job(url), concurrency=s.get_concurrency, seconds=s.seconds)
+
+    def _record_get(self, name: str, result: LoadResult) -> None:
+        if result.errors or result.ok == 0:
+            self.checks[f"{name}_answers"] = {"passed": False, "errors": result.errors, "ok": result.ok}
+        self.figures[f"{name}_rps"] = round(result.ok_per_second, 1)
+        self.figures[f"{name}_p50_ms"] = round(result.p50_ms, 2)
+        self.figures[f"{name}_p99_ms"] = round(result.p99_ms, 2)
+        self.details[name] = {**asdict(result), "ok_per_second": result.ok_per_second}
+        self.say(f"{name}: {result.ok_per_second:,.0f} req/s, p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms")
+
+    def _uncached_get(self, cluster: LocalCluster) -> None:
+        url = f"{cluster.frontend_url}/products/{CACHED_PRODUCT}"
+        self._record_get("uncached_get", self._load_get(url))
+
+    def _cached_get_and_baseline(self, cluster: LocalCluster) -> None:
+        """The baseline runs while the cluster idles beside it, so both see the same machine."""
+        url = f"{cluster.frontend_url}/products/{CACHED_PRODUCT}"
+        for _ in range(3):
+            status, _ = http_json("GET", url)
+            if status != 200:
+                raise RuntimeError(f"warming the cache: GET {url} answered {status}")
+        with baseline_server() as baseline_url:
+            self._record_get("baseline_get", self._load_get(f"{baseline_url}/products/{CACHED_PRODUCT}"))
+        self._record_get("cached_get", self._load_get(url))
+        baseline = self.figures["baseline_get_rps"]
+        for name in ("cached_get", "uncached_get"):
+            if baseline > 0 and f"{name}_rps" in self.figures:
+                self.figures[f"{name}_to_baseline"] = round(self.figures[f"{name}_rps"] / baseline, 3)
+
+    # -- orders -------------------------------------------------------------------------
+
+    def _orders(self, cluster: LocalCluster, clients: int) -> None:
+        before = latest_order_number(cluster)
+        job = order_job(cluster, ORDERED_PRODUCT)
+        result = run_python_load(job, concurrency=clients, seconds=self.settings.seconds)
+        self._check_committed(cluster, f"orders_c{clients}", before, result)
+        self.figures[f"orders_c{clients}_per_s"] = round(result.ok_per_second, 1)
+        self.figures[f"orders_c{clients}_p50_ms"] = round(result.p50_ms, 2)
+        self.figures[f"orders_c{clients}_p99_ms"] = round(result.p99_ms, 2)
+        self.details[f"orders_c{clients}"] = {**asdict(result), "ok_per_second": result.ok_per_second}
+        self.say(f"orders, {clients} clients: {result.ok_per_second:,.0f}/s, "
+                 f"p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms")
+
+    def _check_committed(self, cluster: LocalCluster, name: str, before: int, result: LoadResult) -> None:
+        """The leader committed exactly as many orders as the load generator heard 200 for."""
+        acked = result.ok_total or 0
+        deadline = time.monotonic() + 5
+        committed = latest_order_number(cluster) - before
+        while committed < acked and time.monotonic() < deadline:  # the leader answers only after commit
+            time.sleep(0.05)
+            committed = latest_order_number(cluster) - before
+        passed = committed == acked and result.unknown == 0
+        self.checks[name] = {"passed": passed, "acknowledged": acked, "committed": committed,
+                             "unknown_outcome": result.unknown, "failed": result.errors}
+        if not passed:
+            self.say(f"CHECK FAILED {name}: {acked} orders acknowledged, {committed} committed, "
+                     f"{result.unknown} of unknown outcome")
+
+    # -- failover -----------------------------------------------------------------------
+
+    def _failover(self, cluster: LocalCluster) -> None:
+        samples: list[float] = []
+        for kill in range(1, self.settings.kills + 1):
+            wait_converged(cluster)
+            leader = cluster.leader()
+            assert leader is not None
+            with OrderProber(order_job(cluster, FAILOVER_PRODUCT)) as prober:
+                prober.wait_for_ack_after(time.monotonic(), timeout=30)
+                killed_at = time.monotonic()
+                cluster.kill(f"order-{leader}")
+                acked_at = prober.wait_for_ack_after(killed_at, timeout=60)
+            samples.append(acked_at - killed_at)
+            self.say(f"failover {kill}/{self.settings.kills}: replica {leader} killed, "
+                     f"next order acknowledged after {samples[-1]:.3f} s")
+            cluster.start_process(f"order-{leader}")
+        wait_converged(cluster)
+        self.figures["failover_median_s"] = round(median(samples), 3)
+        self.figures["failover_min_s"] = round(min(samples), 3)
+        self.figures["failover_max_s"] = round(max(samples), 3)
+        self.details["failover"] = {"samples_s": [round(x, 4) for x in samples],
+                                    "probe_interval_s": OrderProber.interval}
+
+    # -- catch-up -----------------------------------------------------------------------
+
+    def _catchup(self, cluster: LocalCluster) -> None:
+        """Kill a follower, commit orders without it, restart it: time until it has them all."""
+        leader = cluster.leader()
+        follower = next(i for i in cluster.replica_ids if i != leader)
+        name = f"order-{follower}"
+        cluster.kill(name)
+        before = latest_order_number(cluster)
+        count = self.settings.catchup_orders
+        result = run_python_load(order_job(cluster, CATCHUP_PRODUCT), concurrency=64, total=count)
+        self._check_committed(cluster, "catchup_orders", before, result)
+        leader = cluster.leader()
+        assert leader is not None
+        target = cluster.health(leader)
+        latest = latest_order_number(cluster)
+        assert target is not None
+        started_at = time.monotonic()
+        cluster.start_process(name)
+        answered_at = cluster.wait_for(lambda: cluster.health(follower, 0.5) and time.monotonic(),
+                                       60, f"{name} answering", interval=0.01)
+
+        def caught_up() -> float | None:
+            health = cluster.health(follower, 0.5)
+            if not health or health["commit_index"] < target["commit_index"]:
+                return None
+            return time.monotonic() if replica_latest(cluster, follower) == latest else None
+
+        done_at = cluster.wait_for(caught_up, 120, f"{name} catching up", interval=0.01)
+        self.figures["catchup_s"] = round(done_at - started_at, 3)
+        self.figures["catchup_after_answering_s"] = round(done_at - answered_at, 3)
+        self.figures["catchup_orders"] = result.ok_total or 0
+        self.details["catchup"] = {"orders": result.ok_total, "commit_index": target["commit_index"],
+                                   "startup_s": round(answered_at - started_at, 3),
+                                   "orders_load": asdict(result)}
+        self.say(f"catch-up of {result.ok_total} orders: {done_at - started_at:.2f} s from restart "
+                 f"({done_at - answered_at:.2f} s after it first answered)")
+
+
+# -- helpers on a running cluster ----------------------------------------------------------
+
+
+def order_job(cluster: LocalCluster, product: str) -> Job:
+    body = json.dumps({"name": product, "quantity": 1}).encode()
+    return Job(f"{cluster.frontend_url}/orders", method="POST", body=body, timeout=15.0)
+
+
+def replica_latest(cluster: LocalCluster, replica_id: int) -> int | None:
+    try:
+        status, body = cluster.get(f"order-{replica_id}", "/latest_order_no", 1.0)
+    except OSError:
+        return None
+    return body["data"]["latest_order_no"] if status == 200 else None
+
+
+def latest_order_number(cluster: LocalCluster) -> int:
+    """The leader's latest committed order number (-1 for none)."""
+    def ask() -> tuple[int] | None:
+        leader = cluster.leader()
+        latest = replica_latest(cluster, leader) if leader is not None else None
+        return (latest,) if latest is not None else None
+    return cluster.wait_for(ask, 30, "the leader's latest order number")[0]
+
+
+def wait_converged(cluster: LocalCluster, timeout: float = 60.0, preference_wait: float = 12.0) -> None:
+    """Every replica up with the leader's commit index and orders, and the frontend using
+    that leader. The frontend moves leadership to the highest live id a few seconds after it
+    returns; wait for that too (up to ``preference_wait``) so no transfer lands mid-measure."""
+    highest = max(cluster.replica_ids)
+    began = time.monotonic()
+
+    def agreed() -> int | None:
+        healths = {i: cluster.health(i, 0.5) for i in cluster.replica_ids}
+        if not all(healths.values()):
+            return None
+        leaders = [i for i, h in healths.items() if h and h["role"] == "leader"]
+        if len(leaders) != 1 or len({h["commit_index"] for h in healths.values() if h}) != 1:
+            return None
+        leader = leaders[0]
+        if leader != highest and time.monotonic() - began < preference_wait:
+            return None
+        if len({replica_latest(cluster, i) for i in cluster.replica_ids}) != 1:
+            return None
+        status, body = http_json("GET", cluster.frontend_url + "/health")
+        return leader if status == 200 and body["data"].get("leader_id") == leader else None
+
+    cluster.wait_for(agreed, timeout, "the replicas to converge", interval=0.1)
+
+
+class OrderProber:
+    """A client placing one order every ``interval`` seconds on a keep-alive connection, in a
+    thread, noting when each request went out and when its 200 came back."""
+
+    interval = 0.01
+
+    def __init__(self, job: Job) -> None:
+        self._job = job
+        self._acks: list[tuple[float, float]] = []  # (sent, acknowledged)
+        self._changed = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> "OrderProber":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stopping = True
+        self._thread.join(self._job.timeout + 5)
+
+    def _loop(self) -> None:
+        parts = urlsplit(self._job.url)
+        connection: http.client.HTTPConnection | None = None
+        while not self._stopping:
+            if connection is None:
+                connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=self._job.timeout)
+            sent = time.monotonic()
+            try:
+                connection.request("POST", parts.path, body=self._job.body, headers={"Content-Type": "application/json"})
+                response = connection.getresponse()
+                response.read()
+            except (OSError, http.client.HTTPException):
+                connection.close()
+                connection = None
+            else:
+                if response.status == 200:
+                    with self._changed:
+                        self._acks.append((sent, time.monotonic()))
+                        self._changed.notify_all()
+            time.sleep(self.interval)
+        if connection is not None:
+            connection.close()
+
+    def wait_for_ack_after(self, moment: float, timeout: float) -> float:
+        """When the first order sent at or after ``moment`` was acknowledged."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                found = [acked for sent, acked in self._acks if sent >= moment]
+                if found:
+                    return min(found)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"no order acknowledged within {timeout} s")
+                self._changed.wait(remaining)
+
+
+@contextmanager
+def baseline_server() -> Iterator[str]:
+    """The bare Klein app in its own process; its URL while the block runs."""
+    port = free_ports(1)[0]
+    process = subprocess.Popen([sys.executable, "-m", "toystore.bench.baseline", "--port", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               env={**os.environ, "PYTHONPATH": _source_root()})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if http_json("GET", f"{url}/products/{CACHED_PRODUCT}", timeout=1)[0] == 200:
+                    break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the baseline server did not start: "
+                                   + (process.stderr.read().decode(errors="replace") if process.stderr else ""))
+            time.sleep(0.05)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _source_root() -> str:
+    root = str(Path(__file__).resolve().parents[2])
+    return os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+
+
+def machine_description(generator: str, wrk: str | None) -> dict[str, Any]:
+    wrk_version = None
+    if wrk:
+        done = subprocess.run([wrk, "--version"], capture_output=True, text=True, check=False)
+        wrk_version = (done.stdout or done.stderr).split("\n")[0].strip()
+    return {
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "read_load_generator": wrk_version or "python (processes × keep-alive http.client threads)",
+        "order_load_generator": "python (processes × keep-alive http.client threads)",
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+# -- the report ------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    measurement: str
+    result: str
+    detail: str = ""
+
+
+def _rate(value: float, unit: str) -> str:
+    return f"{value:,.0f} {unit}"
+
+
+def table_rows(report: dict[str, Any]) -> list[Row]:
+    """The figures of a report, one row per measurement, in the order they were taken."""
+    f = report["figures"]
+    s = report["settings"]
+    checks = report.get("checks", {})
+    rows: list[Row] = []
+
+    def latency(name: str) -> str:
+        return f"p50 {f[name + '_p50_ms']:.1f} ms, p99 {f[name + '_p99_ms']:.1f} ms"
+
+    conc = s["get_concurrency"]
+    if "baseline_get_rps" in f:
+        rows.append(Row("bare Klein baseline, GET (fixed body)", _rate(f["baseline_get_rps"], "req/s"),
+                        f"{latency('baseline_get')}; {conc} connections"))
+    if "cached_get_rps" in f:
+        ratio = f.get("cached_get_to_baseline")
+        rows.append(Row("cached GET /products/<name>", _rate(f["cached_get_rps"], "req/s"),
+                        (f"**{ratio:.2f} × baseline**; " if ratio is not None else "") + latency("cached_get")))
+    if "uncached_get_rps" in f:
+        ratio = f.get("uncached_get_to_baseline")
+        rows.append(Row("uncached GET /products/<name> (cache size 0)", _rate(f["uncached_get_rps"], "req/s"),
+                        (f"{ratio:.2f} × baseline; " if ratio is not None else "") + latency("uncached_get")))
+    for clients in s["order_concurrency"]:
+        name = f"orders_c{clients}"
+        if f"{name}_per_s" in f:
+            check = checks.get(name, {})
+            verdict = (f"{check.get('acknowledged')} acknowledged = {check.get('committed')} committed"
+                       if check.get("passed") else f"MISMATCH: {check}")
+            rows.append(Row(f"committed orders, {clients} client{'s' if clients > 1 else ''}",
+                            _rate(f[f"{name}_per_s"], "orders/s"), f"{latency(name)}; {verdict}"))
+    if "failover_median_s" in f:
+        rows.append(Row("failover: kill -9 leader → next order acknowledged",
+                        f"median {f['failover_median_s']:.2f} s",
+                        f"min {f['failover_min_s']:.2f} s, max {f['failover_max_s']:.2f} s over {s['kills']} kills"))
+    if "catchup_s" in f:
+        rows.append(Row(f"catch-up of {f['catchup_orders']:,} missed orders", f"{f['catchup_s']:.2f} s",
+                        f"from restart of the process; {f['catchup_after_answering_s']:.2f} s after it first answered"))
+    return rows
+
+
+def markdown_table(rows: list[Row]) -> str:
+    lines = ["| measurement | result | detail |", "|---|---|---|"]
+    for row in rows:
+        cells = [cell.replace("|", "\\|") for cell in (row.measurement, row.result, row.detail)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render(report: dict[str, Any]) -> str:
+    """The table and the conditions it was measured in, as markdown."""
+    m, s, d = report["machine"], report["settings"], report["durations_s"]
+    header = (f"Machine: {m['cores']} cores, Python {m['python']}, {m['platform']}; load average at start "
+              f"{', '.join(str(x) for x in m['load_average'])}.\n"
+              f"Reads by {m['read_load_generator']}; orders by {m['order_load_generator']}.\n"
+              f"{s['seconds_per_point']} s per load point, --db-delay {s['db_delay']}, 3 Raft replicas; "
+              f"whole run {d.get('total', 0):.0f} s.")
+    footer = "" if report.get("all_checks_passed", True) else "\n\n**Some checks failed**: see \"checks\" in the JSON."
+    return header + "\n\n" + markdown_table(table_rows(report)) + footer
