@@ -18,6 +18,7 @@ from toystore.catalog.invalidation import Invalidator
 from toystore.catalog.store import DATABASE_FILE, CatalogStore, schema
 from toystore.db import Database, DatabaseService
 from toystore.http import HTTPPoolService, QuietSite, make_http_client
+from toystore.metrics import catalog_metrics
 
 log = Logger()
 
@@ -86,12 +87,13 @@ def make_catalog_service(
     client, http_pool = make_http_client(reactor)
     invalidator = Invalidator(client, frontends, reactor, token)
     api = CatalogApi(store, invalidator, token, restock_to)
+    metrics = catalog_metrics(reactor, db, store, invalidator)
 
     top = MultiService()
     parts: list[tuple[str, Service]] = [
         ("database", DatabaseService(db)),
         ("http-pool", HTTPPoolService(http_pool)),
-        ("api", TCPServer(port, QuietSite(api.resource()), interface=interface)),
+        ("api", TCPServer(port, QuietSite(metrics.wrap(api.resource(), CatalogApi.app)), interface=interface)),
         ("restock", RestockService(store, invalidator, reactor, restock_interval, restock_to)),
     ]
     for name, part in parts:

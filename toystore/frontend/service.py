@@ -15,6 +15,7 @@ from toystore.frontend.api import FrontendApi, Product
 from toystore.frontend.cache import LruCache
 from toystore.frontend.leader import LeaderCaller, LeaderTracker
 from toystore.http import QuietSite, Utf8PathGuard, make_http_client
+from toystore.metrics import frontend_metrics
 
 
 class FrontendService(MultiService):
@@ -64,6 +65,8 @@ def build_frontend(
     cache: LruCache[Product] = LruCache(cache_size)
     api = FrontendApi(catalog_url, cache, tracker, caller, client, clock, token)
     service = FrontendService(tracker, pool)
-    listener = TCPServer(port, QuietSite(Utf8PathGuard(api.app.resource())), interface=interface, reactor=reactor)
+    metrics = frontend_metrics(clock, cache, tracker)
+    root = metrics.wrap(Utf8PathGuard(api.app.resource()), FrontendApi.app)
+    listener = TCPServer(port, QuietSite(root), interface=interface, reactor=reactor)
     listener.setServiceParent(service)
     return service

@@ -14,6 +14,7 @@ from twisted.logger import Logger
 
 from toystore.db import Database
 from toystore.http import QuietSite, make_http_client
+from toystore.metrics import order_metrics
 from toystore.order.api import OrderApi
 from toystore.order.catalog_client import CatalogClient
 from toystore.order.primary_backup import PrimaryBackupReplica
@@ -57,6 +58,7 @@ class ReplicaParts:
     http_client: HTTPClient
     catalog: CatalogClient
     closers: list[Any]
+    db: Database
 
 
 def _open_parts(reactor: Any, node_id: int, catalog_url: str, data_dir: Path, token: str | None,
@@ -67,12 +69,13 @@ def _open_parts(reactor: Any, node_id: int, catalog_url: str, data_dir: Path, to
     http_client, http_pool = make_http_client(reactor)
     return ReplicaParts(store, state, OrderStateMachine(state.orders), http_client,
                         CatalogClient(http_client, catalog_url, clock=reactor, token=token),
-                        [http_pool.closeCachedConnections, lambda: defer.ensureDeferred(db.shut_down())])
+                        [http_pool.closeCachedConnections, lambda: defer.ensureDeferred(db.shut_down())], db)
 
 
-def _serve(replica: RaftReplica | PrimaryBackupReplica, parts: ReplicaParts, token: str | None, interface: str, port: int) -> OrderReplicaService:
+def _serve(reactor: Any, replica: RaftReplica | PrimaryBackupReplica, parts: ReplicaParts, token: str | None, interface: str, port: int) -> OrderReplicaService:
     top = OrderReplicaService(replica, parts.closers)
-    site = QuietSite(OrderApi(replica, token).resource())
+    metrics = order_metrics(reactor, parts.db, replica)
+    site = QuietSite(metrics.wrap(OrderApi(replica, token).resource(), OrderApi.app))
     internet.TCPServer(port, site, interface=interface).setServiceParent(top)
     return top
 
@@ -93,7 +96,7 @@ def build_raft_replica(*, reactor: Any, node_id: int, replicas: Mapping[int, str
                             persist=replica.persist_cycle, timing=timing))
     log.info("Order replica {id} (raft) restored term {term}, {entries} log entries, {orders} orders",
              id=node_id, term=state.hard_state.term, entries=len(state.entries), orders=len(state.orders))
-    return _serve(replica, parts, token, interface, port)
+    return _serve(reactor, replica, parts, token, interface, port)
 
 
 def build_primary_backup_replica(*, reactor: Any, node_id: int, replicas: Mapping[int, str], catalog_url: str,
@@ -104,4 +107,4 @@ def build_primary_backup_replica(*, reactor: Any, node_id: int, replicas: Mappin
     replica = PrimaryBackupReplica(node_id, parts.orders, parts.store, parts.catalog, parts.http_client, replicas,
                                    clock=reactor, token=token)
     log.info("Order replica {id} (primary-backup) restored {orders} orders", id=node_id, orders=len(parts.state.orders))
-    return _serve(replica, parts, token, interface, port)
+    return _serve(reactor, replica, parts, token, interface, port)

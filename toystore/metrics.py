@@ -1,0 +1,400 @@
+"""Prometheus metrics for every service: ``GET /metrics`` in the text format.
+
+Each service owns one :class:`ServiceMetrics` (its own ``CollectorRegistry``: tests build
+several services in one process, and the global registry would mix them). Requests are
+counted at one place, :class:`InstrumentedResource`, which wraps the service's Klein
+resource and labels each request with the route pattern it matched (``/orders/<string:number>``),
+never the raw path, so the number of label values stays bounded whatever clients send.
+
+Domain figures are read from the objects that already hold them, at scrape time, by the
+collectors below; nothing counts twice. Collectors of state that lives on disk (the
+catalog's stock) refresh asynchronously just before the scrape.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable, Iterable, Mapping, Protocol
+
+from klein import Klein
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.routing import RequestRedirect
+
+from toystore.http import ApiError, error_response
+from toystore.raft.messages import Role
+from toystore.raft.node import RaftNode
+
+log = Logger()
+
+METRICS_PATH = "/metrics"
+UNMATCHED = "unmatched"  # the route label of every path no route matches
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+DISK_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+ROLES = ("leader", "follower", "candidate")
+
+
+class ServiceMetrics:
+    """One service's registry, its request metrics, and what ``/metrics`` answers.
+
+    :param clock: request latency is measured on it (a ``task.Clock`` in tests).
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self.clock = clock
+        self.registry = CollectorRegistry()
+        self.requests = Counter("toystore_http_requests", "HTTP requests answered, by route pattern and status.",
+                                ["route", "method", "status"], registry=self.registry)
+        self.latency = Histogram("toystore_http_request_duration_seconds",
+                                 "Time from receiving a request to finishing its answer.",
+                                 ["route", "method", "status"], buckets=HTTP_BUCKETS, registry=self.registry)
+        self._refreshers: list[Callable[[], Awaitable[None]]] = []
+
+    def add(self, collector: Collector) -> None:
+        """Register a collector; one with an async ``refresh()`` is refreshed before each scrape."""
+        self.registry.register(collector)
+        refresh = getattr(collector, "refresh", None)
+        if refresh is not None:
+            self._refreshers.append(refresh)
+
+    def histogram(self, name: str, documentation: str, buckets: Iterable[float] = DISK_BUCKETS) -> Histogram:
+        """A histogram in this service's registry (for durations observed by callbacks)."""
+        return Histogram(name, documentation, buckets=tuple(buckets), registry=self.registry)
+
+    async def exposition(self) -> bytes:
+        """The text format of everything registered, after refreshing the async collectors.
+
+        A refresh that fails is logged and the collector reports what it read last: a scrape
+        answers even when the disk is slow or broken.
+        """
+        for refresh in self._refreshers:
+            try:
+                await refresh()
+            except Exception:
+                log.failure("Refreshing metrics before a scrape failed")
+        return generate_latest(self.registry)
+
+    def wrap(self, resource: IResource, app: Klein) -> IResource:
+        """The service's root resource: ``resource`` counted per route of ``app``, plus ``/metrics``."""
+        return InstrumentedResource(resource, app, self)
+
+
+def _path_info(request: IRequest) -> str | None:
+    """The path as Klein routes it (percent-decoded segments), None when it is not UTF-8."""
+    try:
+        return "/" + b"/".join(request.postpath).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def route_of(app: Klein, path: str | None, method: str) -> str:
+    """The pattern of the route ``app`` serves ``path`` with (whatever the method), or
+    :data:`UNMATCHED`: a bounded set of label values."""
+    if path is None:
+        return UNMATCHED
+    adapter = app.url_map.bind("localhost")
+    try:
+        rule, _ = adapter.match(path, method, return_rule=True)
+    except MethodNotAllowed as e:
+        # The path exists, the method does not: still that route's 405.
+        for allowed in sorted(e.valid_methods or ()):
+            try:
+                rule, _ = adapter.match(path, allowed, return_rule=True)
+            except (HTTPException, RequestRedirect):
+                continue
+            return str(rule.rule)
+        return UNMATCHED
+    except (HTTPException, RequestRedirect):
+        return UNMATCHED
+    return str(rule.rule)
+
+
+class InstrumentedResource(Resource):
+    """Counts and times every request to ``wrapped`` by route, method and status, and answers
+    ``GET /metrics`` itself (public, like ``/health``: the figures hold no secrets).
+
+    :param wrapped: a leaf root resource (a Klein app's, perhaps behind ``Utf8PathGuard``).
+    :param app: the Klein app whose url map names the routes.
+    """
+
+    isLeaf = True
+
+    def __init__(self, wrapped: IResource, app: Klein, metrics: ServiceMetrics) -> None:
+        super().__init__()
+        self._wrapped = wrapped
+        self._app = app
+        self._metrics = metrics
+
+    def render(self, request: IRequest) -> Any:
+        method = request.method.decode("ascii", "replace").upper()
+        method_label = method if method in METHODS else "other"
+        path = _path_info(request)
+        route = METRICS_PATH if path == METRICS_PATH else route_of(self._app, path, method)
+        started = self._metrics.clock.seconds()
+        request.notifyFinish().addBoth(self._observe, request, route, method_label, started)
+        if route == METRICS_PATH:
+            return self._render_metrics(request, method)
+        return self._wrapped.render(request)
+
+    def _observe(self, _: object, request: IRequest, route: str, method: str, started: float) -> None:
+        status = str(request.code)
+        self._metrics.requests.labels(route, method, status).inc()
+        self._metrics.latency.labels(route, method, status).observe(self._metrics.clock.seconds() - started)
+
+    def _render_metrics(self, request: IRequest, method: str) -> Any:
+        if method not in ("GET", "HEAD"):
+            request.setHeader(b"allow", b"GET, HEAD")
+            return error_response(request, ApiError(405, "Method not allowed on this resource."))
+        answered = Deferred.fromCoroutine(self._metrics.exposition())
+
+        def write(body: bytes) -> None:
+            request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
+            request.write(body)
+            request.finish()
+
+        def failed(failure: Any) -> None:
+            log.failure("Answering /metrics failed", failure)
+            request.write(error_response(request, ApiError(500, "Internal error; the request may be retried.")))
+            request.finish()
+
+        answered.addCallbacks(write, failed)
+        return NOT_DONE_YET
+
+
+# ---------------------------------------------------------------- domain collectors
+
+
+class HasCacheStats(Protocol):
+    def stats(self) -> Any: ...
+
+
+class CacheCollector(Collector):
+    """The frontend's product cache, from ``LruCache.stats()``."""
+
+    def __init__(self, cache: HasCacheStats) -> None:
+        self._cache = cache
+
+    def collect(self) -> Iterable[Metric]:
+        stats = self._cache.stats()
+        yield CounterMetricFamily("toystore_cache_hits", "Product lookups the cache answered.", stats.hits)
+        yield CounterMetricFamily("toystore_cache_misses", "Product lookups that went to the catalog.", stats.misses)
+        yield CounterMetricFamily("toystore_cache_invalidations", "Invalidations applied to the cache.",
+                                  stats.invalidations)
+        yield GaugeMetricFamily("toystore_cache_size", "Products in the cache now.", stats.size)
+        yield GaugeMetricFamily("toystore_cache_capacity", "Products the cache can hold (0: caching off).",
+                                stats.capacity)
+
+
+class KnowsLeader(Protocol):
+    @property
+    def leader_id(self) -> int | None: ...
+
+    failovers: int
+
+
+class LeaderCollector(Collector):
+    """The frontend's view of the order leader, from its ``LeaderTracker``."""
+
+    def __init__(self, tracker: KnowsLeader) -> None:
+        self._tracker = tracker
+
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily("toystore_frontend_order_leader_id",
+                                "The order replica the frontend sends to (0 while none is known).",
+                                self._tracker.leader_id or 0)
+        yield CounterMetricFamily("toystore_frontend_failovers",
+                                  "Times the frontend moved from one known order leader to another.",
+                                  self._tracker.failovers)
+
+
+class ReplicaCollector(Collector):
+    """An order replica's replication state, from its ``status()`` (the ``/health_check`` data).
+
+    :param status: returns the status mapping; a Raft replica adds ``applied_index``
+        (see :func:`raft_status`).
+    """
+
+    GAUGES = {
+        "term": "The replica's current term (Raft; 0 in primary-backup mode).",
+        "commit_index": "Highest log index known committed (orders held, in primary-backup mode).",
+        "last_index": "Highest log index held.",
+        "applied_index": "Highest log index applied to the orders.",
+        "leader_id": "The leader this replica knows (0 while none).",
+    }
+
+    def __init__(self, status: Callable[[], Mapping[str, Any]]) -> None:
+        self._status = status
+
+    def collect(self) -> Iterable[Metric]:
+        status = self._status()
+        for field, documentation in self.GAUGES.items():
+            if field in status:
+                yield GaugeMetricFamily(f"toystore_replica_{field}", documentation, status[field] or 0)
+        role = GaugeMetricFamily("toystore_replica_role", "1 for the role the replica plays now.", labels=["role"])
+        for name in ROLES:
+            role.add_metric([name], 1 if status.get("role") == name else 0)
+        yield role
+
+
+def raft_status(node: RaftNode) -> dict[str, Any]:
+    """A Raft node's status with its applied index, for :class:`ReplicaCollector`."""
+    return {**node.status(), "applied_index": node.core.applied_index}
+
+
+class ElectionCounter(Collector):
+    """Counts a Raft node's elections from its role changes (``RaftNode.role_listeners``):
+    becoming candidate starts one, becoming leader wins one."""
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.won = 0
+        self._role: Role | None = None
+
+    def role_changed(self, role: Role, _leader_id: int) -> None:
+        if role is not self._role:
+            if role is Role.CANDIDATE:
+                self.started += 1
+            elif role is Role.LEADER:
+                self.won += 1
+        self._role = role
+
+    def collect(self) -> Iterable[Metric]:
+        elections = CounterMetricFamily("toystore_raft_elections", "Elections this replica took part in as a "
+                                        "candidate, by outcome (started, won).", labels=["outcome"])
+        elections.add_metric(["started"], self.started)
+        elections.add_metric(["won"], self.won)
+        yield elections
+
+
+class Ledger(Protocol):
+    async def ledger(self) -> dict[str, Any]: ...
+
+
+class CatalogCollector(Collector):
+    """Stock and price per toy and reservations per state, read from the catalog's ledger
+    just before each scrape (:meth:`refresh`)."""
+
+    def __init__(self, store: Ledger) -> None:
+        self._store = store
+        self._ledger: dict[str, Any] = {"toys": {}, "reservations": {}}
+
+    async def refresh(self) -> None:
+        self._ledger = await self._store.ledger()
+
+    def collect(self) -> Iterable[Metric]:
+        stock = GaugeMetricFamily("toystore_catalog_stock", "Units in stock, per toy.", labels=["toy"])
+        price = GaugeMetricFamily("toystore_catalog_price", "Price, per toy.", labels=["toy"])
+        restocked = CounterMetricFamily("toystore_catalog_restocked_units", "Units added by restocks, per toy.",
+                                        labels=["toy"])
+        for name, toy in sorted(self._ledger["toys"].items()):
+            stock.add_metric([name], toy["quantity"])
+            price.add_metric([name], toy["price"])
+            restocked.add_metric([name], toy["restocked"])
+        reservations = GaugeMetricFamily("toystore_catalog_reservations", "Stock reservations, per state.",
+                                         labels=["state"])
+        for state, count in sorted(self._ledger["reservations"].items()):
+            reservations.add_metric([state], count)
+        yield from (stock, price, restocked, reservations)
+
+
+class CountsPushes(Protocol):
+    pushes: int
+
+
+class InvalidationCollector(Collector):
+    """Invalidation pushes the catalog sent to frontends (``Invalidator.pushes``)."""
+
+    def __init__(self, invalidator: CountsPushes) -> None:
+        self._invalidator = invalidator
+
+    def collect(self) -> Iterable[Metric]:
+        yield CounterMetricFamily("toystore_catalog_invalidation_pushes",
+                                  "Invalidations sent to frontends (one per toy per frontend per round).",
+                                  self._invalidator.pushes)
+
+
+class CommitsDurably(Protocol):
+    commits: int
+    commit_listeners: list[Callable[[float, int], None]]
+
+
+def watch_database(metrics: ServiceMetrics, db: CommitsDurably) -> None:
+    """Group commits of ``db``: how long each COMMIT (its fsync) took, and how many writes it carried."""
+    fsync = metrics.histogram("toystore_db_commit_seconds", "Time of each group commit's COMMIT (the fsync).")
+    batch = metrics.histogram("toystore_db_commit_writes", "Writes made durable by each group commit.",
+                              buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+
+    def committed(seconds: float, writes: int) -> None:
+        fsync.observe(seconds)
+        batch.observe(writes)
+
+    db.commit_listeners.append(committed)
+
+
+def watch_raft(metrics: ServiceMetrics, node: RaftNode) -> None:
+    """A Raft node's state, elections and append latency.
+
+    Append latency is timed around ``node.propose`` (which fires once the entry is
+    committed and applied in memory, on the leader): the one method is wrapped on this
+    instance, so the node itself carries no metrics code.
+    """
+    metrics.add(ReplicaCollector(lambda: raft_status(node)))
+    elections = ElectionCounter()
+    node.role_listeners.append(elections.role_changed)
+    metrics.add(elections)
+    append = metrics.histogram("toystore_raft_append_seconds",
+                               "Time from a leader's proposal of an entry to its commit.", HTTP_BUCKETS)
+    propose = node.propose
+    clock = metrics.clock
+
+    def timed_propose(data: str) -> Deferred:
+        started = clock.seconds()
+
+        def committed(result: Any) -> Any:
+            append.observe(clock.seconds() - started)
+            return result
+
+        return propose(data).addCallback(committed)
+
+    node.propose = timed_propose  # type: ignore[method-assign]
+
+
+# ---------------------------------------------------------------- per role
+
+
+def catalog_metrics(clock: IReactorTime, db: CommitsDurably, store: Ledger, invalidator: CountsPushes) -> ServiceMetrics:
+    """The catalog's metrics: requests, group commits, stock and reservations, invalidation pushes."""
+    metrics = ServiceMetrics(clock)
+    watch_database(metrics, db)
+    metrics.add(CatalogCollector(store))
+    metrics.add(InvalidationCollector(invalidator))
+    return metrics
+
+
+def frontend_metrics(clock: IReactorTime, cache: HasCacheStats, tracker: KnowsLeader) -> ServiceMetrics:
+    """The frontend's metrics: requests, the product cache, the order leader and failovers."""
+    metrics = ServiceMetrics(clock)
+    metrics.add(CacheCollector(cache))
+    metrics.add(LeaderCollector(tracker))
+    return metrics
+
+
+def order_metrics(clock: IReactorTime, db: CommitsDurably, replica: Any) -> ServiceMetrics:
+    """An order replica's metrics: requests, group commits, and its replication state (Raft's
+    elections and append latency too when ``replica.node`` is a :class:`RaftNode`)."""
+    metrics = ServiceMetrics(clock)
+    watch_database(metrics, db)
+    node = getattr(replica, "node", None)
+    if isinstance(node, RaftNode):
+        watch_raft(metrics, node)
+    else:
+        metrics.add(ReplicaCollector(replica.status))
+    return metrics
