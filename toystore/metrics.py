@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any, Awaitable, Callable, Iterable, Mapping, Protocol
 
 from klein import Klein
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from twisted.internet.defer import Deferred
@@ -156,7 +156,7 @@ class InstrumentedResource(Resource):
         answered = Deferred.fromCoroutine(self._metrics.exposition())
 
         def write(body: bytes) -> None:
-            request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
+            request.setHeader(b"content-type", CONTENT_TYPE_PLAIN_0_0_4.encode("ascii"))
             request.write(body)
             request.finish()
 
