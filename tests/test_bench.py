@@ -1,0 +1,159 @@
+"""The benchmark's pure parts: reading wrk's summary, the statistics, the report table and
+the option defaults. No cluster, no load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from toystore.bench.__main__ import parse_arguments
+from toystore.bench.loadgen import LoadResult, median, parse_wrk_output, percentile, split
+from toystore.bench.runner import Row, markdown_table, render, table_rows
+
+# What wrk 4.1.0 prints with our done() hook (taken from a real run against a 405 route
+# for the second line, so every request there is a status error).
+WRK_STDOUT = """\
+Running 1s test @ http://127.0.0.1:18998/products/Tux
+  1 threads and 4 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     3.28ms    4.60ms  36.81ms   86.39%
+    Req/Sec     2.41k     2.85k    7.65k    80.00%
+  2408 requests in 1.02s, 486.77KB read
+Requests/sec:   2352.02
+Transfer/sec:    475.46KB
+TOYSTORE-WRK-DONE {"requests": 2408, "duration_us": 1023801, "status_errors": 0, "socket_errors": 0, "p50_us": 665, "p99_us": 23202}
+"""
+
+
+def test_wrk_summary_gives_rate_and_latencies_in_milliseconds() -> None:
+    result = parse_wrk_output(WRK_STDOUT, concurrency=4)
+    assert (result.generator, result.concurrency, result.completed, result.ok, result.errors) == ("wrk", 4, 2408, 2408, 0)
+    assert result.seconds == pytest.approx(1.023801)
+    assert result.requests_per_second == pytest.approx(2408 / 1.023801)
+    assert (result.p50_ms, result.p99_ms) == (pytest.approx(0.665), pytest.approx(23.202))
+
+
+def test_wrk_status_and_socket_errors_are_not_counted_as_ok() -> None:
+    line = ('TOYSTORE-WRK-DONE {"requests": 287, "duration_us": 1000000, "status_errors": 280, '
+            '"socket_errors": 3, "p50_us": 7272, "p99_us": 19422}')
+    result = parse_wrk_output(line, concurrency=2)
+    assert (result.completed, result.ok, result.errors) == (287, 7, 283)
+    assert result.ok_per_second == pytest.approx(7.0)
+
+
+def test_wrk_output_without_our_summary_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no summary"):
+        parse_wrk_output("unable to connect to 127.0.0.1:1 Connection refused\n", concurrency=1)
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]  # 1..100, shuffled order must not matter
+    shuffled = values[50:] + values[:50]
+    assert percentile(shuffled, 0.50) == 50.0
+    assert percentile(shuffled, 0.99) == 99.0
+    assert percentile(shuffled, 1.0) == 100.0
+    assert percentile([7.0], 0.99) == 7.0
+    assert percentile([], 0.5) == 0.0
+
+
+def test_p99_of_few_samples_is_the_slowest_not_an_interpolation() -> None:
+    assert percentile([1.0, 2.0, 3.0, 500.0], 0.99) == 500.0
+
+
+def test_median_of_odd_and_even_counts() -> None:
+    assert median([3.0, 1.0, 2.0]) == 2.0
+    assert median([4.0, 1.0, 3.0, 2.0]) == 2.5
+    with pytest.raises(ValueError):
+        median([])
+
+
+def test_split_spreads_work_evenly_and_loses_none() -> None:
+    assert split(10, 3) == [4, 3, 3]
+    assert split(2, 4) == [1, 1, 0, 0]
+    assert sum(split(10_000, 64)) == 10_000
+
+
+def test_rates_of_an_empty_window_are_zero() -> None:
+    result = LoadResult(generator="python", concurrency=1, seconds=0.0, completed=0, ok=0, p50_ms=0.0, p99_ms=0.0)
+    assert (result.requests_per_second, result.ok_per_second) == (0.0, 0.0)
+
+
+def _report(**check_overrides: object) -> dict[str, object]:
+    figures = {
+        "baseline_get_rps": 2000.0, "baseline_get_p50_ms": 5.0, "baseline_get_p99_ms": 20.0,
+        "cached_get_rps": 1700.0, "cached_get_p50_ms": 6.0, "cached_get_p99_ms": 25.0,
+        "cached_get_to_baseline": 0.85,
+        "uncached_get_rps": 600.0, "uncached_get_p50_ms": 20.0, "uncached_get_p99_ms": 60.0,
+        "uncached_get_to_baseline": 0.3,
+        "orders_c1_per_s": 90.0, "orders_c1_p50_ms": 10.0, "orders_c1_p99_ms": 30.0,
+        "orders_c64_per_s": 1200.0, "orders_c64_p50_ms": 50.0, "orders_c64_p99_ms": 95.0,
+        "failover_median_s": 0.9, "failover_min_s": 0.7, "failover_max_s": 1.4,
+        "catchup_s": 1.8, "catchup_after_answering_s": 0.4, "catchup_orders": 10000,
+    }
+    checks = {"orders_c1": {"passed": True, "acknowledged": 900, "committed": 900},
+              "orders_c64": {"passed": True, "acknowledged": 12000, "committed": 12000, **check_overrides}}
+    return {
+        "machine": {"cores": 2, "python": "3.11.7", "platform": "Linux", "load_average": [1.0, 0.5, 0.2],
+                    "read_load_generator": "wrk 4.1.0", "order_load_generator": "python"},
+        "settings": {"seconds_per_point": 10, "kills": 5, "db_delay": 0.0, "get_concurrency": 16,
+                     "order_concurrency": [1, 64]},
+        "figures": figures, "checks": checks, "durations_s": {"total": 95.0},
+        "all_checks_passed": all(c["passed"] for c in checks.values()),
+    }
+
+
+def test_table_has_one_row_per_figure_in_measuring_order() -> None:
+    rows = table_rows(_report())
+    assert [row.measurement for row in rows] == [
+        "bare Klein baseline, GET (fixed body)",
+        "cached GET /products/<name>",
+        "uncached GET /products/<name> (cache size 0)",
+        "committed orders, 1 client",
+        "committed orders, 64 clients",
+        "failover: kill -9 leader → next order acknowledged",
+        "catch-up of 10,000 missed orders",
+    ]
+    cached = rows[1]
+    assert cached.result == "1,700 req/s"
+    assert "0.85 × baseline" in cached.detail and "p99 25.0 ms" in cached.detail
+    assert "12000 acknowledged = 12000 committed" in rows[4].detail
+    assert rows[5].result == "median 0.90 s" and "over 5 kills" in rows[5].detail
+
+
+def test_a_commit_mismatch_shows_in_the_table_and_below_it() -> None:
+    report = _report(passed=False, committed=11990)
+    assert "MISMATCH" in table_rows(report)[4].detail
+    assert "Some checks failed" in render(report)
+
+
+def test_markdown_table_escapes_pipes_and_keeps_its_columns() -> None:
+    text = markdown_table([Row("a|b", "1 req/s", "x")])
+    lines = text.splitlines()
+    assert lines[:2] == ["| measurement | result | detail |", "|---|---|---|"]
+    assert lines[2] == "| a\\|b | 1 req/s | x |"
+
+
+def test_render_states_machine_generators_and_durations() -> None:
+    text = render(_report())
+    assert "2 cores, Python 3.11.7" in text
+    assert "Reads by wrk 4.1.0; orders by python" in text
+    assert "10 s per load point" in text and "whole run 95 s" in text
+    assert "Some checks failed" not in text
+
+
+def test_quick_and_db_delay_shrink_the_defaults() -> None:
+    normal = parse_arguments([])
+    assert (normal.seconds, normal.kills, normal.catchup_orders) == (10.0, 5, 10_000)
+    assert parse_arguments(["--db-delay", "0.2"]).catchup_orders == 500
+    quick = parse_arguments(["--quick"])
+    assert (quick.seconds, quick.kills) == (1.0, 1) and quick.catchup_orders < 500
+    assert parse_arguments(["--quick", "--seconds", "3"]).seconds == 3.0
+    assert parse_arguments(["--out", "results"]).out == Path("results")
+
+
+def test_nonsense_durations_are_refused() -> None:
+    with pytest.raises(SystemExit):
+        parse_arguments(["--seconds", "0"])
+    with pytest.raises(SystemExit):
+        parse_arguments(["--kills", "0"])
