@@ -42,7 +42,7 @@ class FakeReplica:
     def set_leader(self, replica_id: int) -> None:
         self.preferred.append(replica_id)
 
-    def receive_peer(self, endpoint: str, body: Mapping[str, Any]) -> None:
+    async def receive_peer(self, endpoint: str, body: Mapping[str, Any]) -> None:
         if "type" not in body:
             raise ApiError(400, "Not a Raft message.")
         self.peer_messages.append((endpoint, body))

@@ -304,3 +304,25 @@ def test_raft_endpoints_are_404_in_this_mode(cluster: Cluster) -> None:
     status, payload = cluster.post(1, "/append_entries", {"type": "append"})
     assert status == 404
     assert "primary-backup" in payload["error"]["message"]
+
+
+def test_a_follower_answers_a_push_only_once_the_orders_are_durable(tmp_path: Path) -> None:
+    held: list[tuple[defer.Deferred, Any]] = []
+
+    def gated(blocking: Any) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        held.append((d, blocking))
+        return d
+
+    clock = Clock()
+    store = ReplicaStore(Database(connect(tmp_path / "order-1.sqlite3", SCHEMA), clock, runner=gated))
+    replica = PrimaryBackupReplica(1, OrderStateMachine(), store, FakeCatalog(), Network(), REPLICAS,
+                                   clock=clock, token=TOKEN)  # type: ignore[arg-type]
+    answered: list[Any] = []
+    push = {"orders": [{"number": 0, "request_id": "a", "name": "Tux", "quantity": 1}]}
+    defer.ensureDeferred(replica.receive_peer("replicate_order", push)).addBoth(answered.append)
+    assert answered == [] and len(held) == 1
+    write, blocking = held.pop()
+    write.callback(blocking())
+    assert answered == [None]
+    assert [o.request_id for o in store.load_at_start().orders] == ["a"]

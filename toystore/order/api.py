@@ -102,7 +102,7 @@ class OrderApi:
                methods=["POST"])
     async def peer_message(self, request: IRequest, rpc: str) -> bytes:
         require_token(request, self._token)
-        self._replica.receive_peer(rpc, read_json_object(request, MAX_PEER_BODY_BYTES))
+        await self._replica.receive_peer(rpc, read_json_object(request, MAX_PEER_BODY_BYTES))
         return json_response(request, {"accepted": True})
 
 

@@ -207,19 +207,24 @@ class PrimaryBackupReplica:
 
     # -- receiving ------------------------------------------------------------------
 
-    def receive_peer(self, endpoint: str, body: Mapping[str, Any]) -> None:
+    async def receive_peer(self, endpoint: str, body: Mapping[str, Any]) -> None:
         if endpoint in RAFT_ENDPOINTS:
             raise ApiError(404, f"Replica {self.id} runs primary-backup; Raft endpoints are off.")
         if endpoint != "replicate_order":
             raise ApiError(404, f"There is no peer endpoint /{endpoint}.")
         incoming = parse_replicated_orders(body)
-        if not self._apply(incoming):
+        complete, new = self._apply(incoming)
+        if not complete:
             log.info("Orders from {first} leave a gap after {latest}; pulling the missing ones",
                      first=incoming[0].number, latest=self.orders.latest_number)
             self._background(self._catch_up())
+        # The leader hears back only once the orders are durable here.
+        await self._save(new)
 
-    def _apply(self, incoming: Iterable[Order]) -> bool:
-        """Applies the orders that extend this replica's history and saves them; False on a gap."""
+    def _apply(self, incoming: Iterable[Order]) -> tuple[bool, list[Order]]:
+        """Applies the orders that extend this replica's history.
+
+        :return: False on a gap, and the orders applied, which the caller makes durable."""
         new: list[Order] = []
         gap = False
         for order in incoming:
@@ -235,9 +240,7 @@ class PrimaryBackupReplica:
             else:
                 gap = not self._conflicts
                 break
-        if new:
-            self._background(self._save(new))
-        return not gap
+        return not gap, new
 
     def _check_same(self, mine: Order, theirs: Order) -> None:
         request_ids_known = _unknown_request_id(mine.number) not in (mine.request_id, theirs.request_id)
@@ -254,7 +257,8 @@ class PrimaryBackupReplica:
                       "and applying no later orders", number=mine.number, mine=mine, theirs=theirs)
 
     async def _save(self, new: list[Order]) -> None:
-        await self._store.save(Changes(orders=new))
+        if new:
+            await self._store.save(Changes(orders=new))
 
     # -- pulling --------------------------------------------------------------------
 
@@ -279,7 +283,7 @@ class PrimaryBackupReplica:
         orders = [Order(o["number"], o.get("request_id") or _unknown_request_id(o["number"]), o["name"],
                         o["quantity"]) for o in body["data"]["orders"]]
         if orders:
-            self._apply(orders)
+            await self._save(self._apply(orders)[1])
             log.info("Caught up from replica {peer} to order {latest}", peer=peer, latest=self.orders.latest_number)
 
     async def _catch_up(self, only: int | None = None) -> None:

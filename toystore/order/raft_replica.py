@@ -166,7 +166,7 @@ class RaftReplica:
             assert self.node is not None
             self.node.transfer_leadership(replica_id)
 
-    def receive_peer(self, endpoint: str, body: Mapping[str, Any]) -> None:
+    async def receive_peer(self, endpoint: str, body: Mapping[str, Any]) -> None:
         try:
             message = Message.from_json(dict(body))
         except (ValueError, KeyError, TypeError) as e:
