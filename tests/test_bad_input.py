@@ -156,13 +156,15 @@ BODY = st.one_of(
         st.sampled_from(BIG_BODIES),
     ),
 )
+# Header values stay well under Twisted's 16 KiB header limit, past which HTTPChannel itself
+# closes the connection or answers a bare 400 before any resource (reported, not ours to test).
 CONTENT_TYPE = st.sampled_from([None, b"application/json", b"text/plain", b"application/json; charset=latin-1",
                                 b"application/x-www-form-urlencoded", b"multipart/form-data; boundary=x",
                                 b"multipart/form-data", b";;;", b"\xff"])
 BAD_AUTHORIZATION = st.sampled_from([None, b"Bearer wrong", b"Bearer", b"Bearer ", b"bearer " + TOKEN.encode(),
                                      GOOD_AUTH[:-1], GOOD_AUTH + b"x", b"Basic czNjcmV0", TOKEN.encode(),
-                                     b"Bearer " + b"x" * 10_000, b"\xff\xfe", b"Bearer s3cret, Bearer s3cret"])
-IDEMPOTENCY_KEY = st.sampled_from([None, None, b"", b"k1", b"x" * 200, b"x" * 201, b"y" * 10_000,
+                                     b"Bearer " + b"x" * 4000, b"\xff\xfe", b"Bearer s3cret, Bearer s3cret"])
+IDEMPOTENCY_KEY = st.sampled_from([None, None, b"", b"k1", b"x" * 200, b"x" * 201, b"y" * 4000,
                                    b"\x01", b"\xff", "玩具".encode(), b" "])
 
 
