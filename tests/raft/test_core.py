@@ -114,6 +114,12 @@ def test_vote_is_persisted_with_the_grant_and_given_once_per_term() -> None:
     assert sent(core) == [msg(T.VOTE_RESP, 2, 1, 3)]
 
 
+def test_restarted_voter_keeps_its_vote() -> None:
+    core = make(2, hard_state=HardState(term=3, vote=1), pre_vote=False)
+    core.step(msg(T.VOTE, 3, 2, 3))
+    assert sent(core) == [msg(T.VOTE_RESP, 2, 3, 3, reject=True)]
+
+
 @pytest.mark.parametrize(
     ("last_index", "last_term", "granted"),
     [(3, 2, True), (5, 2, True), (2, 2, False), (9, 1, False), (1, 3, True)],
@@ -270,6 +276,13 @@ def test_follower_keeps_matching_entries_on_a_stale_append() -> None:
     assert sent(core) == [msg(T.APPEND_RESP, 2, 1, 2, index=1, log_term=2, commit=3)]
 
 
+def test_follower_commits_no_further_than_the_entries_it_was_sent() -> None:
+    # Entries 3 and 4 are an old leader's, beyond what this append vouches for.
+    core = make(2, entries=log_of(1, 1, 1, 1), hard_state=HardState(term=2))
+    core.step(msg(T.APPEND, 1, 2, 2, index=1, log_term=1, commit=9, entries=(Entry(2, 1, "e2"),)))
+    assert core.commit_index == 2 and core.last_index == 4
+
+
 def test_follower_never_truncates_a_committed_entry() -> None:
     core = make(2, entries=log_of(1, 1), hard_state=HardState(term=2, commit=2))
     # An append starting below our commit index is answered with the commit index.
@@ -409,7 +422,7 @@ def test_check_quorum_steps_down_without_answers() -> None:
     assert core.role is Role.LEADER
     for _ in range(10):
         core.tick()
-    assert core.role is Role.FOLLOWER and core.term == 1
+    assert (core.role, core.term) == (Role.FOLLOWER, 1)
 
 
 def test_read_index_waits_for_a_quorum_and_own_term_commit() -> None:

@@ -66,13 +66,6 @@ class SimNode:
     led_term: int = 0
 
 
-@dataclass(order=True)
-class _InFlight:
-    due: int
-    order: float
-    message: Message = field(compare=False)
-
-
 class SimNetwork:
     """Delivers messages after a delay, maybe reordered, dropped or cut by a partition.
 
@@ -93,7 +86,8 @@ class SimNetwork:
         self.long_delay = (4, 2 * TICKS_PER_SECOND)
         self._labels: dict[int, int] = {}
         self._isolated = itertools.count(-1, -1)
-        self._queue: list[_InFlight] = []
+        # (due tick, order within the tick, unique sequence number, message): a heap.
+        self._queue: list[tuple[int, float, int, Message]] = []
         self._sequence = itertools.count()
         self.sent = 0
 
@@ -137,13 +131,19 @@ class SimNetwork:
             return
         late = self.long_delay_rate and self._rng.random() < self.long_delay_rate
         due = now + self._rng.randint(*(self.long_delay if late else self.delay))
-        order = self._rng.random() if self.reorder else next(self._sequence)
-        heapq.heappush(self._queue, _InFlight(due, order, message))
+        sequence = next(self._sequence)
+        order = self._rng.random() if self.reorder else sequence
+        heapq.heappush(self._queue, (due, order, sequence, message))
+
+    def drop_from(self, node: int) -> None:
+        """Lose every message ``node`` sent that is still in flight (it crashed mid-send)."""
+        self._queue = [item for item in self._queue if item[3].sender != node]
+        heapq.heapify(self._queue)
 
     def pop_due(self, now: int) -> Message | None:
         """:return: the next message to deliver at ``now`` that can still get through, if any."""
-        while self._queue and self._queue[0].due <= now:
-            message = heapq.heappop(self._queue).message
+        while self._queue and self._queue[0][0] <= now:
+            message = heapq.heappop(self._queue)[3]
             if self.connected(message.sender, message.to):
                 return message
         return None
@@ -157,6 +157,8 @@ class InvariantChecker:
     - Election safety: at most one leader per term.
     - Leader completeness: an entry applied anywhere is in the log of every leader of a
       later term than the one that committed it.
+    - Linearizable reads: a ReadIndex answer covers every entry applied anywhere before
+      the request.
     """
 
     def __init__(self, seed: int) -> None:
@@ -164,6 +166,8 @@ class InvariantChecker:
         # index -> (entry, an upper bound on the term in which it was committed)
         self.committed: dict[int, tuple[Entry, int]] = {}
         self._leaders: dict[int, int] = {}
+        # ReadIndex context -> the highest index applied anywhere when the read began.
+        self._read_floors: dict[str, int] = {}
 
     def fail(self, now: int, problem: str) -> None:
         """Raise a violation that names how to replay it."""
@@ -179,6 +183,16 @@ class InvariantChecker:
             self.committed[entry.index] = (entry, max_term)
         elif known[0] != entry:
             self.fail(now, f"node {node.id} applies {entry} where another node applied {known[0]}")
+
+    def on_read_request(self, context: str) -> None:
+        """A ReadIndex request starts: its answer must cover every write applied so far."""
+        self._read_floors[context] = max(self.committed, default=0)
+
+    def on_read_state(self, now: int, node: SimNode, state: ReadState) -> None:
+        """Linearizable reads: a read point never predates a write applied before the read."""
+        floor = self._read_floors.get(state.context, 0)
+        if state.index < floor:
+            self.fail(now, f"node {node.id} answers read {state.context!r} at {state.index} below {floor}")
 
     def on_leader(self, now: int, node: SimNode, core: RaftCore) -> None:
         """``node`` is leader of ``core.term`` (checked once per term it leads)."""
@@ -230,11 +244,15 @@ class Cluster:
     # -- faults ------------------------------------------------------------------------
 
     def crash(self, node_id: int) -> None:
-        """Stop a node, losing everything its Readies did not persist."""
+        """Stop a node, losing everything its Readies did not persist and the
+        messages it has not finished sending."""
         self.nodes[node_id].core = None
+        self.network.drop_from(node_id)
 
     def restart(self, node_id: int) -> None:
         """Start a node (crashing it first if up) from its persisted state."""
+        if self.is_up(node_id):
+            self.crash(node_id)
         node = self.nodes[node_id]
         node.led_term = 0
         node.core = RaftCore(
@@ -308,6 +326,7 @@ class Cluster:
         node = self.nodes[node_id]
         if node.core is None:
             return False
+        self.checker.on_read_request(context)
         try:
             node.core.read_index(context)
         except NotLeader:
@@ -421,7 +440,9 @@ class Cluster:
                 for entry in ready.committed_entries:
                     self.checker.on_apply(self.now, node, entry, max_term)
                     node.applied.append(entry)
-            node.read_states.extend(ready.read_states)
+            for state in ready.read_states:
+                self.checker.on_read_state(self.now, node, state)
+                node.read_states.append(state)
             core.advance(ready)
         if core.role is Role.LEADER and node.led_term != core.term:
             node.led_term = core.term
