@@ -62,7 +62,7 @@ def test_kill_9_of_the_order_replica_loses_no_acknowledged_order(start_cluster: 
     cluster.wait_ready()
     for number, quantity in acknowledged.items():
         status, body = http_json("GET", cluster.frontend_url + f"/orders/{number}", timeout=10)
-        assert (status, body["data"]) == (200, {"number": number, "name": "Lego", "quantity": quantity})
+        assert (status, body) == (200, {"data": {"number": number, "name": "Lego", "quantity": quantity}})
     # Numbers continue densely after the restart.
     assert _order(cluster, "Lego", 1)[1] == {"data": {"order_number": 10}}
 
