@@ -18,6 +18,7 @@ from twisted.web.iweb import IRequest
 
 from toystore.frontend.cache import LruCache, SingleFlight
 from toystore.frontend.leader import LeaderCaller, LeaderTracker, timed_fetch
+from toystore.frontend.status import StatusReport
 from toystore.http import (
     ApiError,
     install_json_errors,
@@ -113,6 +114,7 @@ class FrontendApi:
         self._token = token
         self._catalog_timeout = catalog_timeout
         self._fills: SingleFlight[str, Product] = SingleFlight()
+        self._status = StatusReport(catalog_url, tracker.replicas, client, clock, token)
 
     # ------------------------------------------------------------ products
 
@@ -204,6 +206,14 @@ class FrontendApi:
         name = require_string(read_json_object(request), "name", MAX_NAME_LENGTH)
         self._cache.invalidate(name)
         return json_response(request, {"invalidated": True})
+
+    @app.route("/", methods=["GET"])
+    def status_page(self, request: IRequest) -> bytes:
+        return self._status.page(request)
+
+    @app.route("/status.json", methods=["GET"])
+    async def status_json(self, request: IRequest) -> bytes:
+        return json_response(request, await self._status.snapshot(self._tracker.leader_id))
 
     @app.route("/health", methods=["GET"])
     def health(self, request: IRequest) -> bytes:

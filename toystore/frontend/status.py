@@ -1,0 +1,103 @@
+"""The frontend's live status page: ``GET /`` serves ``status.html``, whose script polls
+``GET /status.json``, built here from the catalog's ``/ledger`` and every order replica's
+``/health_check``. The cluster token stays on the server: the browser only ever talks to
+the frontend, and the JSON holds nothing the public API does not already show, apart from
+the replicas' replication state.
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib import resources
+from typing import Any, Mapping
+
+from treq.client import HTTPClient
+from twisted.internet.defer import CancelledError, Deferred, gatherResults
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.iweb import IRequest
+
+from toystore.frontend.leader import ROLES, timed_fetch
+
+STATUS_TIMEOUT = 1.0
+REPLICA_FIELDS = ("role", "term", "leader_id", "commit_index", "last_index")
+# The page's script and style are inline; it may fetch from this origin and nothing else.
+PAGE_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+               "connect-src 'self'; base-uri 'none'; form-action 'none'")
+
+
+@functools.cache
+def status_page() -> bytes:
+    """The HTML of the page (package data beside this module), read once."""
+    return resources.files(__package__).joinpath("status.html").read_bytes()
+
+
+def _toys(payload: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """The ledger's toys as ``[{"name", "price", "quantity"}]`` by name, None when malformed."""
+    data = payload.get("data")
+    toys = data.get("toys") if isinstance(data, dict) else None
+    if not isinstance(toys, dict):
+        return None
+    rows = []
+    for name, toy in sorted(toys.items()):
+        if not isinstance(toy, dict) or not {"price", "quantity"} <= toy.keys():
+            return None
+        rows.append({"name": name, "price": toy["price"], "quantity": toy["quantity"]})
+    return rows
+
+
+def _replica(replica_id: int, status: int | None, payload: Mapping[str, Any]) -> dict[str, Any]:
+    """One replica's row: its health fields when it answered in the documented shape."""
+    data = payload.get("data")
+    if status != 200 or not isinstance(data, dict) or data.get("role") not in ROLES:
+        return {"id": replica_id, "reachable": False, **dict.fromkeys(REPLICA_FIELDS)}
+    return {"id": replica_id, "reachable": True, **{name: data.get(name) for name in REPLICA_FIELDS}}
+
+
+class StatusReport:
+    """Gathers the status page's figures on each request (the page polls about once a second).
+
+    :param catalog_url: base URL of the catalog.
+    :param replicas: ``{id: base URL}`` of every order replica.
+    :param client: the frontend's treq client.
+    :param clock: for the per-request timeout.
+    :param token: the cluster token, or None with ``--insecure``; sent to peers, never to the browser.
+    """
+
+    def __init__(self, catalog_url: str, replicas: Mapping[int, str], client: HTTPClient, clock: IReactorTime,
+                 token: str | None, timeout: float = STATUS_TIMEOUT) -> None:
+        self._catalog_url = catalog_url
+        self._replicas = dict(replicas)
+        self._client = client
+        self._clock = clock
+        self._token = token
+        self._timeout = timeout
+
+    def page(self, request: IRequest) -> bytes:
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"content-security-policy", PAGE_POLICY.encode("ascii"))
+        request.setHeader(b"cache-control", b"no-store")
+        return status_page()
+
+    async def snapshot(self, frontend_leader: int | None) -> dict[str, Any]:
+        """``{"toys", "catalog_reachable", "replicas", "frontend_leader_id", "time"}``; an
+        unreachable peer is reported as such, never as a failure of the whole page."""
+        catalog = Deferred.fromCoroutine(self._get(f"{self._catalog_url}/ledger"))
+        replicas = [Deferred.fromCoroutine(self._get(f"{url}/health_check")) for _, url in sorted(self._replicas.items())]
+        answers = await gatherResults([catalog, *replicas])
+        toys = _toys(answers[0][1]) if answers[0][0] == 200 else None
+        return {
+            "toys": toys or [],
+            "catalog_reachable": toys is not None,
+            "replicas": [_replica(replica_id, status, payload)
+                         for replica_id, (status, payload) in zip(sorted(self._replicas), answers[1:])],
+            "frontend_leader_id": frontend_leader,
+            "time": self._clock.seconds(),
+        }
+
+    async def _get(self, url: str) -> tuple[int | None, dict[str, Any]]:
+        try:
+            return await timed_fetch(self._client, self._clock, self._timeout, "GET", url, self._token)
+        except CancelledError:
+            raise
+        except Exception:
+            return None, {}
