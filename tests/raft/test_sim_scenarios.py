@@ -12,7 +12,7 @@ import itertools
 
 import pytest
 
-from toystore.raft.messages import Role
+from toystore.raft.messages import MessageType, Role
 from toystore.raft.sim import TICKS_PER_SECOND, Cluster
 
 ELECTION_TIMEOUT = TICKS_PER_SECOND  # 6.824's RaftElectionTimeout: 1 s
@@ -222,6 +222,28 @@ def test_backup_of_many_uncommitted_entries(seed: int, batch: int) -> None:
     assert len(logs) == 1
     assert not any(data.startswith("lost") for data in logs.pop())
     assert cluster.n_committed(last) == (5, "last")
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_rejoining_old_leader_gets_its_longer_stale_suffix_truncated(seed: int) -> None:
+    cluster = Cluster(3, seed=seed)
+    cluster.one("a", 3)
+    old = cluster.check_one_leader()
+    cluster.network.disconnect(old)
+    for n in range(30):
+        cluster.propose(old, f"stale{n}")
+    cluster.one("b", 2)
+    # A second election: the new leader's first probe then lands inside the stale suffix
+    # (a first one would land on the common prefix and overwrite the suffix directly).
+    cluster.restart(cluster.check_one_leader())
+    cluster.one("b2", 2)
+    new_leader = cluster.check_one_leader()
+    assert cluster.core(old).last_index > cluster.core(new_leader).last_index
+    cluster.network.connect(old)
+    cluster.one("c", 3)
+    assert cluster.network.sent[MessageType.TRUNCATE] > 0
+    assert list(cluster.core(old).log) == list(cluster.core(new_leader).log)
+    assert applied_data(cluster, old) == ["a", "b", "b2", "c"]
 
 
 # -- 2C: persistence ---------------------------------------------------------------------

@@ -15,11 +15,12 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from toystore.raft.core import NotLeader, RaftCore
-from toystore.raft.messages import Entry, HardState, Message, Ready, ReadState, Role
+from toystore.raft.messages import Entry, HardState, Message, MessageType, Ready, ReadState, Role
 
 #: Ticks per simulated second: with the default 10-tick election timeout, an election
 #: takes 0.5 to 1 s and heartbeats go every 50 ms, as in the MIT 6.824 labs.
@@ -89,7 +90,8 @@ class SimNetwork:
         # (due tick, order within the tick, unique sequence number, message): a heap.
         self._queue: list[tuple[int, float, int, Message]] = []
         self._sequence = itertools.count()
-        self.sent = 0
+        #: How many messages of each type nodes sent (lost ones included).
+        self.sent: Counter[MessageType] = Counter()
 
     def connected(self, a: int, b: int) -> bool:
         """Can ``a`` and ``b`` reach each other?"""
@@ -126,7 +128,7 @@ class SimNetwork:
 
     def send(self, message: Message, now: int) -> None:
         """Queue ``message``, unless it is lost or its receiver is unreachable."""
-        self.sent += 1
+        self.sent[message.type] += 1
         if not self.connected(message.sender, message.to) or self._rng.random() < self.drop_rate:
             return
         late = self.long_delay_rate and self._rng.random() < self.long_delay_rate
