@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from toystore.bench.__main__ import parse_arguments
-from toystore.bench.loadgen import LoadResult, median, parse_wrk_output, percentile, split
+from toystore.bench.loadgen import LoadResult, combine, median, parse_wrk_output, percentile, split
 from toystore.bench.runner import Row, markdown_table, render, table_rows
 
 # What wrk 4.1.0 prints with our done() hook (taken from a real run against a 405 route
@@ -79,9 +79,22 @@ def test_rates_of_an_empty_window_are_zero() -> None:
     assert (result.requests_per_second, result.ok_per_second) == (0.0, 0.0)
 
 
+def test_combined_runs_add_counts_and_keep_the_worst_p99() -> None:
+    first = LoadResult(generator="wrk", concurrency=16, seconds=10.0, completed=20_000, ok=20_000,
+                       p50_ms=4.0, p99_ms=30.0, generator_cpu_s=3.0)
+    second = LoadResult(generator="wrk", concurrency=16, seconds=10.0, completed=10_000, ok=9_990,
+                        p50_ms=8.0, p99_ms=20.0, errors=10, generator_cpu_s=2.0)
+    both = combine([first, second])
+    assert both.ok_per_second == pytest.approx(29_990 / 20)
+    assert (both.p50_ms, both.p99_ms, both.errors) == (6.0, 30.0, 10)
+    assert both.generator_cores == pytest.approx(0.25)
+    assert both.ok_total is None  # wrk cannot know about requests in flight at the end
+
+
 def _report(**check_overrides: object) -> dict[str, object]:
     figures = {
         "baseline_get_rps": 2000.0, "baseline_get_p50_ms": 5.0, "baseline_get_p99_ms": 20.0,
+        "baseline_get_rps_before": 2100.0, "baseline_get_rps_after": 1900.0, "baseline_get_generator_cores": 0.3,
         "cached_get_rps": 1700.0, "cached_get_p50_ms": 6.0, "cached_get_p99_ms": 25.0,
         "cached_get_to_baseline": 0.85,
         "uncached_get_rps": 600.0, "uncached_get_p50_ms": 20.0, "uncached_get_p99_ms": 60.0,
@@ -117,6 +130,8 @@ def test_table_has_one_row_per_figure_in_measuring_order() -> None:
     cached = rows[1]
     assert cached.result == "1,700 req/s"
     assert "0.85 × baseline" in cached.detail and "p99 25.0 ms" in cached.detail
+    assert "before/after the cached one: 2,100 / 1,900" in rows[0].detail
+    assert "load generator used 0.30 cores" in rows[0].detail
     assert "12000 acknowledged = 12000 committed" in rows[4].detail
     assert rows[5].result == "median 0.90 s" and "over 5 kills" in rows[5].detail
 

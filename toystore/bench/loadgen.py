@@ -14,7 +14,9 @@ import json
 import math
 import multiprocessing
 import os
+import resource
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -53,6 +55,7 @@ class LoadResult:
         window closed (None when the generator cannot know, as with wrk).
     :param errors: failed requests (non-200 answers and transport failures).
     :param unknown: requests whose outcome was never heard (timeouts, broken connections).
+    :param generator_cpu_s: CPU seconds the generator's own processes used.
     """
 
     generator: str
@@ -66,6 +69,12 @@ class LoadResult:
     unknown: int = 0
     ok_total: int | None = None
     statuses: dict[str, int] = field(default_factory=dict)
+    generator_cpu_s: float = 0.0
+
+    @property
+    def generator_cores(self) -> float:
+        """How many cores the load generator itself kept busy: the share it took from the services."""
+        return self.generator_cpu_s / self.seconds if self.seconds > 0 else 0.0
 
     @property
     def requests_per_second(self) -> float:
@@ -74,6 +83,23 @@ class LoadResult:
     @property
     def ok_per_second(self) -> float:
         return self.ok / self.seconds if self.seconds > 0 else 0.0
+
+
+def combine(results: Sequence[LoadResult]) -> LoadResult:
+    """Several runs of one load point as one: counts and time add up; the median latency
+    is the mean of the medians and p99 the worst p99 (exact figures need the raw samples,
+    which wrk does not give)."""
+    first = results[0]
+    return LoadResult(
+        generator=first.generator, concurrency=first.concurrency,
+        seconds=sum(r.seconds for r in results), completed=sum(r.completed for r in results),
+        ok=sum(r.ok for r in results), p50_ms=sum(r.p50_ms for r in results) / len(results),
+        p99_ms=max(r.p99_ms for r in results), errors=sum(r.errors for r in results),
+        unknown=sum(r.unknown for r in results),
+        ok_total=None if any(r.ok_total is None for r in results) else sum(r.ok_total or 0 for r in results),
+        statuses=dict(sum((Counter(r.statuses) for r in results), Counter())),
+        generator_cpu_s=sum(r.generator_cpu_s for r in results),
+    )
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
@@ -97,6 +123,12 @@ def median(values: Sequence[float]) -> float:
     if len(ordered) % 2:
         return ordered[middle]
     return (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def children_cpu_seconds() -> float:
+    """User and system CPU of every child process reaped so far (wrk, generator workers)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 # ------------------------------------------------------------------------------- wrk
@@ -131,6 +163,7 @@ def run_wrk(wrk: str, url: str, *, seconds: float, concurrency: int, threads: in
     if body is not None:
         env["TOYSTORE_WRK_BODY"] = body.decode("utf-8")
     try:
+        cpu_before = children_cpu_seconds()
         argv = [wrk, f"-t{min(threads, concurrency)}", f"-c{concurrency}", f"-d{max(1, round(seconds))}s",
                 "--timeout", "5s", "-s", script.name, url]
         done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=seconds + 30, check=False)
@@ -138,7 +171,9 @@ def run_wrk(wrk: str, url: str, *, seconds: float, concurrency: int, threads: in
         os.unlink(script.name)
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr.strip()}")
-    return parse_wrk_output(done.stdout, concurrency)
+    result = parse_wrk_output(done.stdout, concurrency)
+    result.generator_cpu_s = children_cpu_seconds() - cpu_before
+    return result
 
 
 # ------------------------------------------------------------------------- Python
@@ -156,10 +191,14 @@ class Job:
 
 @dataclass
 class WorkerReport:
+    """What one generator process sends back: its latencies inside the window and its counts."""
+
     latencies: list[float] = field(default_factory=list)
     statuses: Counter[str] = field(default_factory=Counter)
     ok_total: int = 0
     unknown: int = 0
+    elapsed: float = 0.0
+    cpu_s: float = 0.0
 
 
 def _connection_loop(job: Job, start: float, deadline: float, quota: int | None, report: WorkerReport,
@@ -212,8 +251,10 @@ def _connection_loop(job: Job, start: float, deadline: float, quota: int | None,
 def _worker_process(job: Job, connections: int, seconds: float, quotas: list[int] | None,
                     ready: "multiprocessing.Queue[object]", go: "multiprocessing.synchronize.Event",
                     results: "multiprocessing.Queue[object]") -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops us
     ready.put(os.getpid())
     go.wait()
+    cpu_start = time.process_time()
     start = time.monotonic()
     deadline = start + seconds if quotas is None else math.inf
     report = WorkerReport()
@@ -225,7 +266,9 @@ def _worker_process(job: Job, connections: int, seconds: float, quotas: list[int
         thread.start()
     for thread in threads:
         thread.join()
-    results.put((time.monotonic() - start, report.latencies, dict(report.statuses), report.ok_total, report.unknown))
+    report.elapsed = time.monotonic() - start
+    report.cpu_s = time.process_time() - cpu_start
+    results.put(report)
 
 
 def split(total: int, parts: int) -> list[int]:
@@ -262,23 +305,22 @@ def run_python_load(job: Job, *, concurrency: int, seconds: float | None = None,
             ready.get(timeout=60)
         go.set()
         limit = (seconds or 0) + job.timeout + 60 if total is None else None
-        gathered = [results.get(timeout=limit) for _ in workers]
+        gathered: list[WorkerReport] = [results.get(timeout=limit) for _ in workers]
     finally:
         for worker in workers:
             worker.join(5)
             if worker.is_alive():
                 worker.kill()
                 worker.join()
-    latencies = [latency for _, found, _, _, _ in gathered for latency in found]
-    statuses: Counter[str] = Counter()
-    for _, _, found, _, _ in gathered:
-        statuses.update(found)
-    window = seconds if seconds is not None else max(elapsed for elapsed, *_ in gathered)
+    latencies = [latency for report in gathered for latency in report.latencies]
+    statuses: Counter[str] = sum((report.statuses for report in gathered), Counter())
+    window = seconds if seconds is not None else max(report.elapsed for report in gathered)
     completed = sum(n for status, n in statuses.items() if status != "transport")
     ok = statuses.get("200", 0)
     return LoadResult(
         generator="python", concurrency=concurrency, seconds=window, completed=completed, ok=ok,
         p50_ms=percentile(latencies, 0.50) * 1000, p99_ms=percentile(latencies, 0.99) * 1000,
-        errors=sum(statuses.values()) - ok, unknown=sum(unknown for *_, unknown in gathered),
-        ok_total=sum(ok_total for _, _, _, ok_total, _ in gathered), statuses=dict(statuses),
+        errors=sum(statuses.values()) - ok, unknown=sum(report.unknown for report in gathered),
+        ok_total=sum(report.ok_total for report in gathered), statuses=dict(statuses),
+        generator_cpu_s=sum(report.cpu_s for report in gathered),
     )

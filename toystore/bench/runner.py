@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
-from toystore.bench.loadgen import Job, LoadResult, find_wrk, median, run_python_load, run_wrk
+from toystore.bench.loadgen import Job, LoadResult, combine, find_wrk, median, run_python_load, run_wrk
 from toystore.cluster import ClusterConfig, LocalCluster, free_ports, http_json
 
 CACHED_PRODUCT = "Tux"
@@ -134,23 +134,33 @@ class Bench:
         self.figures[f"{name}_rps"] = round(result.ok_per_second, 1)
         self.figures[f"{name}_p50_ms"] = round(result.p50_ms, 2)
         self.figures[f"{name}_p99_ms"] = round(result.p99_ms, 2)
+        self.figures[f"{name}_generator_cores"] = round(result.generator_cores, 2)
         self.details[name] = {**asdict(result), "ok_per_second": result.ok_per_second}
-        self.say(f"{name}: {result.ok_per_second:,.0f} req/s, p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms")
+        self.say(f"{name}: {result.ok_per_second:,.0f} req/s, p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms "
+                 f"(generator used {result.generator_cores:.2f} cores)")
 
     def _uncached_get(self, cluster: LocalCluster) -> None:
         url = f"{cluster.frontend_url}/products/{CACHED_PRODUCT}"
         self._record_get("uncached_get", self._load_get(url))
 
     def _cached_get_and_baseline(self, cluster: LocalCluster) -> None:
-        """The baseline runs while the cluster idles beside it, so both see the same machine."""
+        """Baseline, cached, baseline again: the baseline is their sum, so a machine that
+        gets busier or quieter meanwhile moves both figures alike, and the two baseline
+        runs' difference shows how noisy the machine was. The cluster idles beside the
+        baseline so both see the same machine."""
         url = f"{cluster.frontend_url}/products/{CACHED_PRODUCT}"
         for _ in range(3):
             status, _ = http_json("GET", url)
             if status != 200:
                 raise RuntimeError(f"warming the cache: GET {url} answered {status}")
         with baseline_server() as baseline_url:
-            self._record_get("baseline_get", self._load_get(f"{baseline_url}/products/{CACHED_PRODUCT}"))
-        self._record_get("cached_get", self._load_get(url))
+            baseline_runs = [self._load_get(f"{baseline_url}/products/{CACHED_PRODUCT}")]
+            self._record_get("cached_get", self._load_get(url))
+            baseline_runs.append(self._load_get(f"{baseline_url}/products/{CACHED_PRODUCT}"))
+        self._record_get("baseline_get", combine(baseline_runs))
+        before, after = (run.ok_per_second for run in baseline_runs)
+        self.figures["baseline_get_rps_before"] = round(before, 1)
+        self.figures["baseline_get_rps_after"] = round(after, 1)
         baseline = self.figures["baseline_get_rps"]
         for name in ("cached_get", "uncached_get"):
             if baseline > 0 and f"{name}_rps" in self.figures:
@@ -166,6 +176,7 @@ class Bench:
         self.figures[f"orders_c{clients}_per_s"] = round(result.ok_per_second, 1)
         self.figures[f"orders_c{clients}_p50_ms"] = round(result.p50_ms, 2)
         self.figures[f"orders_c{clients}_p99_ms"] = round(result.p99_ms, 2)
+        self.figures[f"orders_c{clients}_generator_cores"] = round(result.generator_cores, 2)
         self.details[f"orders_c{clients}"] = {**asdict(result), "ok_per_second": result.ok_per_second}
         self.say(f"orders, {clients} clients: {result.ok_per_second:,.0f}/s, "
                  f"p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms")
@@ -189,8 +200,10 @@ class Bench:
 
     def _failover(self, cluster: LocalCluster) -> None:
         samples: list[float] = []
+        # A quick run does not wait for the frontend to move leadership back to the highest id.
+        preference_wait = 0.0 if self.settings.quick else 12.0
         for kill in range(1, self.settings.kills + 1):
-            wait_converged(cluster)
+            wait_converged(cluster, preference_wait=preference_wait)
             leader = cluster.leader()
             assert leader is not None
             with OrderProber(order_job(cluster, FAILOVER_PRODUCT)) as prober:
@@ -202,7 +215,7 @@ class Bench:
             self.say(f"failover {kill}/{self.settings.kills}: replica {leader} killed, "
                      f"next order acknowledged after {samples[-1]:.3f} s")
             cluster.start_process(f"order-{leader}")
-        wait_converged(cluster)
+        wait_converged(cluster, preference_wait=preference_wait)
         self.figures["failover_median_s"] = round(median(samples), 3)
         self.figures["failover_min_s"] = round(min(samples), 3)
         self.figures["failover_max_s"] = round(max(samples), 3)
@@ -428,12 +441,17 @@ def table_rows(report: dict[str, Any]) -> list[Row]:
     rows: list[Row] = []
 
     def latency(name: str) -> str:
-        return f"p50 {f[name + '_p50_ms']:.1f} ms, p99 {f[name + '_p99_ms']:.1f} ms"
+        text = f"p50 {f[name + '_p50_ms']:.1f} ms, p99 {f[name + '_p99_ms']:.1f} ms"
+        cores = f.get(name + "_generator_cores")
+        return text + (f"; load generator used {cores:.2f} cores" if cores is not None else "")
 
     conc = s["get_concurrency"]
     if "baseline_get_rps" in f:
+        spread = ""
+        if "baseline_get_rps_before" in f:
+            spread = f"; runs before/after the cached one: {f['baseline_get_rps_before']:,.0f} / {f['baseline_get_rps_after']:,.0f}"
         rows.append(Row("bare Klein baseline, GET (fixed body)", _rate(f["baseline_get_rps"], "req/s"),
-                        f"{latency('baseline_get')}; {conc} connections"))
+                        f"{latency('baseline_get')}; {conc} connections{spread}"))
     if "cached_get_rps" in f:
         ratio = f.get("cached_get_to_baseline")
         rows.append(Row("cached GET /products/<name>", _rate(f["cached_get_rps"], "req/s"),
@@ -453,7 +471,8 @@ def table_rows(report: dict[str, Any]) -> list[Row]:
     if "failover_median_s" in f:
         rows.append(Row("failover: kill -9 leader → next order acknowledged",
                         f"median {f['failover_median_s']:.2f} s",
-                        f"min {f['failover_min_s']:.2f} s, max {f['failover_max_s']:.2f} s over {s['kills']} kills"))
+                        f"min {f['failover_min_s']:.2f} s, max {f['failover_max_s']:.2f} s over {s['kills']} kills; "
+                        "counts only orders sent after the kill, one every 10 ms"))
     if "catchup_s" in f:
         rows.append(Row(f"catch-up of {f['catchup_orders']:,} missed orders", f"{f['catchup_s']:.2f} s",
                         f"from restart of the process; {f['catchup_after_answering_s']:.2f} s after it first answered"))
