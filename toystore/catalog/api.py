@@ -111,6 +111,8 @@ class CatalogApi:
         request_id = require_string(body, "request_id")
         term = require_term(body, required=True)
         name = await self._store.release(request_id, term)
+        log.info("Released reservation {request_id} of {name} (term {term}): stock returned",
+                 request_id=request_id, name=name, term=term)
         await self._invalidator.invalidate([name])
         return json_response(request, {"request_id": request_id, "state": "released"})
 
@@ -127,6 +129,8 @@ class CatalogApi:
             log.error("Protocol violation: confirm of {request_id} in term {term}: {message}",
                       request_id=request_id, term=term, message=e.message)
             raise
+        # One per order: debug, so that the default level keeps to rarer events.
+        log.debug("Confirmed reservation {request_id} (term {term})", request_id=request_id, term=term)
         return json_response(request, {"request_id": request_id, "state": "confirmed"})
 
     @app.route("/reservations", methods=["GET"])
@@ -154,6 +158,9 @@ class CatalogApi:
         body = {} if empty else read_json_object(request)
         name = require_string(body, "name") if "name" in body else None
         restocked = await self._store.restock(self._restock_to, name)
+        if restocked:
+            log.info("Restocked {toys} (requested)", toys=", ".join(restocked), restocked=restocked,
+                     trigger="requested")
         await self._invalidator.invalidate(restocked)
         return json_response(request, {"restocked": restocked})
 

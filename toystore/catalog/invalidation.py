@@ -72,13 +72,19 @@ class Invalidator:
             while rounds.waiters:
                 names, rounds.names = rounds.names, set()
                 waiters, rounds.waiters = rounds.waiters, []
-                await defer.gatherResults([defer.ensureDeferred(self._push(frontend, n)) for n in sorted(names)])
+                toys = sorted(names)
+                delivered = await defer.gatherResults([defer.ensureDeferred(self._push(frontend, n)) for n in toys])
+                # One line per round (a failed push also warns on its own, with its error).
+                log.debug("Invalidation round to {frontend}: {toys}; {delivered} of {pushed} delivered, "
+                          "{callers} changes waited on it", frontend=frontend, toys=toys,
+                          delivered=sum(delivered), pushed=len(toys), callers=len(waiters))
                 for waiter in waiters:
                     waiter.callback(None)
         finally:
             rounds.in_flight = False
 
-    async def _push(self, frontend: str, name: str) -> None:
+    async def _push(self, frontend: str, name: str) -> bool:
+        """One push; whether the frontend took it. Never raises: a frontend down costs a warning."""
         self.pushes += 1
         try:
             request = defer.ensureDeferred(fetch_json(
@@ -90,10 +96,12 @@ class Invalidator:
         except Exception as e:
             log.warn("Invalidation of {name} at {frontend} failed: {error}", name=name, frontend=frontend,
                      error=repr(e))
-            return
+            return False
         if status != 200:
             log.warn("Invalidation of {name} at {frontend} answered {status}", name=name, frontend=frontend,
                      status=status)
+            return False
+        return True
 
 
 @dataclass

@@ -64,7 +64,7 @@ class RestockService(Service):
             log.failure("Periodic restock failed; the next one runs in {interval} s", interval=self._interval)
             return
         if restocked:
-            log.info("Restocked {toys}", toys=", ".join(restocked))
+            log.info("Restocked {toys} (periodic)", toys=", ".join(restocked), restocked=restocked, trigger="periodic")
 
 
 def make_catalog_service(
