@@ -79,7 +79,8 @@ def test_orders_since(stub: StubTreq, replica: FakeReplica) -> None:
         replica.orders.apply(OrderCommand(f"k{i}", "Fox", i + 1))
     assert [o["number"] for o in _call(stub, "GET", "/orders_since")[1]["data"]["orders"]] == [0, 1, 2]
     assert [o["number"] for o in _call(stub, "GET", "/orders_since?after=-1")[1]["data"]["orders"]] == [0, 1, 2]
-    assert _call(stub, "GET", "/orders_since?after=1")[1]["data"]["orders"] == [{"number": 2, "name": "Fox", "quantity": 3}]
+    assert _call(stub, "GET", "/orders_since?after=1")[1]["data"]["orders"] == \
+        [{"number": 2, "name": "Fox", "quantity": 3, "request_id": "k2"}]
     assert _call(stub, "GET", "/orders_since?after=x")[0] == 400
     assert _call(stub, "GET", "/latest_order_no")[1] == {"data": {"latest_order_no": 2}}
 

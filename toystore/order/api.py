@@ -89,7 +89,8 @@ class OrderApi:
     async def orders_since(self, request: IRequest) -> bytes:
         require_token(request, self._token)
         after = _after_argument(request)
-        return json_response(request, {"orders": [o.public() for o in self._replica.orders.since(after)]})
+        # Replicas catching up need the request ids too, to keep retries idempotent after a failover.
+        return json_response(request, {"orders": [o.replicated() for o in self._replica.orders.since(after)]})
 
     @app.route("/set_leader", methods=["POST"])
     async def set_leader(self, request: IRequest) -> bytes:

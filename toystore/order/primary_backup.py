@@ -35,11 +35,6 @@ MAX_BATCH = 1000          # orders per /replicate_order push
 MAX_ORDER_NUMBER = 2**62
 
 
-def _unknown_request_id(number: int) -> str:
-    """``/orders_since`` does not carry request ids; an order learned from it gets this one."""
-    return f"(caught up without its request id) {number}"
-
-
 def parse_replicated_orders(body: Mapping[str, Any]) -> list[Order]:
     """The orders of a ``/replicate_order`` body, in number order; ApiError(400) on any bad one."""
     items = body.get("orders")
@@ -58,10 +53,6 @@ def parse_replicated_orders(body: Mapping[str, Any]) -> list[Order]:
     if numbers != list(range(numbers[0], numbers[0] + len(numbers))):
         raise ApiError(400, "The orders of one push must have consecutive numbers.")
     return orders
-
-
-def _wire(order: Order) -> dict[str, Any]:
-    return {"number": order.number, "request_id": order.request_id, "name": order.name, "quantity": order.quantity}
 
 
 class PrimaryBackupReplica:
@@ -175,7 +166,7 @@ class PrimaryBackupReplica:
             while start <= up_to:
                 # Each batch repeats the order before it, so a follower whose history forked notices.
                 first = max(start - 1, 0)
-                batch = [_wire(o) for o in self.orders.since(first - 1)[:min(MAX_BATCH, up_to - first + 1)]]
+                batch = [o.replicated() for o in self.orders.since(first - 1)[:min(MAX_BATCH, up_to - first + 1)]]
                 if not await self._send(peer, batch):
                     self._behind.add(peer)
                     return
@@ -243,9 +234,7 @@ class PrimaryBackupReplica:
         return not gap, new
 
     def _check_same(self, mine: Order, theirs: Order) -> None:
-        request_ids_known = _unknown_request_id(mine.number) not in (mine.request_id, theirs.request_id)
-        if (mine.name, mine.quantity) != (theirs.name, theirs.quantity) or (
-                request_ids_known and mine.request_id != theirs.request_id):
+        if mine != theirs:
             self._conflict(mine, theirs)
 
     def _conflict(self, mine: Order, theirs: Order) -> None:
@@ -280,8 +269,7 @@ class PrimaryBackupReplica:
         status, body = await self._call(peer, "GET", f"/orders_since?after={after}")
         if status != 200:
             raise ValueError(f"replica {peer} answered {status} to /orders_since")
-        orders = [Order(o["number"], o.get("request_id") or _unknown_request_id(o["number"]), o["name"],
-                        o["quantity"]) for o in body["data"]["orders"]]
+        orders = parse_replicated_orders(body["data"]) if body["data"]["orders"] else []
         if orders:
             await self._save(self._apply(orders)[1])
             log.info("Caught up from replica {peer} to order {latest}", peer=peer, latest=self.orders.latest_number)

@@ -21,8 +21,12 @@ class Order:
     quantity: int
 
     def public(self) -> dict[str, Any]:
-        """The JSON shape every endpoint answers with (the request id stays internal)."""
+        """The JSON shape clients see (the request id stays internal)."""
         return {"number": self.number, "name": self.name, "quantity": self.quantity}
+
+    def replicated(self) -> dict[str, Any]:
+        """The JSON shape between replicas: with the request id, so retries stay idempotent."""
+        return {**self.public(), "request_id": self.request_id}
 
 
 @dataclass(frozen=True)
