@@ -306,6 +306,10 @@ def run_python_load(job: Job, *, concurrency: int, seconds: float | None = None,
         go.set()
         limit = (seconds or 0) + job.timeout + 60 if total is None else None
         gathered: list[WorkerReport] = [results.get(timeout=limit) for _ in workers]
+    except BaseException:  # Ctrl-C or a timeout: stop the generators now, not after their load
+        for worker in workers:
+            worker.kill()
+        raise
     finally:
         for worker in workers:
             worker.join(5)
