@@ -21,6 +21,8 @@ from toystore.faults.workload import Workload, WorkloadOptions, figures
 
 # Stock never runs out and never comes back: the stock checks are strict.
 CLUSTER = {"proxied": True, "initial_stock": 100_000, "restock_interval": 0}
+# Held reservations are released at the latest 10 s after the heal (DESIGN.md invariant 3).
+MAX_SETTLE_SECONDS = 12.0
 
 
 def run(start_cluster: Callable[..., LocalCluster], name: str, duration: float, clients: int = 3,
@@ -33,6 +35,9 @@ def run(start_cluster: Callable[..., LocalCluster], name: str, duration: float, 
     print(report)
     assert result.ok, report
     assert result.figures["acknowledged"] > 0, report
+    # Invariants 3 and 5: replicas agree and every reservation is settled soon after the heal.
+    settle = result.measures["settle_seconds"]
+    assert settle is not None and settle < MAX_SETTLE_SECONDS, report
     return result
 
 

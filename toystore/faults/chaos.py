@@ -24,7 +24,7 @@ from toystore.cluster import ClusterConfig, LocalCluster
 from toystore.faults.checkers import CheckResult, check_all, verdict_table
 from toystore.faults.history import write_jsonl
 from toystore.faults.nemesis import Nemesis
-from toystore.faults.scenarios import FAULTS, scenario
+from toystore.faults.scenarios import FAULTS, SETTLE_TIMEOUT, scenario
 from toystore.faults.workload import Workload, WorkloadOptions, figures, snapshot
 
 ROUND_SECONDS = {"churn": 15.0, "majority-down": 9.0, "rapid-leader-kills": 8.0}
@@ -86,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     nemesis = Nemesis(cluster, rng=random.Random(args.seed + 1))
     workload = Workload(cluster.frontend_url, WorkloadOptions(clients=args.clients, seed=args.seed))
     rounds: Counter[str] = Counter()
+    harness_failures: list[str] = []  # rounds that found no leader or did not settle
+    settle_times: list[float] = []
     passed = False
     try:
         print(f"Starting a proxied cluster in {data_dir} ...", file=sys.stderr, flush=True)
@@ -97,13 +99,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                 name, seconds = planned
                 bar.set_postfix_str(f"{name}, {len(workload.history())} ops")
                 round_start = time.monotonic()
-                scenario(name, cluster, nemesis, workload, seconds, check=False)
+                try:
+                    result = scenario(name, cluster, nemesis, workload, seconds, check=False)
+                except TimeoutError as error:  # a leader never came: liveness, not the harness
+                    harness_failures.append(f"round {sum(rounds.values()) + 1} ({name}): {error}")
+                else:
+                    settle = result.measures["settle_seconds"]
+                    if settle is None:
+                        harness_failures.append(f"round {sum(rounds.values()) + 1} ({name}): replicas did not "
+                                                f"converge, or reservations stayed held, {SETTLE_TIMEOUT:.0f} s "
+                                                f"after the clients stopped")
+                    else:
+                        settle_times.append(settle)
                 rounds[name] += 1
                 bar.update(min(time.monotonic() - round_start, bar.total - bar.n))
             bar.set_postfix_str(f"checking {len(workload.history())} ops")
         history = workload.history()
         state = snapshot(cluster)
         results: list[CheckResult] = check_all(history, state, restocks_possible=False)
+        results.append(CheckResult("every round recovered", not harness_failures, harness_failures or [
+            f"a leader each time; settled at most {max(settle_times, default=0.0):.1f} s after load stopped"]))
         if args.history:
             write_jsonl(args.history, history)
             args.history.with_suffix(".state.json").write_text(json.dumps(state.to_json(), indent=1))
@@ -120,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
         return 130
-    except TimeoutError as error:
+    except TimeoutError as error:  # the cluster never started
         print(f"error: {error}", file=sys.stderr)
         return 1
     finally:

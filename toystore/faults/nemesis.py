@@ -116,6 +116,11 @@ class Nemesis:
             self.set_link(name, mode="blackhole")
         return self._log("isolate", self.replica(replica_id))
 
+    def cut(self, source: str, destination: str) -> NemesisEvent:
+        """Blackhole one direction only: ``source`` cannot reach ``destination``, the reverse works."""
+        self.set_link(link_name(source, destination), mode="blackhole")
+        return self._log("cut", link_name(source, destination))
+
     def delay(self, source: str, destination: str, delay_ms: int) -> NemesisEvent:
         """Add latency to a link (both directions of its connections)."""
         self.set_link(link_name(source, destination), delay_ms=delay_ms)

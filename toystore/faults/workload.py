@@ -190,30 +190,36 @@ def _held_reservations(cluster: LocalCluster) -> int | None:
     return int(body["data"]["reservations"].get("held", 0)) if status == 200 else None
 
 
-def wait_converged(cluster: LocalCluster, timeout: float = 20.0, interval: float = 0.25) -> bool:
+def wait_converged(cluster: LocalCluster, timeout: float = 20.0, interval: float = 0.25) -> float | None:
     """Wait until every replica has the same commit index and latest order, twice in a row,
-    and the catalog holds no reservation (the leader settles those after faults heal)."""
-    deadline = time.monotonic() + timeout
+    and the catalog holds no reservation (the leader settles those after faults heal).
+
+    :returns: the seconds it took, or None if it did not happen within ``timeout``.
+    """
+    start = time.monotonic()
     previous: object = None
-    while time.monotonic() < deadline:
+    while True:
         views = [_replica_view(cluster, i) for i in cluster.replica_ids]
         held = _held_reservations(cluster)
         settled = None not in views and len(set(views)) == 1 and held == 0
         if settled and views == previous:
-            return True
+            return time.monotonic() - start
+        if time.monotonic() - start >= timeout:
+            return None
         previous = views if settled else None
         time.sleep(interval)
-    return False
 
 
 def snapshot(cluster: LocalCluster, settle_timeout: float = 20.0) -> ClusterState:
     """Every replica's committed orders and commit index and the catalog's ledger, once the
-    cluster has converged (or ``settle_timeout`` passed: the checkers then say what is wrong).
+    cluster has converged (or ``settle_timeout`` passed: the checkers then say what is wrong;
+    0 takes it as it is).
 
     A replica that does not answer is recorded with no orders and commit index -1, so the
     convergence and lost-order checkers fail rather than overlook it.
     """
-    wait_converged(cluster, settle_timeout)
+    if settle_timeout > 0:
+        wait_converged(cluster, settle_timeout)
     replicas = {}
     for i in cluster.replica_ids:
         name = f"order-{i}"
