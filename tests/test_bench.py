@@ -1,14 +1,17 @@
 """The benchmark's pure parts: reading wrk's summary, the statistics, the report table and
-the option defaults. No cluster, no load."""
+the option defaults; and the Python load generator's accounting against a tiny local
+server. No cluster."""
 
 from __future__ import annotations
 
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from toystore.bench.__main__ import parse_arguments
-from toystore.bench.loadgen import LoadResult, combine, median, parse_wrk_output, percentile, split
+from toystore.bench.loadgen import Job, LoadResult, combine, median, parse_wrk_output, percentile, run_python_load, split
 from toystore.bench.runner import Row, markdown_table, render, table_rows
 
 # What wrk 4.1.0 prints with our done() hook (taken from a real run against a 405 route
@@ -172,3 +175,41 @@ def test_nonsense_durations_are_refused() -> None:
         parse_arguments(["--seconds", "0"])
     with pytest.raises(SystemExit):
         parse_arguments(["--kills", "0"])
+
+
+class _CountingHandler(BaseHTTPRequestHandler):
+    """Keep-alive JSON server that refuses every third request with 503."""
+
+    protocol_version = "HTTP/1.1"
+    seen = 0
+    lock = threading.Lock()
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        with self.lock:
+            type(self).seen += 1
+            refuse = self.seen % 3 == 0
+        body = b'{"data":{}}'
+        self.send_response(503 if refuse else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_python_generator_accounts_for_every_request_it_sends() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _CountingHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        job = Job(f"http://127.0.0.1:{server.server_port}/orders", method="POST", body=b'{"name":"Tux"}')
+        result = run_python_load(job, concurrency=4, total=300, processes=2)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert _CountingHandler.seen == 300
+    assert (result.completed, result.ok, result.ok_total, result.errors, result.unknown) == (300, 200, 200, 100, 0)
+    assert result.statuses == {"200": 200, "503": 100}
+    assert result.seconds > 0 and result.p99_ms >= result.p50_ms > 0
