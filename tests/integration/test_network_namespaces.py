@@ -10,7 +10,7 @@ that no interface of this machine uses yet:
     ts-<tag>-frontend  eth0 10.213.X.10 ───────┤
     ts-<tag>-order-N   eth0 10.213.X.(11+N) ───┘  (N = 1, 2, 3)
 
-Root only; skipped with the reason when not root, without ``ip``, or when any setup step
+Each process runs the command line of its systemd unit in ``deploy/``. Root only; skipped with the reason when not root, without ``ip``, or when any setup step
 fails. Before anything is sent, ``ip route get`` must show that every address is reached
 through the veth made for it. Requests go only to the addresses assigned here, with no
 proxy.
@@ -22,6 +22,7 @@ import json
 import os
 import random
 import shutil
+import shlex
 import signal
 import subprocess
 import time
@@ -35,9 +36,10 @@ from typing import Any, Callable, Iterator
 import pytest
 
 import toystore
-from toystore.cluster import ROLE_PLUGINS, twistd_command
+from toystore.cluster import twistd_command
 
 ORDER_IDS = (1, 2, 3)
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 FRONTEND_PORT, CATALOG_PORT, ORDER_PORT_BASE = 8000, 8001, 8100
 
 
@@ -153,13 +155,7 @@ class NamespacedCluster:
         return env
 
     def start(self, host: Host) -> None:
-        role = host.name.split("-")[0]
-        extra = ["--id", host.name.split("-")[1]] if role == "order" else []
-        if role != "frontend":
-            extra += ["--data-dir", str(self.data_dir)]
-        argv = (["ip", "netns", "exec", host.namespace] + twistd_command()
-                + ["-n", "--pidfile=", ROLE_PLUGINS[role], "--interface", host.address, "--port", str(host.port)]
-                + extra)
+        argv = ["ip", "netns", "exec", host.namespace] + unit_command(host, self.data_dir)
         with open(self.data_dir / f"{host.name}.log", "ab") as log:
             # ip netns exec execs the command: the pid is the service's own
             host.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.environment(),
@@ -221,6 +217,20 @@ class NamespacedCluster:
             return self.request("GET", self.hosts[name].url + path, timeout=1.0)[0] == 200
         except OSError:
             return False
+
+
+def unit_command(host: Host, data_dir: Path) -> list[str]:
+    """The ``ExecStart`` of the host's systemd unit in ``deploy/``, so the test runs what a
+    deployment runs: with our twistd, ``data_dir`` for /var/lib/toystore, the replica id
+    for ``%i``, and the host's own address for the units' ``--interface 0.0.0.0``."""
+    role, _, replica_id = host.name.partition("-")
+    unit = DEPLOY / ("toystore-order@.service" if role == "order" else f"toystore-{role}.service")
+    [line] = [line for line in unit.read_text().splitlines() if line.startswith("ExecStart=")]
+    argv = shlex.split(line.removeprefix("ExecStart="))
+    assert argv[0] == "/opt/toystore/venv/bin/twistd" and argv[argv.index("--interface") + 1] == "0.0.0.0", line
+    argv[argv.index("--interface") + 1] = host.address
+    argv = [part.replace("%i", replica_id).replace("/var/lib/toystore", str(data_dir)) for part in argv[1:]]
+    return twistd_command() + argv
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, logs: Path) -> Any:
