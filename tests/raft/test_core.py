@@ -451,6 +451,17 @@ def test_read_index_on_a_committed_leader_sends_heartbeats_at_once() -> None:
     assert take(core).read_states == (ReadState("a", 1), ReadState("b", 1))
 
 
+def test_single_node_read_index_needs_no_round_trip() -> None:
+    core = make(1, (1,))
+    core.campaign()
+    core.read_index("early")
+    ready = take(core)  # persists the no-op, which commits it
+    assert ready.read_states == ()
+    assert take(core).read_states == (ReadState("early", 1),)
+    core.read_index("now")
+    assert take(core).read_states == (ReadState("now", 1),)
+
+
 def test_deposed_leader_loses_pending_reads() -> None:
     core = leader()
     ack_all(core)

@@ -85,7 +85,7 @@ def heal_everything(cluster: Cluster) -> None:
 
 
 @settings(
-    max_examples=600,
+    max_examples=400,
     deadline=None,
     derandomize=True,
     database=None,
