@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from toystore.experiment.report import render_report, settings
-from toystore.experiment.runner import PS, QUICK_PS, Plan, Results, Runner
+from toystore.experiment.runner import CACHE_SIZE, PS, QUICK_PS, Plan, Results, Runner
 
 MODES = ("raft", "primary-backup")
 
@@ -82,7 +82,7 @@ def write_outputs(out: Path, plan: Plan, results: Results, started: str, duratio
         images[f"kill/{kill['mode']}"] = name
     meta: dict[str, Any] = {"clients": plan.clients, "iterations": plan.iterations, "seed": plan.seed,
                             "ps": list(plan.ps), "modes": list(plan.modes), "db_delays": list(plan.db_delays),
-                            "cache_size": 8, "started": started, "duration_s": duration}
+                            "cache_size": CACHE_SIZE, "started": started, "duration_s": duration}
     (out / "results.json").write_text(json.dumps({"meta": meta, **results.as_dict()}, indent=1) + "\n")
     report = out / "report.md"
     report.write_text(render_report(meta, results.load_runs, results.kill_runs, images) + "\n")
