@@ -470,7 +470,13 @@ class RaftCore:
         self._send_append_response(message.sender, index=last_new)
 
     def _handle_truncate(self, message: Message) -> None:
-        """Drop older-term entries past the leader's last index: they can never commit."""
+        """Drop older-term entries past the leader's last index.
+
+        They are not committed (a leader holds every committed entry), this node never
+        acknowledged them to the current leader, and the leader's next append past its
+        last index would cut them anyway; dropping them now keeps them out of any later
+        election, where they would only make this log look more up to date than it is.
+        """
         log = self._log
         keep = max(message.index, log.commit)
         # Terms only grow along the log, so if the last entry is older than the leader's
