@@ -12,7 +12,7 @@ import pytest
 
 from toystore.bench.__main__ import parse_arguments
 from toystore.bench.loadgen import Job, LoadResult, combine, median, parse_wrk_output, percentile, run_python_load, split
-from toystore.bench.runner import Row, markdown_table, render, table_rows
+from toystore.bench.report import Row, markdown_table, render, table_rows
 
 # What wrk 4.1.0 prints with our done() hook (taken from a real run against a 405 route
 # for the second line, so every request there is a status error).

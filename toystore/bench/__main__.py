@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from toystore.bench.loadgen import find_wrk
-from toystore.bench.runner import Bench, Settings, render
+from toystore.bench.report import render
+from toystore.bench.runner import Bench, Settings
 
 
 def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:

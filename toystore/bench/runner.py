@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
@@ -417,83 +417,3 @@ def machine_description(generator: str, wrk: str | None) -> dict[str, Any]:
         "order_load_generator": "python (processes × keep-alive http.client threads)",
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }
-
-
-# -- the report ------------------------------------------------------------------------------
-
-
-@dataclass
-class Row:
-    measurement: str
-    result: str
-    detail: str = ""
-
-
-def _rate(value: float, unit: str) -> str:
-    return f"{value:,.0f} {unit}"
-
-
-def table_rows(report: dict[str, Any]) -> list[Row]:
-    """The figures of a report, one row per measurement, in the order they were taken."""
-    f = report["figures"]
-    s = report["settings"]
-    checks = report.get("checks", {})
-    rows: list[Row] = []
-
-    def latency(name: str) -> str:
-        text = f"p50 {f[name + '_p50_ms']:.1f} ms, p99 {f[name + '_p99_ms']:.1f} ms"
-        cores = f.get(name + "_generator_cores")
-        return text + (f"; load generator used {cores:.2f} cores" if cores is not None else "")
-
-    conc = s["get_concurrency"]
-    if "baseline_get_rps" in f:
-        spread = ""
-        if "baseline_get_rps_before" in f:
-            spread = f"; runs before/after the cached one: {f['baseline_get_rps_before']:,.0f} / {f['baseline_get_rps_after']:,.0f}"
-        rows.append(Row("bare Klein baseline, GET (fixed body)", _rate(f["baseline_get_rps"], "req/s"),
-                        f"{latency('baseline_get')}; {conc} connections{spread}"))
-    if "cached_get_rps" in f:
-        ratio = f.get("cached_get_to_baseline")
-        rows.append(Row("cached GET /products/<name>", _rate(f["cached_get_rps"], "req/s"),
-                        (f"**{ratio:.2f} × baseline**; " if ratio is not None else "") + latency("cached_get")))
-    if "uncached_get_rps" in f:
-        ratio = f.get("uncached_get_to_baseline")
-        rows.append(Row("uncached GET /products/<name> (cache size 0)", _rate(f["uncached_get_rps"], "req/s"),
-                        (f"{ratio:.2f} × baseline; " if ratio is not None else "") + latency("uncached_get")))
-    for clients in s["order_concurrency"]:
-        name = f"orders_c{clients}"
-        if f"{name}_per_s" in f:
-            check = checks.get(name, {})
-            verdict = (f"{check.get('acknowledged')} acknowledged = {check.get('committed')} committed"
-                       if check.get("passed") else f"MISMATCH: {check}")
-            rows.append(Row(f"committed orders, {clients} client{'s' if clients > 1 else ''}",
-                            _rate(f[f"{name}_per_s"], "orders/s"), f"{latency(name)}; {verdict}"))
-    if "failover_median_s" in f:
-        rows.append(Row("failover: kill -9 leader → next order acknowledged",
-                        f"median {f['failover_median_s']:.2f} s",
-                        f"min {f['failover_min_s']:.2f} s, max {f['failover_max_s']:.2f} s over {s['kills']} kills; "
-                        "counts only orders sent after the kill, one every 10 ms"))
-    if "catchup_s" in f:
-        rows.append(Row(f"catch-up of {f['catchup_orders']:,} missed orders", f"{f['catchup_s']:.2f} s",
-                        f"from restart of the process; {f['catchup_after_answering_s']:.2f} s after it first answered"))
-    return rows
-
-
-def markdown_table(rows: list[Row]) -> str:
-    lines = ["| measurement | result | detail |", "|---|---|---|"]
-    for row in rows:
-        cells = [cell.replace("|", "\\|") for cell in (row.measurement, row.result, row.detail)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def render(report: dict[str, Any]) -> str:
-    """The table and the conditions it was measured in, as markdown."""
-    m, s, d = report["machine"], report["settings"], report["durations_s"]
-    header = (f"Machine: {m['cores']} cores, Python {m['python']}, {m['platform']}; load average at start "
-              f"{', '.join(str(x) for x in m['load_average'])}.\n"
-              f"Reads by {m['read_load_generator']}; orders by {m['order_load_generator']}.\n"
-              f"{s['seconds_per_point']} s per load point, --db-delay {s['db_delay']}, 3 Raft replicas; "
-              f"whole run {d.get('total', 0):.0f} s.")
-    footer = "" if report.get("all_checks_passed", True) else "\n\n**Some checks failed**: see \"checks\" in the JSON."
-    return header + "\n\n" + markdown_table(table_rows(report)) + footer
