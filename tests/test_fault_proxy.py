@@ -173,3 +173,12 @@ def test_control_api_lists_changes_and_resets_links() -> None:
     assert body["data"]["links"]["a_to_b"]["target"] == "127.0.0.1:9"
     assert call("POST", "/reset")[0] == 200
     assert link.settings == LinkSettings()
+
+
+def test_source_closing_closes_the_destination_connection() -> None:
+    h = Harness()
+    source, _ = h.accept()
+    _, target_transport = h.connect_target()
+    source.connectionLost()
+    assert target_transport.disconnected
+    assert h.link.connections == set()

@@ -298,8 +298,8 @@ class ProxyServerProtocol(Protocol):
     def target_lost(self) -> None:
         """The destination closed or could not be reached: close the source side too
         (after the delayed bytes, unless the link is silenced)."""
-        if self.silenced or self._to_source is None:
-            return
+        if self.silenced or self._to_source is None or self not in self.link.connections:
+            return  # silenced: the source must time out; gone: nothing to close
         self._to_source.send(b"", self._delay())
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
