@@ -160,3 +160,10 @@ def test_health_check_set_leader_and_peer_routes(stub: StubTreq, replica: FakeRe
 def test_unknown_routes_and_methods_answer_json(stub: StubTreq) -> None:
     assert _call(stub, "GET", "/nope") == (404, {"error": {"code": 404, "message": "No such resource."}})
     assert _call(stub, "DELETE", "/order")[0] == 405
+
+
+def test_absurdly_deep_json_is_a_400_not_a_crash(stub: StubTreq, replica: FakeReplica) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    assert _call(stub, "POST", "/commit_entries", raw=b'{"type": ' + b"[" * 50_000 + b"]" * 50_000 + b"}")[0] == 400
+    assert _call(stub, "POST", "/order", raw=deep)[0] in (400, 413)
+    assert replica.peer_messages == []

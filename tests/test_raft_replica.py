@@ -134,9 +134,12 @@ def cluster(tmp_path: Path) -> Cluster:
 
 def test_an_order_commits_on_every_replica_with_a_dense_number(cluster: Cluster) -> None:
     leader = cluster.leader()
+    commit_latencies: list[float] = []
+    leader.node.commit_listeners.append(commit_latencies.append)
     outcomes = [cluster.order(leader, f"k{i}") for i in range(5)]
     cluster.run(0.5)
     assert [o[0].number for o in outcomes] == [0, 1, 2, 3, 4]
+    assert len(commit_latencies) == 5 and all(0 < t < 0.1 for t in commit_latencies)
     for replica in cluster.replicas.values():
         assert [o.request_id for o in replica.orders.since(-1)] == [f"k{i}" for i in range(5)]
     assert cluster.catalog.stock == 95

@@ -88,7 +88,7 @@ def read_json_object(request: IRequest, max_bytes: int = MAX_BODY_BYTES) -> dict
         raise ApiError(413, f"The request body is larger than {max_bytes} bytes.")
     try:
         body = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         raise ApiError(400, "The request body is not valid JSON.") from None
     if not isinstance(body, dict):
         raise ApiError(400, "The request body must be a JSON object.")

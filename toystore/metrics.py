@@ -340,31 +340,14 @@ def watch_database(metrics: ServiceMetrics, db: CommitsDurably) -> None:
 
 
 def watch_raft(metrics: ServiceMetrics, node: RaftNode) -> None:
-    """A Raft node's state, elections and append latency.
-
-    Append latency is timed around ``node.propose`` (which fires once the entry is
-    committed and applied in memory, on the leader): the one method is wrapped on this
-    instance, so the node itself carries no metrics code.
-    """
+    """A Raft node's state, elections and append latency (proposal to commit, on the leader)."""
     metrics.add(ReplicaCollector(lambda: raft_status(node)))
     elections = ElectionCounter()
     node.role_listeners.append(elections.role_changed)
     metrics.add(elections)
     append = metrics.histogram("toystore_raft_append_seconds",
                                "Time from a leader's proposal of an entry to its commit.", HTTP_BUCKETS)
-    propose = node.propose
-    clock = metrics.clock
-
-    def timed_propose(data: str) -> Deferred:
-        started = clock.seconds()
-
-        def committed(result: Any) -> Any:
-            append.observe(clock.seconds() - started)
-            return result
-
-        return propose(data).addCallback(committed)
-
-    node.propose = timed_propose  # type: ignore[method-assign]
+    node.commit_listeners.append(append.observe)
 
 
 # ---------------------------------------------------------------- per role

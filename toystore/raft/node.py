@@ -98,13 +98,15 @@ class RaftNode:
         self._persisted_term = core.term
         self._cycling = False
         self._stopped = False
-        self._proposals: dict[int, tuple[int, defer.Deferred]] = {}  # index -> (term, waiter)
+        self._proposals: dict[int, tuple[int, defer.Deferred, float]] = {}  # index -> (term, waiter, proposed at)
         self._reads: dict[str, list[defer.Deferred]] = {}
         self._reads_waiting_apply: list[tuple[int, defer.Deferred]] = []
         self._read_ids = itertools.count()
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = clock
         self.role_listeners: list[Callable[[Role, int], None]] = []
+        # Told the seconds from each successful proposal to its commit (metrics).
+        self.commit_listeners: list[Callable[[float], None]] = []
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -198,7 +200,7 @@ class RaftNode:
             except NotLeader as e:
                 _fire(proposal.done, Failure(e))
             else:
-                self._proposals[index] = (term, proposal.done)
+                self._proposals[index] = (term, proposal.done, self._clock.seconds())
         reads, self._inbox_reads = self._inbox_reads, []
         if reads:
             # Reads that arrived together share one read point and one heartbeat round:
@@ -257,8 +259,10 @@ class RaftNode:
         waiting = self._proposals.pop(entry.index, None)
         if waiting is None:
             return
-        term, done = waiting
+        term, done, proposed_at = waiting
         if term == entry.term:
+            for listener in self.commit_listeners:
+                listener(self._clock.seconds() - proposed_at)
             _fire(done, result)
         else:
             _fire(done, Failure(ProposalDropped(f"entry {entry.index} was replaced by one of term {entry.term}")))
@@ -280,7 +284,7 @@ class RaftNode:
 
     def _fail_waiters(self, dropped: Exception, not_leader: Exception | None = None) -> None:
         proposals, self._proposals = self._proposals, {}
-        for _, done in proposals.values():
+        for _, done, _ in proposals.values():
             _fire(done, Failure(dropped))
         reads = [d for batch in self._reads.values() for d in batch] + [d for _, d in self._reads_waiting_apply]
         self._reads, self._reads_waiting_apply = {}, []
