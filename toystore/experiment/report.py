@@ -182,8 +182,10 @@ def render_report(meta: Mapping[str, Any], runs: Sequence[LoadRun], kills: Seque
         "",
         "Latencies are nearest-rank percentiles in milliseconds, as the load client measures them "
         "(an order's latency includes the client's own retries). Throughput counts every operation "
-        "of the run, including the final read-back of each order. Raw figures: `results.json` "
-        "and the client's own JSON per run in `raw/`.",
+        "of the run, including the final read-back of each order. Each setting (mode, db-delay, cache) "
+        "has a fresh cluster that serves its p values one after the other. The client and all five "
+        "processes share this machine's CPUs, so figures move from run to run; compare within a table "
+        "rather than across machines. Raw figures: `results.json` and the client's own JSON per run in `raw/`.",
         "",
     ]
     for mode, db_delay in settings(runs):
