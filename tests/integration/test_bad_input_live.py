@@ -36,7 +36,7 @@ BODIES: tuple[bytes | None, ...] = (
     b'{"name": "Tux", "quantity": 1', b'{"name": "Tux", "quantity": 1e309}', b'{"name": "Tux", "quantity": NaN}',
     b'{"type": "vote", "sender": 2, "to": 9, "term": 1}', b'{"type": "append", "sender": 0, "to": 1, "term": -1}',
     b'{"type": "bogus", "sender": 2, "to": 1, "term": 1}', b'{"id": 0}', b'{"id": true}', b'{"id": "2"}',
-    b'{"name": "' + b"x" * (64 * 1024) + b'", "quantity": 1}',
+    b'{"name": "' + b"x" * (64 * 1024) + b'", "quantity": 1}', b"[" * 50_000, b"[" * (1024 * 1024),
     b'{"name": "Tux", "quantity": 1, "pad": "' + b"y" * (1024 * 1024) + b'"}',
 ) + tuple(json.dumps({"name": name, "quantity": q, "request_id": rid, "term": term}).encode()
           for name, q, rid, term in [("Tux", q, "live-bad", -1) for q in QUANTITIES]
