@@ -314,6 +314,7 @@ def catalog(tmp_path_factory: pytest.TempPathFactory) -> CatalogHarness:
 @given(request=requests(CATALOG_ROUTES))
 def test_catalog_survives_any_request(catalog: CatalogHarness, logged_failures: list[dict[str, Any]],
                                       request: tuple[str, str, bytes | None, dict[bytes, list[bytes]]]) -> None:
+    logged_failures.clear()  # one example's failures must not blame the next, nor its shrinking
     method, path, body, headers = request
     before = catalog.snapshot()
     code, content = catalog.send(method, path, body, headers)
@@ -327,6 +328,7 @@ def test_catalog_survives_any_request(catalog: CatalogHarness, logged_failures: 
 def test_catalog_internal_endpoints_need_the_token(catalog: CatalogHarness, logged_failures: list[dict[str, Any]],
                                                    route: tuple[str, str], auth: bytes | None,
                                                    body: bytes | None) -> None:
+    logged_failures.clear()  # one example's failures must not blame the next, nor its shrinking
     method, path = route
     before = catalog.snapshot()
     code, content = catalog.send(method, path, body, {b"Authorization": [auth]} if auth is not None else {})
@@ -391,6 +393,7 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> OrderHarness:
 def test_order_replica_survives_any_request(replicas: OrderHarness, logged_failures: list[dict[str, Any]],
                                             replica_id: int,
                                             request: tuple[str, str, bytes | None, dict[bytes, list[bytes]]]) -> None:
+    logged_failures.clear()  # one example's failures must not blame the next, nor its shrinking
     method, path, body, headers = request
     before = replicas.orders()
     code, content = replicas.send(replica_id, method, path, body, headers)
@@ -405,6 +408,7 @@ def test_order_replica_survives_any_request(replicas: OrderHarness, logged_failu
 def test_order_internal_endpoints_need_the_token(replicas: OrderHarness, logged_failures: list[dict[str, Any]],
                                                  replica_id: int, route: tuple[str, str], auth: bytes | None,
                                                  body: bytes | None) -> None:
+    logged_failures.clear()  # one example's failures must not blame the next, nor its shrinking
     method, path = route
     before = (replicas.orders(), replicas.raft_state())
     code, content = replicas.send(replica_id, method, path, body,
@@ -452,6 +456,7 @@ def frontend() -> FrontendHarness:
 @given(request=requests(FRONTEND_ROUTES))
 def test_frontend_survives_any_request(frontend: FrontendHarness, logged_failures: list[dict[str, Any]],
                                        request: tuple[str, str, bytes | None, dict[bytes, list[bytes]]]) -> None:
+    logged_failures.clear()  # one example's failures must not blame the next, nor its shrinking
     method, path, body, headers = request
     before = frontend.snapshot()
     code, content = frontend.send(method, path, body, headers)
@@ -464,6 +469,7 @@ def test_frontend_survives_any_request(frontend: FrontendHarness, logged_failure
 @given(auth=BAD_AUTHORIZATION, body=BODY)
 def test_frontend_invalidate_needs_the_token(frontend: FrontendHarness, logged_failures: list[dict[str, Any]],
                                              auth: bytes | None, body: bytes | None) -> None:
+    logged_failures.clear()  # one example's failures must not blame the next, nor its shrinking
     assert frontend.send("GET", "/products/Tux", None, {})[0] == 200
     cached = frontend.frontend.cache.names()
     code, content = frontend.send("POST", "/invalidate", body,
