@@ -112,7 +112,7 @@ RAW_BODIES = [b"", b"{", b'{"name": "Tux", "quantity": 1', b"null", b"[]", b'"Tu
               b'{"name": "Tux", "quantity": 1, "request_id": "k", "term": 1e309}',
               b'{"name": "Tux", "name": 5, "quantity": 1}', b'\xff\xfe{"name": "Tux"}', b"\x00" * 10,
               b"name=Tux&quantity=1"]
-# JSON strings holding a lone surrogate (valid JSON, not encodable as UTF-8); see the xfail tests below.
+# JSON strings holding a lone surrogate (valid JSON, not encodable as UTF-8); see the single cases below.
 LONE_SURROGATES = [b'{"name": "\\ud800", "quantity": 1, "request_id": "k"}',
                    b'{"name": "Tux", "quantity": 1, "request_id": "\\udfff"}']
 
@@ -482,8 +482,6 @@ def test_frontend_invalidate_needs_the_token(frontend: FrontendHarness, logged_f
 # -------------------------------------------------------------------- single cases
 
 
-@pytest.mark.xfail(strict=True, reason="require_string accepts a lone surrogate, which SQLite cannot store: "
-                                       "the catalog answers 500 and logs a traceback")
 @pytest.mark.parametrize("body", LONE_SURROGATES)
 def test_catalog_refuses_a_lone_surrogate(tmp_path: Path, logged_failures: list[dict[str, Any]],
                                           body: bytes) -> None:
@@ -494,8 +492,6 @@ def test_catalog_refuses_a_lone_surrogate(tmp_path: Path, logged_failures: list[
     assert code == 400 and catalog.snapshot() == before
 
 
-@pytest.mark.xfail(strict=True, reason="require_string accepts a lone surrogate: the order is appended and "
-                                       "committed, then every replica's Raft cycle fails to store it")
 @pytest.mark.parametrize("body", LONE_SURROGATES)
 def test_order_leader_refuses_a_lone_surrogate(tmp_path: Path, logged_failures: list[dict[str, Any]],
                                                body: bytes) -> None:

@@ -240,3 +240,16 @@ def test_reads_that_arrive_together_share_one_heartbeat_round(cluster: Cluster) 
     assert [r.request_id for r in reads] == ["k"] * 10
     contexts = {m.context for m in cluster.network.sent if m.type is MessageType.HEARTBEAT and m.context}
     assert len(contexts) == 1
+
+
+def test_a_committed_entry_that_is_not_an_order_is_skipped_alike_everywhere(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    assert leader.node is not None
+    for garbage in ("not json", "[1, 2]", '{"request_id": "x", "name": "Tux", "quantity": true}'):
+        leader.node.propose(garbage)
+    after = cluster.order(leader, "real")
+    cluster.run(0.5)
+    assert after[0].number == 0
+    for replica in cluster.replicas.values():
+        assert [o.request_id for o in replica.orders.since(-1)] == ["real"]
+        assert replica.node.core.applied_index == leader.node.core.applied_index

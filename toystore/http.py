@@ -104,10 +104,15 @@ def require_positive_int(body: Mapping[str, Any], field: str, limit: int = 2**31
 
 
 def require_string(body: Mapping[str, Any], field: str, max_length: int = 200) -> str:
-    """A field that must be a non-empty string of at most ``max_length`` characters."""
+    """A field that must be a non-empty string of at most ``max_length`` characters, all of
+    them encodable (JSON admits a lone surrogate such as ``"\\ud800"``; UTF-8 and SQLite do not)."""
     value = body.get(field)
     if not isinstance(value, str) or not 0 < len(value) <= max_length:
         raise ApiError(400, f"'{field}' must be a non-empty string of at most {max_length} characters.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, f"'{field}' holds a character that is not valid Unicode text.") from None
     return value
 
 

@@ -143,8 +143,6 @@ def test_internal_endpoints_refuse_a_missing_or_wrong_token(start_cluster: Calla
     assert snapshot(cluster) == before
 
 
-@pytest.mark.xfail(strict=True, reason="require_string accepts a lone surrogate: the catalog's SQLite cannot "
-                                       "encode it, logs a traceback and answers 500; the client gets a 503")
 def test_a_lone_surrogate_in_a_public_order_is_refused(start_cluster: Callable[..., LocalCluster]) -> None:
     cluster = start_cluster(replicas=1)
     status, content = send(cluster, "frontend", "POST", "/orders", b'{"name": "\\ud800", "quantity": 1}',

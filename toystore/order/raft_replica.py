@@ -79,7 +79,15 @@ class RaftReplica:
     def apply_entry(self, entry: Entry) -> Applied | None:
         if not entry.data:
             return None  # a leader's no-op
-        return self.orders.apply(OrderCommand.decode(entry.data))
+        try:
+            command = OrderCommand.decode(entry.data)
+        except ValueError:
+            # Only a faulty or forged peer writes such an entry. Every replica skips it
+            # alike, which keeps them identical, instead of stopping at it for good.
+            log.error("Skipping committed entry {index} (term {term}): not an order: {data!r}",
+                      index=entry.index, term=entry.term, data=entry.data[:200])
+            return None
+        return self.orders.apply(command)
 
     async def persist_cycle(self, ready: Ready, results: Sequence[Applied | None]) -> None:
         new_orders = [r.order for r in results if r is not None and r.created]

@@ -42,8 +42,14 @@ class OrderCommand:
 
     @classmethod
     def decode(cls, data: str) -> "OrderCommand":
+        """:raises ValueError: when ``data`` is not an encoded order."""
         fields = json.loads(data)
-        return cls(str(fields["request_id"]), str(fields["name"]), int(fields["quantity"]))
+        if not isinstance(fields, dict):
+            raise ValueError("an order command is a JSON object")
+        request_id, name, quantity = fields.get("request_id"), fields.get("name"), fields.get("quantity")
+        if not (isinstance(request_id, str) and isinstance(name, str) and type(quantity) is int and quantity >= 1):
+            raise ValueError(f"not an order command: {data[:200]!r}")
+        return cls(request_id, name, quantity)
 
 
 @dataclass(frozen=True)
