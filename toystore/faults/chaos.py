@@ -129,8 +129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for result in failing:
             print(f"\n{result.name}:\n  " + "\n  ".join(result.details))
         passed = not failing
+        kept = "" if passed and args.data_dir is None else f"; logs in {cluster.log_dir}"
         print(f"\n{'PASS' if passed else 'FAIL'}: {len(results) - len(failing)}/{len(results)} checkers passed; "
-              f"faults logged {len(nemesis.events)}; logs in {cluster.log_dir}")
+              f"faults logged {len(nemesis.events)}{kept}")
         return 0 if passed else 1
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
