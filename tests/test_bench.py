@@ -114,7 +114,7 @@ def _report(**check_overrides: object) -> dict[str, object]:
                     "read_load_generator": "wrk 4.1.0", "order_load_generator": "python"},
         "settings": {"seconds_per_point": 10, "kills": 5, "db_delay": 0.0, "get_concurrency": 16,
                      "order_concurrency": [1, 64]},
-        "figures": figures, "checks": checks, "durations_s": {"total": 95.0},
+        "figures": figures, "checks": checks, "durations_s": {"orders": 35.0, "total": 95.0},
         "all_checks_passed": all(c["passed"] for c in checks.values()),
     }
 
@@ -156,7 +156,7 @@ def test_render_states_machine_generators_and_durations() -> None:
     text = render(_report())
     assert "2 cores, Python 3.11.7" in text
     assert "Reads by wrk 4.1.0; orders by python" in text
-    assert "10 s per load point" in text and "whole run 95 s" in text
+    assert "10 s per load point" in text and "whole run 95 s; orders 35 s." in text
     assert "Some checks failed" not in text
 
 

@@ -408,7 +408,7 @@ def machine_description(generator: str, wrk: str | None) -> dict[str, Any]:
     wrk_version = None
     if wrk:
         done = subprocess.run([wrk, "--version"], capture_output=True, text=True, check=False)
-        wrk_version = (done.stdout or done.stderr).split("\n")[0].strip()
+        wrk_version = (done.stdout or done.stderr).split("\n")[0].split(" Copyright")[0].strip()
     return {
         "cores": os.cpu_count(),
         "python": platform.python_version(),
