@@ -253,3 +253,18 @@ def test_a_committed_entry_that_is_not_an_order_is_skipped_alike_everywhere(clus
     for replica in cluster.replicas.values():
         assert [o.request_id for o in replica.orders.since(-1)] == ["real"]
         assert replica.node.core.applied_index == leader.node.core.applied_index
+
+
+def test_a_batch_of_peer_messages_with_one_bad_message_is_refused_whole(cluster: Cluster) -> None:
+    follower = next(r for r in cluster.replicas.values() if r is not cluster.leader())
+    term = follower.node.core.term
+    good = Message(MessageType.HEARTBEAT, cluster.leader().id, follower.id, term + 5).to_json()
+    for batch in ({"messages": [good, {"type": "heartbeat"}]},
+                  {"messages": [good, {**good, "type": "vote"}]},
+                  {"messages": [good, {**good, "to": 99}]},
+                  {"messages": []}):
+        outcome: list[Any] = []
+        defer.ensureDeferred(follower.receive_peer("commit_entries", batch)).addErrback(outcome.append)
+        assert outcome[0].value.code == 400
+    cluster.run(0.01)
+    assert follower.node.core.term == term  # nothing of the refused batches was stepped

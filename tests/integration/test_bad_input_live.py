@@ -11,7 +11,6 @@ import random
 from typing import Any, Callable
 from urllib.parse import quote
 
-import pytest
 
 from toystore.cluster import LocalCluster
 

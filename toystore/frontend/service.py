@@ -8,7 +8,7 @@ from typing import Any, Mapping
 from twisted.application.internet import TCPServer
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.client import HTTPConnectionPool
 
 from toystore.frontend.api import FrontendApi, Product

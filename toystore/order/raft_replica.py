@@ -23,21 +23,13 @@ from toystore.order.replica import not_leader, unavailable
 from toystore.order.state import Applied, Order, OrderCommand, OrderStateMachine
 from toystore.order.store import Changes, ReplicaStore
 from toystore.raft.core import NotLeader
-from toystore.raft.messages import Entry, Message, MessageType, Ready, Role
+from toystore.raft.messages import Entry, Message, Ready, Role
 from toystore.raft.node import ProposalDropped, RaftNode
+from toystore.raft.transport import ACCEPTED
 
 log = Logger()
 
-# Which message kinds each replication endpoint accepts.
-PEER_ENDPOINTS: Mapping[str, frozenset[MessageType]] = {
-    "append_entries": frozenset({MessageType.APPEND, MessageType.APPEND_RESP}),
-    "request_vote": frozenset({MessageType.VOTE, MessageType.VOTE_RESP,
-                               MessageType.PRE_VOTE, MessageType.PRE_VOTE_RESP}),
-    "commit_entries": frozenset({MessageType.HEARTBEAT, MessageType.HEARTBEAT_RESP}),
-    "truncate_log": frozenset({MessageType.TRUNCATE}),
-    "timeout_now": frozenset({MessageType.TIMEOUT_NOW}),
-}
-
+MAX_MESSAGES_PER_POST = 1024
 ORDER_TIMEOUT = 5.0   # an order not committed by then is answered 503 (outcome unknown)
 READ_TIMEOUT = 2.0    # a ReadIndex round that cannot reach a majority by then is 503
 
@@ -175,16 +167,25 @@ class RaftReplica:
             self.node.transfer_leadership(replica_id)
 
     async def receive_peer(self, endpoint: str, body: Mapping[str, Any]) -> None:
-        try:
-            message = Message.from_json(dict(body))
-        except (ValueError, KeyError, TypeError) as e:
-            raise ApiError(400, f"Not a Raft message: {e}") from None
-        if message.type not in PEER_ENDPOINTS[endpoint]:
-            raise ApiError(400, f"A {message.type.value} message does not belong on /{endpoint}.")
-        if message.to != self.id:
-            raise ApiError(400, f"This is replica {self.id}, not {message.to}.")
+        """One Raft message, or ``{"messages": [...]}`` in order; all are checked before any is stepped."""
+        batch = body.get("messages")
+        items = batch if isinstance(batch, list) else [body]
+        if not items or len(items) > MAX_MESSAGES_PER_POST:
+            raise ApiError(400, f"A batch holds 1 to {MAX_MESSAGES_PER_POST} Raft messages.")
+        messages = []
+        for item in items:
+            try:
+                message = Message.from_json(item)
+            except (ValueError, KeyError, TypeError) as e:
+                raise ApiError(400, f"Not a Raft message: {e}") from None
+            if message.type not in ACCEPTED[endpoint]:
+                raise ApiError(400, f"A {message.type.value} message does not belong on /{endpoint}.")
+            if message.to != self.id:
+                raise ApiError(400, f"This is replica {self.id}, not {message.to}.")
+            messages.append(message)
         assert self.node is not None
-        self.node.receive(message)
+        for message in messages:
+            self.node.receive(message)
 
     def start(self) -> None:
         assert self.node is not None

@@ -1,0 +1,96 @@
+"""The ordered per-peer stream of Raft messages over HTTP."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+
+from toystore.raft.messages import Entry, Message, MessageType
+from toystore.raft.transport import HttpTransport
+
+
+class FakeResponse:
+    def __init__(self, code: int = 200) -> None:
+        self.code = code
+        self.headers = None
+
+    def json(self) -> Any:
+        return {"data": {"accepted": True}}
+
+
+class HeldClient:
+    """A treq-like client that holds every POST until the test answers it."""
+
+    def __init__(self) -> None:
+        self.posts: list[tuple[str, list[dict[str, Any]], defer.Deferred]] = []
+
+    def request(self, method: str, url: str, **kwargs: Any) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        self.posts.append((url, json.loads(kwargs["data"])["messages"], d))
+        return d
+
+    def answer(self, index: int = 0, fail: bool = False) -> None:
+        _, _, d = self.posts.pop(index)
+        if fail:
+            d.errback(ConnectionRefusedError())
+        else:
+            d.callback(FakeResponse())
+
+
+def _append(index: int, to: int = 2) -> Message:
+    return Message(MessageType.APPEND, 1, to, 3, log_term=3, index=index - 1,
+                   entries=(Entry(index, 3, "x"),), commit=0)
+
+
+def _heartbeat(to: int = 2) -> Message:
+    return Message(MessageType.HEARTBEAT, 1, to, 3)
+
+
+def _transport(client: HeldClient) -> HttpTransport:
+    return HttpTransport(client, {2: "http://r2", 3: "http://r3"}, clock=Clock(), token="t")  # type: ignore[arg-type]
+
+
+def test_one_post_in_flight_per_peer_and_later_messages_ride_together_in_order(monkeypatch: Any) -> None:
+    monkeypatch.setattr("treq.json_content", lambda response: defer.succeed(response.json()))
+    client = HeldClient()
+    transport = _transport(client)
+    transport.send(_append(1))
+    transport.send(_append(2))
+    transport.send(_append(3))
+    transport.send(_heartbeat())
+    transport.send(_append(1, to=3))
+    assert [(url, [m["index"] for m in batch]) for url, batch, _ in client.posts] == \
+        [("http://r2/append_entries", [0]), ("http://r3/append_entries", [0])]
+    client.answer(0)
+    # Queued appends go together, then the heartbeat on its own endpoint, never overtaking.
+    assert [(url, [m["index"] for m in batch]) for url, batch, _ in client.posts][-1] == \
+        ("http://r2/append_entries", [1, 2])
+    client.answer(-1)
+    assert client.posts[-1][0] == "http://r2/commit_entries"
+    client.answer(-1)
+    assert transport.posts == 4 and transport.dropped == 0
+
+
+def test_a_failed_post_drops_what_was_queued_behind_it(monkeypatch: Any) -> None:
+    monkeypatch.setattr("treq.json_content", lambda response: defer.succeed(response.json()))
+    client = HeldClient()
+    transport = _transport(client)
+    transport.send(_append(1))
+    transport.send(_append(2))
+    transport.send(_heartbeat())
+    client.answer(0, fail=True)
+    assert client.posts == [] and transport.dropped == 3
+    transport.send(_append(3))
+    assert [m["index"] for m in client.posts[0][1]] == [2]
+
+
+def test_messages_for_unknown_peers_or_past_the_queue_bound_are_dropped() -> None:
+    client = HeldClient()
+    transport = HttpTransport(client, {2: "http://r2"}, clock=Clock(), token=None, max_queued=2)  # type: ignore[arg-type]
+    transport.send(_append(1, to=9))
+    for index in range(1, 5):
+        transport.send(_append(index))
+    assert transport.dropped == 2  # one unknown peer; one past the bound (one was already sent)
