@@ -343,6 +343,23 @@ def test_probe_sends_one_append_then_pipelines_when_matching() -> None:
     assert [[e.index for e in m.entries] for m in out] == [[2, 3], [4, 5], [6]]
 
 
+def test_a_batch_of_proposals_goes_out_as_one_append_per_follower() -> None:
+    core = leader()
+    ack_all(core)
+    placed = core.propose_batch(["a", "b", "c"])
+    assert placed == [(2, 1), (3, 1), (4, 1)]
+    appends = [m for m in sent(core) if m.type is T.APPEND]
+    assert sorted((m.to, [e.index for e in m.entries]) for m in appends) == [(2, [2, 3, 4]), (3, [2, 3, 4])]
+
+
+def test_a_refused_batch_appends_nothing() -> None:
+    core = leader()
+    core.transfer_leadership(2)
+    with pytest.raises(NotLeader):
+        core.propose_batch(["a", "b"])
+    assert core.last_index == 1
+
+
 def test_replicate_state_bounds_unacknowledged_appends() -> None:
     core = leader()
     core.step(msg(T.APPEND_RESP, 2, 1, 1, index=1))

@@ -187,13 +187,20 @@ class RaftCore:
             ``committed_entries`` with that term.
         :raises NotLeader: on a follower or candidate, or during a leadership transfer.
         """
+        return self.propose_batch([data])[0]
+
+    def propose_batch(self, batch: Sequence[str]) -> list[tuple[int, int]]:
+        """:meth:`propose` for several entries at once: one append per follower carries them all.
+
+        :raises NotLeader: as :meth:`propose`; then none of them is appended.
+        """
         if self._role is not Role.LEADER:
             raise NotLeader(self._leader_id)
         if self._transferee:
             raise NotLeader(0)
-        entry = self._append(data)
+        entries = [self._append(data) for data in batch]
         self._broadcast_append()
-        return entry.index, entry.term
+        return [(entry.index, entry.term) for entry in entries]
 
     def read_index(self, context: str) -> None:
         """Ask for a linearizable read point; a ``ReadState(context, index)`` comes out in

@@ -194,13 +194,16 @@ class RaftNode:
         for _ in range(ticks):
             core.tick()
         proposals, self._inbox_proposals = self._inbox_proposals, []
-        for proposal in proposals:
+        if proposals:
             try:
-                index, term = core.propose(proposal.data)
+                placed = core.propose_batch([proposal.data for proposal in proposals])
             except NotLeader as e:
-                _fire(proposal.done, Failure(e))
+                for proposal in proposals:
+                    _fire(proposal.done, Failure(e))
             else:
-                self._proposals[index] = (term, proposal.done, self._clock.seconds())
+                now = self._clock.seconds()
+                for proposal, (index, term) in zip(proposals, placed):
+                    self._proposals[index] = (term, proposal.done, now)
         reads, self._inbox_reads = self._inbox_reads, []
         if reads:
             # Reads that arrived together share one read point and one heartbeat round:
