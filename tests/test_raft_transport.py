@@ -17,8 +17,8 @@ class FakeResponse:
         self.code = code
         self.headers = None
 
-    def json(self) -> Any:
-        return {"data": {"accepted": True}}
+    def content(self) -> defer.Deferred:
+        return defer.succeed(b'{"data": {"accepted": true}}')
 
 
 class HeldClient:
@@ -53,8 +53,7 @@ def _transport(client: HeldClient) -> HttpTransport:
     return HttpTransport(client, {2: "http://r2", 3: "http://r3"}, clock=Clock(), token="t")  # type: ignore[arg-type]
 
 
-def test_one_post_in_flight_per_peer_and_later_messages_ride_together_in_order(monkeypatch: Any) -> None:
-    monkeypatch.setattr("treq.json_content", lambda response: defer.succeed(response.json()))
+def test_one_post_in_flight_per_peer_and_later_messages_ride_together_in_order() -> None:
     client = HeldClient()
     transport = _transport(client)
     transport.send(_append(1))
@@ -74,8 +73,7 @@ def test_one_post_in_flight_per_peer_and_later_messages_ride_together_in_order(m
     assert transport.posts == 4 and transport.dropped == 0
 
 
-def test_a_failed_post_drops_what_was_queued_behind_it(monkeypatch: Any) -> None:
-    monkeypatch.setattr("treq.json_content", lambda response: defer.succeed(response.json()))
+def test_a_failed_post_drops_what_was_queued_behind_it() -> None:
     client = HeldClient()
     transport = _transport(client)
     transport.send(_append(1))
