@@ -329,7 +329,7 @@ class LeaderCaller:
         budget: float = 8.0,
         attempt_timeout: float = 3.0,
         first_backoff: float = 0.05,
-        max_backoff: float = 0.4,
+        max_backoff: float = 0.2,
     ) -> None:
         self._tracker = tracker
         self._client = client
