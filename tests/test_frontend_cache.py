@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from twisted.internet.defer import CancelledError, Deferred
 
-from toystore.frontend.cache import CacheStats, LruCache, SingleFlight
+from toystore.deferreds import SingleFlight
+from toystore.frontend.cache import CacheStats, LruCache
 
 
 def test_evicts_least_recently_used() -> None:

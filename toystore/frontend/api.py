@@ -16,7 +16,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
-from toystore.frontend.cache import LruCache, SingleFlight
+from toystore.deferreds import SingleFlight
+from toystore.frontend.cache import LruCache
 from toystore.frontend.leader import LeaderCaller, LeaderTracker, timed_fetch
 from toystore.frontend.status import StatusReport
 from toystore.http import (

@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
-from toystore.frontend.cache import SingleFlight
+from toystore.deferreds import SingleFlight
 from toystore.http import ApiError, fetch_json
 
 ROLES = ("leader", "follower", "candidate")

@@ -14,8 +14,8 @@ from typing import Any, Mapping, Sequence
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
+from toystore.deferreds import SingleFlight
 from toystore.http import ApiError
 from toystore.order.catalog_client import CatalogClient
 from toystore.order.reaper import LeaderView, ReservationReaper
@@ -50,7 +50,7 @@ class RaftReplica:
         self._catalog = catalog
         self._replicas = dict(replicas)
         self._clock = clock
-        self._pending: dict[str, list[defer.Deferred]] = {}
+        self._attempts: SingleFlight[str, Order] = SingleFlight()
         self.node: RaftNode | None = None
         self.reaper = ReservationReaper(catalog, LeaderView(
             can_judge=self._can_judge_reservations, term=lambda: self._core.term,
@@ -96,23 +96,8 @@ class RaftReplica:
             return existing
         if self._core.role is not Role.LEADER:
             raise not_leader(self._core.leader_id, self._replicas)
-        if request_id in self._pending:
-            # A retry while the first attempt still runs shares its outcome.
-            waiter: defer.Deferred = defer.Deferred()
-            self._pending[request_id].append(waiter)
-            return await waiter
-        self._pending[request_id] = []
-        try:
-            order = await self._commit_order(request_id, name, quantity)
-        except Exception:
-            outcome: Any = Failure()
-            raise
-        else:
-            outcome = order
-            return order
-        finally:
-            for waiter in self._pending.pop(request_id):
-                waiter.callback(outcome) if not isinstance(outcome, Failure) else waiter.errback(outcome)
+        # A retry while the first attempt still runs shares its outcome.
+        return await self._attempts.run(request_id, lambda: self._commit_order(request_id, name, quantity))
 
     async def _commit_order(self, request_id: str, name: str, quantity: int) -> Order:
         term = self._core.term
@@ -129,7 +114,7 @@ class RaftReplica:
         return applied.order
 
     def _in_flight(self, request_id: str) -> bool:
-        if request_id in self._pending:
+        if request_id in self._attempts:
             return True
         core = self._core
         for entry in core.log[core.commit_index:]:

@@ -21,20 +21,11 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from toystore.deferreds import fire
 from toystore.raft.core import NotLeader, RaftCore
 from toystore.raft.messages import Entry, Message, MessageType, Ready, Role
 
 log = Logger()
-
-
-def _fire(waiter: defer.Deferred, result: Any) -> None:
-    """Fire a waiter unless its caller gave up on it already (a timed-out request)."""
-    if waiter.called:
-        return
-    if isinstance(result, Failure):
-        waiter.errback(result)
-    else:
-        waiter.callback(result)
 
 
 class ProposalDropped(Exception):
@@ -201,7 +192,7 @@ class RaftNode:
                 placed = core.propose_batch([proposal.data for proposal in proposals])
             except NotLeader as e:
                 for proposal in proposals:
-                    _fire(proposal.done, Failure(e))
+                    fire(proposal.done, Failure(e))
             else:
                 now = self._clock.seconds()
                 for proposal, (index, term) in zip(proposals, placed):
@@ -215,7 +206,7 @@ class RaftNode:
                 core.read_index(context)
             except NotLeader as e:
                 for read in reads:
-                    _fire(read, Failure(e))
+                    fire(read, Failure(e))
             else:
                 self._reads[context] = reads
         if self._inbox_transfer is not None:
@@ -268,16 +259,16 @@ class RaftNode:
         if term == entry.term:
             for listener in self.commit_listeners:
                 listener(self._clock.seconds() - proposed_at)
-            _fire(done, result)
+            fire(done, result)
         else:
-            _fire(done, Failure(ProposalDropped(f"entry {entry.index} was replaced by one of term {entry.term}")))
+            fire(done, Failure(ProposalDropped(f"entry {entry.index} was replaced by one of term {entry.term}")))
 
     def _release_reads(self) -> None:
         applied = self.core.applied_index
         ready = [(i, d) for i, d in self._reads_waiting_apply if i <= applied]
         self._reads_waiting_apply = [(i, d) for i, d in self._reads_waiting_apply if i > applied]
         for _, done in ready:
-            _fire(done, None)
+            fire(done, None)
 
     def _role_changed(self, role: Role, leader_id: int) -> None:
         log.info("Raft node {id} is now {role} in term {term} (leader {leader})",
@@ -290,11 +281,11 @@ class RaftNode:
     def _fail_waiters(self, dropped: Exception, not_leader: Exception | None = None) -> None:
         proposals, self._proposals = self._proposals, {}
         for _, done, _ in proposals.values():
-            _fire(done, Failure(dropped))
+            fire(done, Failure(dropped))
         reads = [d for batch in self._reads.values() for d in batch] + [d for _, d in self._reads_waiting_apply]
         self._reads, self._reads_waiting_apply = {}, []
         for done in reads:
-            _fire(done, Failure(not_leader or dropped))
+            fire(done, Failure(not_leader or dropped))
 
     # -- status ------------------------------------------------------------------------
 
