@@ -57,12 +57,15 @@ class _Proposal:
 class Timing:
     """Raft's clock: ``tick_seconds`` per tick; an election after ``election_ticks`` to
     twice that without a leader, heartbeats every ``heartbeat_ticks`` (defaults: 0.5 to
-    1 s, and 50 ms). Fine ticks give the randomized timeout 50 distinct values, so two
-    followers rarely time out together and split the vote (each costs a whole timeout)."""
+    1 s, and 100 ms). Fine ticks give the randomized timeout 50 distinct values, so two
+    followers rarely time out together and split the vote (each costs a whole timeout).
+    Periodic heartbeats only keep followers from campaigning (a commit or a ReadIndex
+    sends its own at once), and each is an HTTP round trip: five to ten per election
+    timeout are enough."""
 
     tick_seconds: float = 0.01
     election_ticks: int = 50
-    heartbeat_ticks: int = 5
+    heartbeat_ticks: int = 10
 
 
 class RaftNode:
