@@ -168,3 +168,21 @@ def test_single_flight_cancelled_caller_leaves_others_alone() -> None:
     assert failures[0].check(CancelledError)
     gate.callback(5)
     assert second.result == 5  # type: ignore[attr-defined]
+
+
+def test_hits_and_misses_are_logged_only_when_debug_is_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    from twisted.logger import LogLevel, capturedLogs
+
+    from toystore import logs
+
+    cache: LruCache[int] = LruCache(2)
+    cache.put("Tux", 1)
+    with capturedLogs() as quiet:
+        cache.get("Tux")
+        cache.get("Fox")
+    monkeypatch.setitem(logs._chosen, "level", LogLevel.debug)
+    with capturedLogs() as verbose:
+        cache.get("Tux")
+        cache.get("Fox")
+    assert quiet == []
+    assert [e["log_format"] for e in verbose] == ["Cache hit for {name}", "Cache miss for {name}"]

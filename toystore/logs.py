@@ -28,6 +28,12 @@ def leveled_observer(level: LogLevel, logfile: str | None) -> ILogObserver:
 _chosen: dict[str, Any] = {"level": LogLevel.info, "logfile": None}
 
 
+def debug_enabled() -> bool:
+    """Will debug events be printed? Lines on a per-request path check first: building an
+    event that the observer then drops cost ~5% of a frontend's cache hits."""
+    return bool(_chosen["level"] <= LogLevel.debug)
+
+
 def twistd_observer() -> ILogObserver:
     """The factory twistd's ``--logger`` names."""
     return leveled_observer(_chosen["level"], _chosen["logfile"])

@@ -15,6 +15,8 @@ from typing import Generic, TypeVar
 
 from twisted.logger import Logger
 
+from toystore.logs import debug_enabled
+
 V = TypeVar("V")
 
 log = Logger()
@@ -53,11 +55,13 @@ class LruCache(Generic[V]):
         value = self._entries.get(name)
         if value is None:
             self.misses += 1
-            log.debug("Cache miss for {name}", name=name)
+            if debug_enabled():
+                log.debug("Cache miss for {name}", name=name)
             return None
         self._entries.move_to_end(name, last=False)
         self.hits += 1
-        log.debug("Cache hit for {name}", name=name)
+        if debug_enabled():
+            log.debug("Cache hit for {name}", name=name)
         return value
 
     def put(self, name: str, value: V) -> None:
