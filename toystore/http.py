@@ -22,10 +22,12 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import Site
+from twisted.web.server import Request, Site
 from werkzeug.exceptions import HTTPException
 
 MAX_BODY_BYTES = 64 * 1024
+# The largest body any route reads: a batch of replicated entries, behind the token.
+MAX_PEER_BODY_BYTES = 16 * 1024 * 1024
 JSON_CONTENT_TYPE = b"application/json"
 
 log = Logger()
@@ -177,12 +179,32 @@ class Utf8PathGuard(Resource):
         return self._wrapped.render(request)
 
 
+class BoundedRequest(Request):
+    """Keeps at most one byte more of a body than any route reads, and discards the rest as
+    it arrives: Twisted would otherwise buffer a body of any size (to a temporary file)
+    before a route could refuse it. The route still sees that it is too large and answers
+    413 (:func:`read_json_object`)."""
+
+    _kept = 0
+
+    def gotLength(self, length: int | None) -> None:
+        super().gotLength(length if length is not None and length <= MAX_PEER_BODY_BYTES else None)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        room = MAX_PEER_BODY_BYTES + 1 - self._kept
+        if room > 0:
+            kept = data[:room]
+            self._kept += len(kept)
+            super().handleContentChunk(kept)
+
+
 class QuietSite(Site):
-    """A Site that writes no access-log line per request (metrics count requests) and never
-    shows a traceback to a client."""
+    """A Site that writes no access-log line per request (metrics count requests), never
+    shows a traceback to a client, and bounds what it buffers of a body."""
 
     displayTracebacks = False
     noisy = False
+    requestFactory = BoundedRequest
 
     def log(self, request: IRequest) -> None:
         pass

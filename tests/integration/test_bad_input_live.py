@@ -149,3 +149,14 @@ def test_a_lone_surrogate_in_a_public_order_is_refused(start_cluster: Callable[.
     check("frontend", "POST", "/orders", {}, status, content)
     assert status == 400
     assert "Traceback" not in (cluster.log_dir / "catalog.log").read_text(errors="replace")
+
+
+def test_a_body_far_over_every_limit_is_refused_and_not_kept(start_cluster: Callable[..., LocalCluster]) -> None:
+    cluster = start_cluster(replicas=1)
+    huge = b"x" * (40 * 1024 * 1024)
+    for service, path in (("frontend", "/orders"), ("order-1", "/append_entries")):
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {cluster.config.token}"}
+        status, content = send(cluster, service, "POST", path, huge, headers)
+        check(service, "POST", path, headers, status, content)
+        assert status == 413
+    assert all(process.running for process in cluster.processes.values())

@@ -8,6 +8,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
 from toystore.http import (
+    MAX_PEER_BODY_BYTES,
     ApiError,
     install_json_errors,
     json_response,
@@ -20,8 +21,6 @@ from toystore.http import (
 from toystore.order.replica import OrderReplica
 
 MAX_ORDER_NUMBER = 2**62
-# A batch of appended entries; larger than the public limit, and only read after the token check.
-MAX_PEER_BODY_BYTES = 16 * 1024 * 1024
 
 
 def _order_number(text: str) -> int:
