@@ -12,17 +12,8 @@ from twisted.internet.protocol import ClientFactory
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from toystore.faults.proxy import (
-    ControlApi,
-    DelayedPipe,
-    Link,
-    LinkFactory,
-    LinkSettings,
-    LinkSpec,
-    admit,
-    link_name,
-    parse_link_spec,
-)
+from toystore.faults.links import LinkSpec, link_name, parse_link_spec
+from toystore.faults.proxy import ControlApi, DelayedPipe, Link, LinkFactory, LinkSettings, admit
 from toystore.http import ApiError
 
 

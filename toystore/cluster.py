@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import toystore
-from toystore.faults.proxy import LinkSpec, link_name
+from toystore.faults.links import LinkSpec, link_name
 
 ROLE_PLUGINS = {"catalog": "toystore-catalog", "frontend": "toystore-frontend", "order": "toystore-order"}
 

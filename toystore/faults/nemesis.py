@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from toystore.cluster import LocalCluster, http_json
-from toystore.faults.proxy import link_name
+from toystore.faults.links import link_name
 
 
 @dataclass(frozen=True)
