@@ -137,6 +137,19 @@ def test_phantom_order_nobody_asked_for() -> None:
     assert result.details == ["replica 1 holds 1 orders of Lego x7, clients asked for 0"]
 
 
+def test_committed_orders_are_matched_to_their_requests_by_key() -> None:
+    keyed = [{**order, "request_id": key} for order, key in zip(GOOD_ORDERS, "abc")]
+    assert check_phantom_orders(good_history(), with_replica_orders(1, keyed)).ok
+    # Tux x1 matches the unknown request d as a multiset, but nobody sent key "z".
+    stranger = keyed + [{"number": 3, "name": "Tux", "quantity": 1, "request_id": "z"}]
+    result = check_phantom_orders(good_history(), with_replica_orders(1, stranger))
+    assert result.details == ["replica 1 order 3 has request id 'z', which no client sent in an order "
+                              "that could have taken effect"]
+    swapped = keyed + [{"number": 3, "name": "Tux", "quantity": 1, "request_id": "b"}]
+    assert "but request 'b' asked for Lego x1" in check_phantom_orders(
+        good_history(), with_replica_orders(1, swapped)).details[0]
+
+
 def test_failed_order_committed_is_a_phantom() -> None:
     orders = GOOD_ORDERS + [{"number": 3, "name": "Lego", "quantity": 10}]
     assert not check_phantom_orders(good_history(), with_replica_orders(1, orders)).ok

@@ -38,7 +38,8 @@ class CheckResult:
 class ReplicaState:
     """One order replica at the end of a run.
 
-    :param orders: committed orders ``{"number", "name", "quantity"}`` (``GET /orders_since``).
+    :param orders: committed orders ``{"number", "name", "quantity", "request_id"}``
+        (``GET /orders_since``; ``request_id`` may be absent).
     :param commit_index: from ``GET /health_check``.
     :param latest_order_no: from ``GET /latest_order_no`` (-1 when there is none).
     """
@@ -139,10 +140,12 @@ def check_lost_orders(history: Sequence[Operation], state: ClusterState) -> Chec
 def check_phantom_orders(history: Sequence[Operation], state: ClusterState) -> CheckResult:
     """Invariant 2: no committed order that no client asked for.
 
-    Committed orders carry no idempotency key, so they are matched as a multiset: per
-    (name, quantity), a replica cannot hold more orders than clients requested with an outcome
-    that allows it (ok or unknown; requests sharing a key count once). And the number an
-    acknowledged order got must hold that order's name and quantity.
+    As a multiset: per (name, quantity), a replica cannot hold more orders than clients
+    requested with an outcome that allows it (ok or unknown; requests sharing a key count
+    once). Exactly, where replicas report request ids (``/orders_since`` does) and every
+    such request carried an idempotency key: each committed order's request id is one of
+    those keys, with that request's name and quantity. And the number an acknowledged order
+    got must hold that order's name and quantity.
     """
     requested: Counter[tuple[str, int]] = Counter()
     seen_keys: set[Any] = set()
@@ -155,8 +158,22 @@ def check_phantom_orders(history: Sequence[Operation], state: ClusterState) -> C
                 continue
             seen_keys.add(key)
         requested[(str(op.request["name"]), int(op.request["quantity"]))] += 1
+    keyed = {op.request.get("key"): (str(op.request["name"]), int(op.request["quantity"]))
+             for op in history if op.kind == "order" and op.outcome != "fail"}
+    check_keys = None not in keyed
     problems = []
     for rid, replica in sorted(state.replicas.items()):
+        for order in replica.orders:
+            request_id = order.get("request_id")
+            if not check_keys or request_id is None:
+                continue
+            if request_id not in keyed:
+                problems.append(f"replica {rid} order {order['number']} has request id {request_id!r}, "
+                                f"which no client sent in an order that could have taken effect")
+            elif keyed[request_id] != (str(order["name"]), int(order["quantity"])):
+                name, quantity = keyed[request_id]
+                problems.append(f"replica {rid} order {order['number']} is {order['name']} x{order['quantity']}, "
+                                f"but request {request_id!r} asked for {name} x{quantity}")
         committed = Counter((str(o["name"]), int(o["quantity"])) for o in replica.orders)
         for (name, quantity), count in sorted(committed.items()):
             if count > requested[(name, quantity)]:
