@@ -1,10 +1,13 @@
-"""The shared HTTP pieces: bounded request bodies."""
+"""The shared HTTP pieces: bounded request bodies, and a deadline on the whole exchange."""
 
 from __future__ import annotations
 
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.web.test.requesthelper import DummyChannel
 
-from toystore.http import MAX_PEER_BODY_BYTES, BoundedRequest
+from toystore.http import MAX_PEER_BODY_BYTES, BoundedRequest, fetch_json
 
 
 def _kept(request: BoundedRequest) -> int:
@@ -28,3 +31,37 @@ def test_an_ordinary_body_is_kept_whole() -> None:
     request.handleContentChunk(b'"b"}')
     request.content.seek(0)
     assert request.content.read() == b'{"a": "b"}'
+
+
+class _StallingResponse:
+    """Headers arrived; the body never does."""
+
+    code = 200
+
+    def content(self) -> defer.Deferred:
+        return defer.Deferred()
+
+
+class _StallingClient:
+    def request(self, method: str, url: str, **kwargs: object) -> defer.Deferred:
+        return defer.succeed(_StallingResponse())
+
+
+def test_fetch_json_times_out_on_a_body_that_never_arrives() -> None:
+    clock = Clock()
+    outcome: list[Failure] = []
+    fetch_json(_StallingClient(), "GET", "http://peer/x", reactor=clock, timeout=2.0).addErrback(outcome.append)  # type: ignore[arg-type]
+    clock.advance(1.9)
+    assert outcome == []
+    clock.advance(0.2)
+    assert outcome[0].check(defer.TimeoutError)
+
+
+def test_fetch_json_cancelled_from_outside_fails_as_cancelled() -> None:
+    clock = Clock()
+    outcome: list[Failure] = []
+    d = fetch_json(_StallingClient(), "GET", "http://peer/x", reactor=clock, timeout=2.0)  # type: ignore[arg-type]
+    d.addErrback(outcome.append)
+    d.cancel()
+    assert outcome[0].check(defer.CancelledError)
+    assert clock.getDelayedCalls() == []

@@ -240,7 +240,7 @@ def make_http_client(reactor: IReactorTime, max_per_host: int = 64) -> tuple[HTT
     return HTTPClient(Agent(reactor, pool=pool)), pool
 
 
-async def fetch_json(
+def fetch_json(
     client: HTTPClient,
     method: str,
     url: str,
@@ -250,18 +250,26 @@ async def fetch_json(
     token: str | None = None,
     body: Any = None,
     headers: Mapping[bytes, list[bytes]] | None = None,
-) -> tuple[int, dict[str, Any]]:
-    """One JSON request; returns (status, parsed body). Raises on transport failure or a non-JSON body.
+) -> Deferred[tuple[int, dict[str, Any]]]:
+    """One JSON request; fires with (status, parsed body). Fails on transport failure or a
+    non-JSON body, and with :class:`twisted.internet.defer.TimeoutError` past ``timeout``.
 
-    :param reactor: passed to treq so its timeout runs on the injected clock.
+    :param timeout: seconds for the whole exchange, body included (treq's own timeout stops
+        at the response headers, so a peer that stalls mid-body would hang the caller).
+        Cancelling the Deferred from outside still fails it with CancelledError.
+    :param reactor: the clock the timeout runs on.
     """
     all_headers = {**auth_headers(token), **(headers or {})}
     # Our services never redirect; skipping treq's redirect layer saves work on every call.
-    kwargs: dict[str, Any] = {"headers": all_headers, "timeout": timeout, "reactor": reactor,
-                              "allow_redirects": False}
+    kwargs: dict[str, Any] = {"headers": all_headers, "allow_redirects": False}
     if body is not None:
         kwargs["data"] = json.dumps(body).encode("utf-8")
         all_headers[b"Content-Type"] = [JSON_CONTENT_TYPE]
+    exchange = Deferred.fromCoroutine(_exchange(client, method, url, kwargs))
+    return exchange.addTimeout(timeout, reactor)
+
+
+async def _exchange(client: HTTPClient, method: str, url: str, kwargs: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     response = await client.request(method, url, **kwargs)
     # Our services answer UTF-8 JSON; treq.json_content would parse Content-Type with the
     # email package on every call, a measurable share of a replica's CPU under load.

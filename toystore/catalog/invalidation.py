@@ -87,12 +87,8 @@ class Invalidator:
         """One push; whether the frontend took it. Never raises: a frontend down costs a warning."""
         self.pushes += 1
         try:
-            request = defer.ensureDeferred(fetch_json(
-                self._client, "POST", f"{frontend}/invalidate", reactor=self._reactor,
-                timeout=self._timeout, token=self._token, body={"name": name},
-            ))
-            # treq's timeout stops at the response headers; this one also covers the body.
-            status, _ = await request.addTimeout(self._timeout, self._reactor)
+            status, _ = await fetch_json(self._client, "POST", f"{frontend}/invalidate", reactor=self._reactor,
+                                         timeout=self._timeout, token=self._token, body={"name": name})
         except Exception as e:
             log.warn("Invalidation of {name} at {frontend} failed: {error}", name=name, frontend=frontend,
                      error=repr(e))

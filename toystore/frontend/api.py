@@ -18,9 +18,10 @@ from twisted.web.iweb import IRequest
 
 from toystore.deferreds import SingleFlight
 from toystore.frontend.cache import LruCache
-from toystore.frontend.leader import LeaderCaller, LeaderTracker, timed_fetch
+from toystore.frontend.leader import LeaderCaller, LeaderTracker
 from toystore.frontend.status import StatusReport
 from toystore.http import (
+    fetch_json,
     ApiError,
     install_json_errors,
     json_response,
@@ -142,9 +143,8 @@ class FrontendApi:
     async def _query_catalog(self, name: str) -> Product:
         url = f"{self._catalog_url}/query/{quote(name, safe='')}"
         try:
-            status, payload = await timed_fetch(
-                self._client, self._clock, self._catalog_timeout, "GET", url, self._token
-            )
+            status, payload = await fetch_json(self._client, "GET", url, reactor=self._clock,
+                                               timeout=self._catalog_timeout, token=self._token)
         except CancelledError:
             raise
         except Exception as error:

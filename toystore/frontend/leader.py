@@ -11,7 +11,7 @@ connections and timeouts until a time budget runs out.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Collection, Coroutine, Iterable, Mapping
+from typing import Any, Collection, Iterable, Mapping
 
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
@@ -149,20 +149,6 @@ def classify(status: int, payload: Mapping[str, Any]) -> Outcome:
 # ---------------------------------------------------------------- I/O
 
 
-async def timed_fetch(
-    client: HTTPClient, clock: IReactorTime, timeout: float, method: str, url: str, token: str | None, body: Any = None
-) -> tuple[int, dict[str, Any]]:
-    """fetch_json under a deadline that covers the body too; a timeout is a TimeoutError.
-
-    treq's own timeout stops at the headers and its cancellation looks like the caller's;
-    giving it more slack than ours means any CancelledError we see is the caller's own.
-    """
-    request: Coroutine[Any, Any, tuple[int, dict[str, Any]]] = fetch_json(
-        client, method, url, reactor=clock, timeout=timeout + 1, token=token, body=body
-    )
-    return await Deferred.fromCoroutine(request).addTimeout(timeout, clock)
-
-
 class LeaderTracker:
     """Knows the current order leader from health checks and 421 hints.
 
@@ -280,9 +266,8 @@ class LeaderTracker:
 
     async def _health(self, replica_id: int, url: str) -> HealthReport | None:
         try:
-            status, payload = await timed_fetch(
-                self._client, self._clock, self._check_timeout, "GET", f"{url}/health_check", self._token
-            )
+            status, payload = await fetch_json(self._client, "GET", f"{url}/health_check", reactor=self._clock,
+                                               timeout=self._check_timeout, token=self._token)
         except CancelledError:
             raise
         except Exception:
@@ -299,10 +284,8 @@ class LeaderTracker:
 
     async def _send_set_leader(self, replica_id: int, wanted: int) -> None:
         try:
-            await timed_fetch(
-                self._client, self._clock, self._check_timeout, "POST",
-                f"{self.replicas[replica_id]}/set_leader", self._token, {"id": wanted},
-            )
+            await fetch_json(self._client, "POST", f"{self.replicas[replica_id]}/set_leader", reactor=self._clock,
+                             timeout=self._check_timeout, token=self._token, body={"id": wanted})
         except CancelledError:
             raise
         except Exception as error:
@@ -371,9 +354,8 @@ class LeaderCaller:
     async def _attempt(self, target: tuple[int, str], method: str, path: str, body: Any, timeout: float) -> Outcome:
         replica_id, url = target
         try:
-            status, payload = await timed_fetch(
-                self._client, self._clock, timeout, method, f"{url}{path}", self._token, body
-            )
+            status, payload = await fetch_json(self._client, method, f"{url}{path}", reactor=self._clock,
+                                               timeout=timeout, token=self._token, body=body)
         except CancelledError:
             raise
         except Exception as error:

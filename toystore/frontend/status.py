@@ -16,7 +16,8 @@ from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
-from toystore.frontend.leader import ROLES, timed_fetch
+from toystore.frontend.leader import ROLES
+from toystore.http import fetch_json
 
 STATUS_TIMEOUT = 1.0
 REPLICA_FIELDS = ("role", "term", "leader_id", "commit_index", "last_index")
@@ -96,7 +97,8 @@ class StatusReport:
 
     async def _get(self, url: str) -> tuple[int | None, dict[str, Any]]:
         try:
-            return await timed_fetch(self._client, self._clock, self._timeout, "GET", url, self._token)
+            return await fetch_json(self._client, "GET", url, reactor=self._clock, timeout=self._timeout,
+                                    token=self._token)
         except CancelledError:
             raise
         except Exception:
