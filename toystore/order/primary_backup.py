@@ -18,8 +18,8 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
+from toystore.deferreds import SingleFlight
 from toystore.http import ApiError, fetch_json, require_positive_int, require_string
 from toystore.order.catalog_client import CatalogClient
 from toystore.order.replica import not_leader, unavailable
@@ -79,7 +79,7 @@ class PrimaryBackupReplica:
         self.leader_id: int | None = None
         # Until the first pull from the peers is done (at start, on becoming leader), no orders are taken.
         self.ready = False
-        self._pending: dict[str, list[defer.Deferred]] = {}
+        self._attempts: SingleFlight[str, Order] = SingleFlight()
         # Per follower: the highest number it acknowledged (None: not known), and whether it missed a push.
         self._acked: dict[int, int | None] = dict.fromkeys(self._peers)
         self._behind: set[int] = set()
@@ -103,11 +103,9 @@ class PrimaryBackupReplica:
     # -- orders ---------------------------------------------------------------------
 
     async def place_order(self, request_id: str, name: str, quantity: int) -> Order:
-        if request_id in self._pending:
+        if request_id in self._attempts:
             # A retry while the first attempt still runs shares its outcome.
-            waiter: defer.Deferred = defer.Deferred()
-            self._pending[request_id].append(waiter)
-            return await waiter
+            return await self._attempts.run(request_id, lambda: self._commit_order(request_id, name, quantity))
         existing = self.orders.for_request(request_id)
         if existing is not None:
             return existing
@@ -117,17 +115,7 @@ class PrimaryBackupReplica:
             raise unavailable("This replica became leader and is still catching up; retry shortly.")
         if self._conflicts:
             raise unavailable("This replica's history conflicts with a peer's; it takes no orders until resolved.")
-        self._pending[request_id] = []
-        outcome: Any = None
-        try:
-            outcome = await self._commit_order(request_id, name, quantity)
-            return outcome
-        except Exception:
-            outcome = Failure()
-            raise
-        finally:
-            for waiter in self._pending.pop(request_id):
-                waiter.errback(outcome) if isinstance(outcome, Failure) else waiter.callback(outcome)
+        return await self._attempts.run(request_id, lambda: self._commit_order(request_id, name, quantity))
 
     async def _commit_order(self, request_id: str, name: str, quantity: int) -> Order:
         await self._catalog.reserve(name, quantity, request_id, 0)
