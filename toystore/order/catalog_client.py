@@ -9,8 +9,7 @@ from treq.client import HTTPClient
 from twisted.internet.interfaces import IReactorTime
 
 from toystore.http import ApiError, fetch_json
-
-RETRY_AFTER = {"Retry-After": "1"}
+from toystore.order.replica import unavailable
 
 
 @dataclass(frozen=True)
@@ -37,8 +36,7 @@ class CatalogClient:
             return await fetch_json(self._client, method, self._base_url + path, reactor=self._clock,
                                     timeout=self._timeout, token=self._token, body=body)
         except Exception as e:
-            raise ApiError(503, f"The catalog is unreachable ({e.__class__.__name__}); retry shortly.",
-                           headers=RETRY_AFTER) from None
+            raise unavailable(f"The catalog is unreachable ({e.__class__.__name__}); retry shortly.") from None
 
     async def reserve(self, name: str, quantity: int, request_id: str, term: int) -> None:
         """Take stock for an order (idempotent by request id); the catalog's 404 and 409 pass through."""
@@ -49,12 +47,12 @@ class CatalogClient:
         message = body.get("error", {}).get("message", "The catalog refused the reservation.")
         if status in (404, 409):
             raise ApiError(status, message)
-        raise ApiError(503, f"The catalog answered {status}: {message}", headers=RETRY_AFTER)
+        raise unavailable(f"The catalog answered {status}: {message}")
 
     async def held_reservations(self, older_than: float) -> list[Reservation]:
         status, body = await self._call("GET", f"/reservations?state=held&older_than={older_than}")
         if status != 200:
-            raise ApiError(503, f"The catalog answered {status} listing reservations.")
+            raise unavailable(f"The catalog answered {status} listing reservations.")
         return [Reservation(r["request_id"], r["name"], r["quantity"], r["age"])
                 for r in body["data"]["reservations"]]
 
