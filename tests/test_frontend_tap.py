@@ -9,11 +9,13 @@ from twisted.application.internet import TCPServer
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.python import usage
+from twisted.python.failure import Failure
 
 from toystore.config import CommonOptions
 from toystore.frontend import tap
 from toystore.frontend.leader import LeaderTracker
 from toystore.frontend.service import FrontendService
+from toystore.http import HTTPPoolService
 
 from test_frontend_leader import FakeNetwork
 
@@ -97,7 +99,8 @@ def test_service_runs_health_checks_only_while_started() -> None:
     network.replicas[2].lead(1)
     tracker = LeaderTracker({1: network.url_of(1), 2: network.url_of(2)}, network, clock, "t")  # type: ignore[arg-type]
     pool = FakePool()
-    service = FrontendService(tracker, pool)  # type: ignore[arg-type]
+    service = FrontendService(tracker)
+    HTTPPoolService(pool).setServiceParent(service)  # type: ignore[arg-type]
     clock.advance(5)
     assert network.replicas[2].requests == []
     service.startService()
@@ -105,7 +108,7 @@ def test_service_runs_health_checks_only_while_started() -> None:
     assert tracker.leader_id == 2
     stopped: list[Any] = []
     service.stopService().addBoth(stopped.append)
-    assert stopped == [None] and pool.closed
+    assert len(stopped) == 1 and not isinstance(stopped[0], Failure) and pool.closed
     checks = len(network.replicas[2].requests)
     clock.pump([0.5] * 10)
     assert len(network.replicas[2].requests) == checks

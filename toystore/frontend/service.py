@@ -9,26 +9,23 @@ from twisted.application.internet import TCPServer
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.web.client import HTTPConnectionPool
 
 from toystore.frontend.api import FrontendApi, Product
 from toystore.frontend.cache import LruCache
 from toystore.frontend.leader import LeaderCaller, LeaderTracker
-from toystore.http import QuietSite, Utf8PathGuard, make_http_client
+from toystore.http import HTTPPoolService, QuietSite, Utf8PathGuard, make_http_client
 from toystore.metrics import frontend_metrics
 
 
 class FrontendService(MultiService):
-    """Runs the leader health checks while started; closes pooled connections on stop.
+    """Runs the leader health checks while started.
 
     :param tracker: started in startService, stopped in stopService.
-    :param pool: the treq client's pool.
     """
 
-    def __init__(self, tracker: LeaderTracker, pool: HTTPConnectionPool) -> None:
+    def __init__(self, tracker: LeaderTracker) -> None:
         super().__init__()
         self.tracker = tracker
-        self._pool = pool
 
     def startService(self) -> None:
         super().startService()
@@ -36,12 +33,7 @@ class FrontendService(MultiService):
 
     def stopService(self) -> Deferred[Any]:
         self.tracker.stop()
-        stopped: Deferred[Any] = Deferred.fromCoroutine(self._stop_children())
-        return stopped
-
-    async def _stop_children(self) -> None:
-        await super().stopService()
-        await self._pool.closeCachedConnections()
+        return super().stopService()
 
 
 def build_frontend(
@@ -64,7 +56,8 @@ def build_frontend(
     caller = LeaderCaller(tracker, client, clock, token)
     cache: LruCache[Product] = LruCache(cache_size)
     api = FrontendApi(catalog_url, cache, tracker, caller, client, clock, token)
-    service = FrontendService(tracker, pool)
+    service = FrontendService(tracker)
+    HTTPPoolService(pool).setServiceParent(service)  # stopped after the listener: children stop in reverse
     metrics = frontend_metrics(clock, cache, tracker)
     root = metrics.wrap(Utf8PathGuard(api.app.resource()), FrontendApi.app)
     listener = TCPServer(port, QuietSite(root), interface=interface, reactor=reactor)

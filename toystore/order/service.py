@@ -9,11 +9,11 @@ from typing import Any, Mapping
 
 from treq.client import HTTPClient
 from twisted.application import internet, service
-from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.web.client import HTTPConnectionPool
 
-from toystore.db import Database
-from toystore.http import QuietSite, make_http_client
+from toystore.db import Database, DatabaseService
+from toystore.http import HTTPPoolService, QuietSite, make_http_client
 from toystore.metrics import order_metrics
 from toystore.order.api import OrderApi
 from toystore.order.catalog_client import CatalogClient
@@ -29,23 +29,20 @@ log = Logger()
 
 
 class OrderReplicaService(service.MultiService):
-    """Starts the replica after its listening port, and on stop closes what it opened."""
+    """Starts the replica after its children (database, HTTP pool, listening port), and
+    stops it before them; children stop in reverse: the port, the pool, the database."""
 
-    def __init__(self, replica: RaftReplica | PrimaryBackupReplica, closers: list[Any]) -> None:
+    def __init__(self, replica: RaftReplica | PrimaryBackupReplica) -> None:
         super().__init__()
         self.replica = replica
-        self._closers = closers
 
     def startService(self) -> None:
         super().startService()
         self.replica.start()
 
-    @defer.inlineCallbacks
     def stopService(self) -> Any:
         self.replica.stop()
-        yield super().stopService()
-        for close in self._closers:
-            yield close()
+        return super().stopService()
 
 
 @dataclass
@@ -57,7 +54,7 @@ class ReplicaParts:
     orders: OrderStateMachine
     http_client: HTTPClient
     catalog: CatalogClient
-    closers: list[Any]
+    http_pool: HTTPConnectionPool
     db: Database
 
 
@@ -68,12 +65,13 @@ def _open_parts(reactor: Any, node_id: int, catalog_url: str, data_dir: Path, to
     state = store.load_at_start()
     http_client, http_pool = make_http_client(reactor)
     return ReplicaParts(store, state, OrderStateMachine(state.orders), http_client,
-                        CatalogClient(http_client, catalog_url, clock=reactor, token=token),
-                        [http_pool.closeCachedConnections, lambda: defer.ensureDeferred(db.shut_down())], db)
+                        CatalogClient(http_client, catalog_url, clock=reactor, token=token), http_pool, db)
 
 
 def _serve(reactor: Any, replica: RaftReplica | PrimaryBackupReplica, parts: ReplicaParts, token: str | None, interface: str, port: int) -> OrderReplicaService:
-    top = OrderReplicaService(replica, parts.closers)
+    top = OrderReplicaService(replica)
+    DatabaseService(parts.db).setServiceParent(top)
+    HTTPPoolService(parts.http_pool).setServiceParent(top)
     metrics = order_metrics(reactor, parts.db, replica)
     site = QuietSite(metrics.wrap(OrderApi(replica, token).resource(), OrderApi.app))
     internet.TCPServer(port, site, interface=interface).setServiceParent(top)
