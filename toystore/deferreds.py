@@ -1,14 +1,18 @@
-"""Sharing one outcome among several waiting callers, on Deferreds."""
+"""Sharing work among several waiting callers, on Deferreds: one outcome for concurrent
+callers of the same key (:class:`SingleFlight`), and one batch request for calls that
+arrive together (:class:`Coalescer`)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Coroutine, Generic, Hashable, TypeVar
+from typing import Any, Awaitable, Callable, Coroutine, Generic, Hashable, Sequence, TypeVar
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+Item = TypeVar("Item")
 
 
 def fire(waiter: Deferred, result: Any) -> None:
@@ -49,4 +53,54 @@ class SingleFlight(Generic[K, V]):
 
     def _finish(self, result: V | Failure, key: K) -> None:
         for waiter in self._waiters.pop(key):
+            fire(waiter, result)
+
+
+class Coalescer(Generic[K, Item, V]):
+    """Calls for the same key that arrive during one reactor turn go out as one batch.
+
+    Under load, many requests are parsed in one turn of the reactor; sending their calls
+    to a peer one HTTP request each would cost a request's CPU on both sides per call.
+    The batch leaves at the start of the next turn, so a lone call waits for nothing.
+
+    :param send: sends one batch for a key; fires with one result per item, in order.
+        When it fails, every call in the batch fails with its error.
+    :param max_batch: a larger group leaves as several batches, side by side.
+    """
+
+    def __init__(self, send: Callable[[K, list[Item]], Awaitable[Sequence[V]]], clock: IReactorTime,
+                 max_batch: int = 256) -> None:
+        self._send = send
+        self._clock = clock
+        self._max_batch = max_batch
+        self._pending: dict[K, list[tuple[Item, Deferred[V]]]] = {}
+
+    def submit(self, key: K, item: Item) -> Deferred[V]:
+        """Queue ``item`` for the next batch to ``key``; fires with its own result.
+
+        Cancelling the returned Deferred abandons only this call's answer."""
+        waiter: Deferred[V] = Deferred()
+        group = self._pending.get(key)
+        if group is None:
+            group = self._pending[key] = []
+            self._clock.callLater(0, self._flush, key)
+        group.append((item, waiter))
+        return waiter
+
+    def _flush(self, key: K) -> None:
+        group = self._pending.pop(key)
+        for start in range(0, len(group), self._max_batch):
+            Deferred.fromCoroutine(self._send_batch(key, group[start:start + self._max_batch]))
+
+    async def _send_batch(self, key: K, batch: list[tuple[Item, Deferred[V]]]) -> None:
+        try:
+            results = list(await self._send(key, [item for item, _ in batch]))
+            if len(results) != len(batch):
+                raise ValueError(f"a batch of {len(batch)} calls got {len(results)} results")
+        except Exception:
+            failure = Failure()
+            for _, waiter in batch:
+                fire(waiter, failure)
+            return
+        for (_, waiter), result in zip(batch, results):
             fire(waiter, result)
