@@ -68,8 +68,10 @@ class Frontend:
                 replica.follow(leader, term)
 
     def flush(self) -> None:
-        self.network.flush()
-        self.client.flush()
+        for _ in range(5):  # batches leave at the next reactor turn; an answer may send another
+            self.clock.advance(0)
+            self.network.flush()
+            self.client.flush()
 
     def start(self, method: str, path: str, body: Any = None, headers: dict[bytes, list[bytes]] | None = None,
               raw: bytes | None = None) -> Deferred[tuple[int, dict[str, str], Any]]:
@@ -102,8 +104,7 @@ class Frontend:
         return self.finish(self.start(method, path, body, headers, raw), advance)
 
     def order_requests(self) -> list[dict[str, Any]]:
-        return [body for replica in self.network.replicas.values()
-                for _method, path, body, _auth in replica.requests if path == "/order"]
+        return [order for replica in self.network.replicas.values() for order in replica.orders_received()]
 
 
 @pytest.fixture

@@ -104,12 +104,24 @@ class FakeReplica:
         refusal = self._not_leader(request)
         if refusal is not None:
             return refusal
-        if body["name"] not in self.stock:
-            return self._error(request, 404, "No such product.")
-        if self.stock[body["name"]] < body["quantity"]:
-            return self._error(request, 409, "Not enough stock.")
-        number = self.network.place_order(body)
-        return self._answer(request, 200, {"data": {"order_number": number}})
+        if "orders" in body:
+            results = [self._place(order) for order in body["orders"]]
+            return self._answer(request, 200, {"data": {"results": [{"status": status, **payload}
+                                                                    for status, payload in results]}})
+        status, payload = self._place(body)
+        return self._answer(request, status, payload)
+
+    def _place(self, order: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if order["name"] not in self.stock:
+            return 404, {"error": {"code": 404, "message": "No such product."}}
+        if self.stock[order["name"]] < order["quantity"]:
+            return 409, {"error": {"code": 409, "message": "Not enough stock."}}
+        return 200, {"data": {"order_number": self.network.place_order(order)}}
+
+    def orders_received(self) -> list[dict[str, Any]]:
+        """Every order sent to /order, one by one or in batches."""
+        return [order for _method, path, body, _auth in self.requests if path == "/order"
+                for order in (body["orders"] if "orders" in body else [body])]
 
     @app.route("/orders/<string:number>", methods=["GET"])
     def get_order(self, request: IRequest, number: str) -> bytes:
@@ -175,16 +187,24 @@ class FakeNetwork:
             stub.flush()
 
 
+def settle(clock: Clock, network: FakeNetwork) -> None:
+    """Deliver what is ready now: batches leave at the next reactor turn (``advance(0)``),
+    and an answer may send another request (a redirect)."""
+    for _ in range(5):
+        clock.advance(0)
+        network.flush()
+
+
 def run(clock: Clock, network: FakeNetwork, coroutine: Any, advance: float = 0.0, step: float = 0.05) -> Any:
     """Run ``coroutine`` to its end, advancing the clock by ``step`` up to ``advance`` seconds."""
     d = Deferred.fromCoroutine(coroutine)
     results: list[Any] = []
     d.addBoth(results.append)
-    network.flush()
+    settle(clock, network)
     elapsed = 0.0
     while not results and elapsed < advance:
         clock.advance(step)
-        network.flush()
+        settle(clock, network)
         elapsed += step
     assert results, "the operation did not finish"
     result = results[0]
@@ -411,7 +431,7 @@ def test_caller_follows_421_hint_at_once() -> None:
     network.replicas[1].follow(2, 3)
     network.replicas[2].lead(3)
     tracker.note_leader_hint(1, None)  # a stale belief
-    status, payload = run(clock, network, caller.call("POST", "/order", ORDER))
+    status, payload = run(clock, network, caller.place_order(ORDER))
     assert (status, payload) == (200, {"data": {"order_number": 0}})
     assert tracker.leader_id == 2
     assert clock.seconds() == 0
@@ -423,7 +443,7 @@ def test_caller_fails_over_when_leader_refuses_connections() -> None:
     tracker.note_leader_hint(3, None)
     network.kill(3)
     network.replicas[2].lead(2)
-    status, payload = run(clock, network, caller.call("POST", "/order", ORDER), advance=2)
+    status, payload = run(clock, network, caller.place_order(ORDER), advance=2)
     assert (status, payload) == (200, {"data": {"order_number": 0}})
     assert network.orders == [{"name": "Tux", "quantity": 1}]
 
@@ -433,24 +453,23 @@ def test_caller_retries_after_503_with_same_body() -> None:
     network.replicas[1].lead(1)
     network.replicas[1].order_status = 503
     tracker.note_leader_hint(1, None)
-    d = Deferred.fromCoroutine(caller.call("POST", "/order", ORDER))
+    d = Deferred.fromCoroutine(caller.place_order(ORDER))
     results: list[Any] = []
     d.addBoth(results.append)
-    network.flush()
+    settle(clock, network)
     assert results == []
     network.replicas[1].order_status = None
     clock.advance(0.05)
-    network.flush()
+    settle(clock, network)
     assert results == [(200, {"data": {"order_number": 0}})]
-    bodies = [body for method, path, body, _ in network.replicas[1].requests if path == "/order"]
-    assert bodies == [ORDER, ORDER]
+    assert network.replicas[1].orders_received() == [ORDER, ORDER]
 
 
 def test_caller_gives_up_with_503_after_budget() -> None:
     clock, network, tracker, caller = make_caller()
     for ident in network.replicas:
         network.kill(ident)
-    d = Deferred.fromCoroutine(caller.call("POST", "/order", ORDER))
+    d = Deferred.fromCoroutine(caller.place_order(ORDER))
     results: list[Any] = []
     d.addBoth(results.append)
     finished_at: list[float] = []
@@ -468,10 +487,39 @@ def test_caller_gives_up_with_503_after_budget() -> None:
 def test_caller_passes_final_errors_through() -> None:
     clock, network, tracker, caller = make_caller()
     network.replicas[1].lead(1)
-    status, payload = run(clock, network, caller.call("POST", "/order", {**ORDER, "quantity": 99}))
+    status, payload = run(clock, network, caller.place_order({**ORDER, "quantity": 99}))
     assert status == 409
     assert payload["error"]["message"] == "Not enough stock."
     assert len([r for r in network.replicas[1].requests if r[1] == "/order"]) == 1
+
+
+def test_orders_of_one_turn_reach_the_leader_as_one_batch_with_their_own_outcomes() -> None:
+    clock, network, tracker, caller = make_caller()
+    network.replicas[1].lead(1)
+    tracker.note_leader_hint(1, None)
+    orders = [ORDER, {**ORDER, "request_id": "k2", "quantity": 99}, {**ORDER, "request_id": "k3"}]
+    answers: list[Any] = []
+    for order in orders:
+        Deferred.fromCoroutine(caller.place_order(order)).addBoth(answers.append)
+    settle(clock, network)
+    assert [status for status, _ in answers] == [200, 409, 200]
+    assert [payload.get("data") for _, payload in answers] == [{"order_number": 0}, None, {"order_number": 1}]
+    batches = [body for _, path, body, _ in network.replicas[1].requests if path == "/order"]
+    assert batches == [{"orders": orders}]
+
+
+def test_a_batch_refused_whole_redirects_each_order_to_the_named_leader() -> None:
+    clock, network, tracker, caller = make_caller()
+    network.replicas[1].follow(2, 3)
+    network.replicas[2].lead(3)
+    tracker.note_leader_hint(1, None)
+    answers: list[Any] = []
+    for key in ("a", "b"):
+        Deferred.fromCoroutine(caller.place_order({**ORDER, "request_id": key})).addBoth(answers.append)
+    settle(clock, network)
+    assert answers == [(200, {"data": {"order_number": 0}}), (200, {"data": {"order_number": 1}})]
+    assert [body for _, path, body, _ in network.replicas[2].requests if path == "/order"] == [
+        {"orders": [{**ORDER, "request_id": "a"}, {**ORDER, "request_id": "b"}]}]
 
 
 def test_caller_attempt_times_out_after_three_seconds() -> None:
@@ -499,10 +547,10 @@ def test_caller_stops_redirect_ping_pong(leader_ids: tuple[int, int]) -> None:
     network.replicas[1].follow(leader_ids[0], 1)
     network.replicas[2].follow(leader_ids[1], 1)
     tracker.note_leader_hint(1, None)
-    d = Deferred.fromCoroutine(caller.call("POST", "/order", ORDER))
+    d = Deferred.fromCoroutine(caller.place_order(ORDER))
     results: list[Any] = []
     d.addBoth(results.append)
-    network.flush()
+    settle(clock, network)
     order_requests = sum(1 for r in network.replicas.values() for req in r.requests if req[1] == "/order")
     assert results == []  # backing off rather than spinning
     assert order_requests <= 3

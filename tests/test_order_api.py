@@ -109,9 +109,37 @@ def test_bad_order_bodies_are_400_and_change_nothing(stub: StubTreq, replica: Fa
     assert replica.orders.latest_number == -1
 
 
+def test_a_batch_answers_each_order_as_it_would_alone(stub: StubTreq, replica: FakeReplica) -> None:
+    batch = [{"name": "Tux", "quantity": 2, "request_id": "a"}, {"name": "Nope", "quantity": 1, "request_id": "b"},
+             {"name": "Tux", "quantity": 0, "request_id": "c"}, "not an order",
+             {"name": "Fox", "quantity": 1, "request_id": "d"}, {"name": "Tux", "quantity": 2, "request_id": "a"}]
+    code, payload = _call(stub, "POST", "/order", {"orders": batch})
+    assert code == 200
+    results = payload["data"]["results"]
+    assert [r["status"] for r in results] == [200, 404, 400, 400, 200, 200]
+    assert [r.get("data") for r in results] == [{"order_number": 0}, None, None, None, {"order_number": 1},
+                                                {"order_number": 0}]
+    assert results[1]["error"] == {"code": 404, "message": "No such toy."}
+    assert replica.orders.latest_number == 1
+
+
+def test_a_batch_at_a_follower_carries_the_leader_hint_per_order(stub: StubTreq, replica: FakeReplica) -> None:
+    replica.leader = False
+    code, payload = _call(stub, "POST", "/order", {"orders": [{"name": "Tux", "quantity": 1, "request_id": "a"}]})
+    assert (code, payload["data"]["results"][0]["status"]) == (200, 421)
+    assert payload["data"]["results"][0]["error"]["leader_url"] == "http://r2"
+
+
+@pytest.mark.parametrize("orders", [[], {"name": "Tux"}, [{"name": "Tux", "quantity": 1, "request_id": "k"}] * 1025])
+def test_a_batch_holds_1_to_1024_orders(stub: StubTreq, replica: FakeReplica, orders: Any) -> None:
+    code, payload = _call(stub, "POST", "/order", {"orders": orders})
+    assert code == 400 and "1 to 1024" in payload["error"]["message"]
+    assert replica.orders.latest_number == -1
+
+
 def test_truncated_json_and_huge_bodies(stub: StubTreq, replica: FakeReplica) -> None:
     assert _call(stub, "POST", "/order", raw=b'{"name": "Tux", "quan')[0] == 400
-    assert _call(stub, "POST", "/order", raw=b"x" * (65 * 1024))[0] == 413
+    assert _call(stub, "POST", "/order", raw=b"x" * (1024 * 1024 + 1))[0] == 413
     assert replica.orders.latest_number == -1
 
 

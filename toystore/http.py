@@ -67,12 +67,36 @@ def json_response(request: IRequest, data: Any, code: int = 200) -> bytes:
     return _encode(request, code, {"data": data})
 
 
+def error_object(error: ApiError) -> dict[str, Any]:
+    """``{"code", "message", ...details}``: what ``"error"`` holds in a failure's body."""
+    return {"code": error.code, "message": error.message, **error.details}
+
+
 def error_response(request: IRequest, error: ApiError) -> bytes:
     """Answer ``{"error": {"code", "message", ...details}}`` with the error's headers."""
     for name, value in error.headers.items():
         request.setHeader(name.encode("ascii"), value.encode("ascii"))
-    body = {"code": error.code, "message": error.message, **error.details}
-    return _encode(request, error.code, {"error": body})
+    return _encode(request, error.code, {"error": error_object(error)})
+
+
+# Internal routes that take a batch answer 200 with one result per item, in order: the
+# status and body that item would have had alone, as {"status": 200, "data": ...} or
+# {"status": 409, "error": {...}}.
+
+def batch_success(data: Any) -> dict[str, Any]:
+    return {"status": 200, "data": data}
+
+
+def batch_failure(error: ApiError) -> dict[str, Any]:
+    return {"status": error.code, "error": error_object(error)}
+
+
+def split_batch_result(result: Any) -> tuple[int, dict[str, Any]]:
+    """One result of a batch as (status, payload), as if its item had been sent alone."""
+    status = result.get("status") if isinstance(result, dict) else None
+    if type(status) is not int:
+        raise ValueError(f"not a batch result: {result!r:.200}")
+    return status, {key: value for key, value in result.items() if key != "status"}
 
 
 def read_json_object(request: IRequest, max_bytes: int = MAX_BODY_BYTES) -> dict[str, Any]:
@@ -205,6 +229,12 @@ class QuietSite(Site):
     displayTracebacks = False
     noisy = False
     requestFactory = BoundedRequest
+
+    def __init__(self, resource: IResource, *args: Any, **kwargs: Any) -> None:
+        # Our routes read JSON only; a Site would otherwise parse every POST's Content-Type
+        # with the email package, looking for a form, at a measurable cost per request.
+        kwargs.setdefault("parsePOSTFormSubmission", False)
+        super().__init__(resource, *args, **kwargs)
 
     def log(self, request: IRequest) -> None:
         pass

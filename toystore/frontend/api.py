@@ -168,9 +168,7 @@ class FrontendApi:
         quantity = require_positive_int(body, "quantity")
         key = _idempotency_key(request)
         try:
-            status, payload = await self._orders.call(
-                "POST", "/order", {"name": name, "quantity": quantity, "request_id": key}
-            )
+            status, payload = await self._orders.place_order({"name": name, "quantity": quantity, "request_id": key})
         finally:
             # Stock may have changed even when we never heard back; the catalog pushes
             # invalidations too, this only saves a stale read on this frontend.

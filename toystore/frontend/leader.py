@@ -11,7 +11,7 @@ connections and timeouts until a time budget runs out.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Collection, Iterable, Mapping
+from typing import Any, Callable, Collection, Iterable, Mapping
 
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
@@ -19,8 +19,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
-from toystore.deferreds import SingleFlight
-from toystore.http import ApiError, fetch_json
+from toystore.deferreds import Coalescer, SingleFlight
+from toystore.http import ApiError, fetch_json, split_batch_result
 
 ROLES = ("leader", "follower", "candidate")
 
@@ -130,6 +130,9 @@ class Retry:
 
 
 Outcome = Final | Redirect | Retry
+
+# One attempt at the leader's base URL within a timeout: fires with (status, payload).
+Exchange = Callable[[str, float], "Deferred[tuple[int, dict[str, Any]]]"]
 
 
 def classify(status: int, payload: Mapping[str, Any]) -> Outcome:
@@ -322,9 +325,31 @@ class LeaderCaller:
         self._attempt_timeout = attempt_timeout
         self._first_backoff = first_backoff
         self._max_backoff = max_backoff
+        self._order_batches: Coalescer[str, Mapping[str, Any], tuple[int, dict[str, Any]]] = Coalescer(
+            self._send_orders, clock)
 
     async def call(self, method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
         """The leader's final answer (status, payload); ApiError 503 once the budget is spent."""
+        def exchange(url: str, timeout: float) -> Deferred[tuple[int, dict[str, Any]]]:
+            return fetch_json(self._client, method, f"{url}{path}", reactor=self._clock, timeout=timeout,
+                              token=self._token, body=body)
+        return await self._follow_leader(exchange, f"{method} {path}")
+
+    async def place_order(self, order: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+        """``POST /order`` for one order ``{name, quantity, request_id}``, with :meth:`call`'s
+        retries; orders that reach this frontend together travel to the leader in one batch."""
+        def exchange(url: str, timeout: float) -> Deferred[tuple[int, dict[str, Any]]]:
+            return self._order_batches.submit(url, order).addTimeout(timeout, self._clock)
+        return await self._follow_leader(exchange, "POST /order")
+
+    async def _send_orders(self, url: str, orders: list[Mapping[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
+        status, payload = await fetch_json(self._client, "POST", f"{url}/order", reactor=self._clock,
+                                           timeout=self._attempt_timeout, token=self._token, body={"orders": orders})
+        if status != 200:
+            return [(status, payload)] * len(orders)  # a 421 or 503 for the whole batch
+        return [split_batch_result(result) for result in payload["data"]["results"]]
+
+    async def _follow_leader(self, exchange: Exchange, what: str) -> tuple[int, dict[str, Any]]:
         deadline = self._clock.seconds() + self._budget
         backoff = self._first_backoff
         target = self._tracker.current_leader() or await self._tracker.find_leader()
@@ -332,7 +357,7 @@ class LeaderCaller:
         while True:
             remaining = deadline - self._clock.seconds()
             if target is not None and remaining > 0:
-                outcome = await self._attempt(target, method, path, body, min(self._attempt_timeout, remaining))
+                outcome = await self._attempt(target, exchange, what, min(self._attempt_timeout, remaining))
                 if isinstance(outcome, Final):
                     return outcome.status, outcome.payload
                 if isinstance(outcome, Redirect):
@@ -344,22 +369,19 @@ class LeaderCaller:
                     self._tracker.mark_failed(target[0])
             redirects = 0
             if self._clock.seconds() + backoff >= deadline:
-                log.warn("No order leader took {method} {path} within {budget} s", method=method, path=path,
-                         budget=self._budget)
+                log.warn("No order leader took {what} within {budget} s", what=what, budget=self._budget)
                 raise ApiError(503, "No order leader is reachable; try again shortly.", headers={"Retry-After": "1"})
             await deferLater(self._clock, backoff)
             backoff = min(backoff * 2, self._max_backoff)
             target = await self._tracker.find_leader()
 
-    async def _attempt(self, target: tuple[int, str], method: str, path: str, body: Any, timeout: float) -> Outcome:
+    async def _attempt(self, target: tuple[int, str], exchange: Exchange, what: str, timeout: float) -> Outcome:
         replica_id, url = target
         try:
-            status, payload = await fetch_json(self._client, method, f"{url}{path}", reactor=self._clock,
-                                               timeout=timeout, token=self._token, body=body)
+            status, payload = await exchange(url, timeout)
         except CancelledError:
             raise
         except Exception as error:
-            log.info("Order replica {id} failed {method} {path}: {error}", id=replica_id, method=method, path=path,
-                     error=error)
+            log.info("Order replica {id} failed {what}: {error}", id=replica_id, what=what, error=error)
             return Retry(suspect=True)
         return classify(status, payload)

@@ -3,13 +3,19 @@ behind them is an :class:`~toystore.order.replica.OrderReplica`."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from klein import Klein
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
 from toystore.http import (
     MAX_PEER_BODY_BYTES,
     ApiError,
+    batch_failure,
+    batch_success,
     install_json_errors,
     json_response,
     read_json_object,
@@ -21,6 +27,10 @@ from toystore.http import (
 from toystore.order.replica import OrderReplica
 
 MAX_ORDER_NUMBER = 2**62
+MAX_ORDERS_PER_BATCH = 1024
+MAX_ORDER_BODY_BYTES = MAX_ORDERS_PER_BATCH * 1024  # room for the longest names and keys
+
+log = Logger()
 
 
 def _order_number(text: str) -> int:
@@ -63,13 +73,35 @@ class OrderApi:
 
     @app.route("/order", methods=["POST"])
     async def order(self, request: IRequest) -> bytes:
+        """One order ``{name, quantity, request_id}``, or ``{"orders": [...]}``: a frontend's
+        batch of them, answered with one result per order (:func:`batch_success`)."""
         require_token(request, self._token)
-        body = read_json_object(request)
+        body = read_json_object(request, MAX_ORDER_BODY_BYTES)
+        batch = body.get("orders")
+        if batch is None:
+            return json_response(request, await self._place(body))
+        if not isinstance(batch, list) or not 1 <= len(batch) <= MAX_ORDERS_PER_BATCH:
+            raise ApiError(400, f"'orders' is a list of 1 to {MAX_ORDERS_PER_BATCH} orders.")
+        results = await gatherResults([Deferred.fromCoroutine(self._place_one_of_batch(item)) for item in batch])
+        return json_response(request, {"results": results})
+
+    async def _place(self, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise ApiError(400, "An order is a JSON object.")
         name = require_string(body, "name")
         quantity = require_positive_int(body, "quantity")
         request_id = require_string(body, "request_id")
         placed = await self._replica.place_order(request_id, name, quantity)
-        return json_response(request, {"order_number": placed.number})
+        return {"order_number": placed.number}
+
+    async def _place_one_of_batch(self, body: Any) -> dict[str, Any]:
+        try:
+            return batch_success(await self._place(body))
+        except ApiError as error:
+            return batch_failure(error)
+        except Exception:
+            log.failure("Placing an order of a batch failed")
+            return batch_failure(ApiError(500, "The order service failed on this order; retry with the same key."))
 
     @app.route("/orders/<string:number>", methods=["GET"])
     async def get_order(self, request: IRequest, number: str) -> bytes:
