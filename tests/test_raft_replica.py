@@ -190,6 +190,21 @@ def test_a_new_leader_takes_orders_and_releases_the_lost_reservation(cluster: Cl
     assert cluster.catalog.stock == 99
 
 
+def test_the_reaper_sees_an_order_as_in_flight_while_its_entry_waits_in_the_log(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    followers = {i for i in REPLICAS if i != leader.id}
+    cluster.network.cut |= followers
+    outcome = cluster.order(leader, "waiting")
+    cluster.run(0.05)
+    assert not outcome
+    leader._attempts = type(leader._attempts)()  # as if the client's attempt had given up
+    assert leader._in_flight("waiting") and not leader._in_flight("other")
+    cluster.network.cut -= followers
+    cluster.run(0.2)
+    assert leader.orders.for_request("waiting") is not None
+    assert not leader._in_flight("waiting")
+
+
 def test_leadership_moves_to_the_frontends_choice(cluster: Cluster) -> None:
     leader = cluster.leader()
     target = max(i for i in REPLICAS if i != leader.id)

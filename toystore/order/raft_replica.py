@@ -34,6 +34,14 @@ ORDER_TIMEOUT = 5.0   # an order not committed by then is answered 503 (outcome 
 READ_TIMEOUT = 2.0    # a ReadIndex round that cannot reach a majority by then is 503
 
 
+def _request_id_of(entry: Entry) -> str | None:
+    """The request id of an order entry; None for a no-op or an entry that is not an order."""
+    try:
+        return OrderCommand.decode(entry.data).request_id if entry.data else None
+    except ValueError:
+        return None
+
+
 class RaftReplica:
     """One order replica in Raft mode.
 
@@ -51,6 +59,7 @@ class RaftReplica:
         self._replicas = dict(replicas)
         self._clock = clock
         self._attempts: SingleFlight[str, Order] = SingleFlight()
+        self._uncommitted_memo: tuple[tuple[int, int, int] | None, frozenset[str]] = (None, frozenset())
         self.node: RaftNode | None = None
         self.reaper = ReservationReaper(catalog, LeaderView(
             can_judge=self._can_judge_reservations, term=lambda: self._core.term,
@@ -114,13 +123,17 @@ class RaftReplica:
         return applied.order
 
     def _in_flight(self, request_id: str) -> bool:
-        if request_id in self._attempts:
-            return True
+        return request_id in self._attempts or request_id in self._uncommitted_request_ids()
+
+    def _uncommitted_request_ids(self) -> frozenset[str]:
+        # The reaper asks once per held reservation; decode the log's tail once per state of
+        # it. A leader only appends within its term, so these three pin that tail down.
         core = self._core
-        for entry in core.log[core.commit_index:]:
-            if entry.data and OrderCommand.decode(entry.data).request_id == request_id:
-                return True
-        return False
+        key = (core.term, core.commit_index, core.last_index)
+        if core.role is not Role.LEADER or self._uncommitted_memo[0] != key:
+            ids = frozenset(filter(None, map(_request_id_of, core.log[core.commit_index:])))
+            self._uncommitted_memo = (key, ids)
+        return self._uncommitted_memo[1]
 
     def _can_judge_reservations(self) -> bool:
         core = self._core
