@@ -11,7 +11,7 @@ import pytest
 import treq
 from treq.testing import StubTreq
 from twisted.internet import defer
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.iweb import IRequest
@@ -20,7 +20,8 @@ from twisted.web.server import NOT_DONE_YET
 
 from toystore.catalog.api import CatalogApi
 from toystore.catalog.invalidation import Invalidator
-from toystore.catalog.store import CatalogStore, open_database
+from toystore.catalog.store import CatalogStore, open_database, schema
+from toystore.db import Database, connect
 
 TOKEN = "s3cret"
 FRONTENDS = ["http://front-a:8000", "http://front-b:8000"]
@@ -59,17 +60,31 @@ class FakeFrontend(Resource):
 
 
 class Harness:
-    def __init__(self, tmp_path: Path, frontend: FakeFrontend, initial_stock: int = 100) -> None:
+    """The catalog's API on a real SQLite store.
+
+    :param commit_later: run each commit a turn later, as the database thread would, so
+        that writes issued in one turn join one group commit (inline, each commits alone).
+    """
+
+    def __init__(self, tmp_path: Path, frontend: FakeFrontend, initial_stock: int = 100,
+                 commit_later: bool = False) -> None:
         self.clock = Clock()
         self.frontend = frontend
         self.front_stub = StubTreq(frontend)
-        self.store = CatalogStore(open_database(tmp_path / "catalog.sqlite3", self.clock, initial_stock), self.clock)
+        path = tmp_path / "catalog.sqlite3"
+        if commit_later:
+            self.db = Database(connect(path, schema(initial_stock)), self.clock,
+                               runner=lambda blocking: deferLater(self.clock, 0, blocking))
+        else:
+            self.db = open_database(path, self.clock, initial_stock)
+        self.store = CatalogStore(self.db, self.clock)
         invalidator = Invalidator(self.front_stub, FRONTENDS, self.clock, TOKEN)
         self.api = CatalogApi(self.store, invalidator, TOKEN, restock_to=100)
         self.stub = StubTreq(self.api.resource())
 
     def flush(self) -> None:
         for _ in range(3):
+            self.clock.advance(0)
             self.stub.flush()
             self.front_stub.flush()
 
@@ -384,3 +399,162 @@ def test_invalidations_are_coalesced_per_round_and_callers_wait_for_a_later_push
     stub.flush()
     assert finished == ["first", "second", "third", "fourth"]
     assert invalidator.pushes == 3
+
+
+# ---------------------------------------------------------------- batches
+
+
+def batch_results(result: tuple[int, Any]) -> list[dict[str, Any]]:
+    status, body = result
+    assert status == 200, body
+    return body["data"]["results"]
+
+
+def test_buy_batch_answers_each_item_as_its_single_call_would(h: Harness) -> None:
+    h.call("POST", "/buy_qty", {**BUY, "request_id": "used"})
+    items = [
+        BUY,
+        {**BUY, "request_id": "r2", "name": "Unicorn"},
+        {**BUY, "request_id": "r3", "quantity": 97},
+        {**BUY, "request_id": "used", "quantity": 3},
+        {**BUY, "request_id": "r4", "quantity": 0},
+        "Tux",
+        {"name": "Fox", "quantity": 5, "request_id": "r5"},
+    ]
+    results = batch_results(h.call("POST", "/buy_qty", {"reservations": items}))
+    assert [r["status"] for r in results] == [200, 404, 409, 409, 400, 400, 200]
+    assert results[0] == {"status": 200, "data": {"request_id": "r1", "name": "Tux", "quantity": 2, "remaining": 96}}
+    assert results[6] == {"status": 200, "data": {"request_id": "r5", "name": "Fox", "quantity": 5, "remaining": 95}}
+    assert "JSON object" in results[5]["error"]["message"]
+    # A refused item changed nothing: its single call now gets the very same refusal.
+    for item, result in zip(items[1:5], results[1:5]):
+        assert h.call("POST", "/buy_qty", item) == (result["status"], {"error": result["error"]})
+    assert (h.stock("Tux"), h.stock("Fox")) == (96, 95)
+    assert [r["request_id"] for r in h.call("GET", "/reservations")[1]["data"]["reservations"]] == ["r1", "r5", "used"]
+
+
+def test_a_repeated_batch_answers_the_same_and_changes_nothing_more(h: Harness) -> None:
+    batch = {"reservations": [BUY, {**BUY, "request_id": "r2", "name": "Unicorn"},
+                              {**BUY, "request_id": "r3", "name": "Fox", "quantity": 7}]}
+    first = h.call("POST", "/buy_qty", batch)
+    assert [r["status"] for r in batch_results(first)] == [200, 404, 200]
+    ledger = h.ledger()
+    assert h.call("POST", "/buy_qty", batch) == first
+    assert h.ledger() == ledger
+
+
+def test_buy_batch_items_are_fenced_each_by_its_own_term(h: Harness) -> None:
+    h.call("POST", "/buy_qty", BUY)
+    h.call("POST", "/release", {"request_id": "r1", "term": 3})
+    results = batch_results(h.call("POST", "/buy_qty", {"reservations": [
+        {**BUY, "term": 2}, {**BUY, "term": 3}]}))
+    assert results[0]["status"] == 409 and "fenced" in results[0]["error"]["message"]
+    assert results[1] == {"status": 200, "data": {"request_id": "r1", "name": "Tux", "quantity": 2, "remaining": 98}}
+    assert h.stock() == 98
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/buy_qty", {"reservations": []}),
+    ("/buy_qty", {"reservations": [BUY] * 1025}),
+    ("/buy_qty", {"reservations": BUY}),
+    ("/confirm", {"request_ids": [], "term": 1}),
+    ("/confirm", {"request_ids": ["r1"]}),
+    ("/release", {"request_ids": ["r1"] * 1025, "term": 1}),
+    ("/release", {"request_ids": "r1", "term": 1}),
+    ("/release", {"request_ids": ["r1"], "term": -1}),
+])
+def test_a_batch_out_of_bounds_is_400_and_changes_nothing(h: Harness, path: str, body: Any) -> None:
+    h.call("POST", "/buy_qty", BUY)
+    h.frontend.received.clear()
+    before = h.ledger()
+    assert_error(h.call("POST", path, body), 400)
+    assert h.ledger() == before
+    assert h.frontend.received == []
+
+
+def test_a_full_batch_may_be_larger_than_a_single_call(h: Harness) -> None:
+    # 1024 items with long escaped request ids: far over the 64 KiB a single call may send.
+    refused = [{"name": "x" * 201, "quantity": 1, "request_id": "é" * 200} for _ in range(1023)]
+    raw = json.dumps({"reservations": [*refused, BUY]}).encode()
+    assert len(raw) > 1024 * 1024
+    results = batch_results(h.call("POST", "/buy_qty", raw=raw))
+    assert [r["status"] for r in results] == [400] * 1023 + [200]
+    assert h.stock() == 98
+
+
+def test_a_batch_pushes_one_round_of_invalidations_before_it_answers(tmp_path: Path) -> None:
+    frontend = FakeFrontend(hold=True)
+    h = Harness(tmp_path, frontend)
+    items = [BUY, {**BUY, "request_id": "r2", "name": "Fox"}, {**BUY, "request_id": "r3"},
+             {**BUY, "request_id": "r4", "name": "Unicorn"}]
+    d = h.send("POST", "/buy_qty", {"reservations": items})
+    assert sorted(frontend.names()) == [("front-a:8000", "Fox"), ("front-a:8000", "Tux"),
+                                        ("front-b:8000", "Fox"), ("front-b:8000", "Tux")]
+    _case.assertNoResult(d)  # the batch waits for both frontends
+    frontend.answer_all()
+    assert [r["status"] for r in batch_results(h.answer(d))] == [200, 200, 200, 404]
+    assert len(frontend.received) == 4
+
+
+def test_a_batch_that_changed_nothing_pushes_nothing(h: Harness) -> None:
+    results = batch_results(h.call("POST", "/buy_qty", {"reservations": [{**BUY, "name": "Unicorn"}, {}]}))
+    assert [r["status"] for r in results] == [404, 400]
+    assert h.frontend.received == []
+
+
+def test_a_batch_costs_about_one_commit(tmp_path: Path, frontend: FakeFrontend) -> None:
+    h = Harness(tmp_path, frontend, commit_later=True)
+    items = [{**BUY, "request_id": f"r{n}", "quantity": 1} for n in range(8)]
+    assert [r["status"] for r in batch_results(h.call("POST", "/buy_qty", {"reservations": items}))] == [200] * 8
+    # The first write starts a commit at once; the seven others join the next one.
+    assert h.db.commits <= 2
+    assert h.stock() == 92
+
+
+def test_release_batch(h: Harness) -> None:
+    h.call("POST", "/buy_qty", BUY)
+    h.call("POST", "/buy_qty", {**BUY, "request_id": "r2", "name": "Fox"})
+    h.call("POST", "/buy_qty", {**BUY, "request_id": "r3"})
+    h.call("POST", "/confirm", {"request_id": "r3", "term": 1})
+    h.frontend.received.clear()
+    with capturedLogs() as events:
+        results = batch_results(h.call("POST", "/release", {"request_ids": ["r1", "nope", "r3", 5, "r2"], "term": 2}))
+    assert [r["status"] for r in results] == [200, 404, 409, 400, 200]
+    assert results[0] == {"status": 200, "data": {"request_id": "r1", "state": "released"}}
+    assert results[4] == {"status": 200, "data": {"request_id": "r2", "state": "released"}}
+    assert (h.stock("Tux"), h.stock("Fox")) == (98, 100)
+    releases = [e for e in events if "Released" in e["log_format"]]
+    assert [(e["request_id"], e["name"], e["term"]) for e in releases] == [("r1", "Tux", 2), ("r2", "Fox", 2)]
+    assert sorted(h.frontend.names()) == [("front-a:8000", "Fox"), ("front-a:8000", "Tux"),
+                                          ("front-b:8000", "Fox"), ("front-b:8000", "Tux")]
+    # Releasing again is harmless, item by item, as the single call is.
+    assert h.call("POST", "/release", {"request_ids": ["r2"], "term": 2}) == (200, {"data": {"results": [results[4]]}})
+
+
+def test_a_release_batch_from_an_old_term_is_fenced_item_by_item(h: Harness) -> None:
+    h.call("POST", "/buy_qty", BUY)
+    h.call("POST", "/buy_qty", {**BUY, "request_id": "r2", "term": 3})
+    results = batch_results(h.call("POST", "/release", {"request_ids": ["r1", "r2"], "term": 2}))
+    assert [r["status"] for r in results] == [409, 409]
+    assert all("fenced" in r["error"]["message"] for r in results)
+    assert h.call("POST", "/release", {"request_id": "r1", "term": 2}) == (409, {"error": results[0]["error"]})
+    assert h.stock() == 96
+    assert [r["status"] for r in batch_results(
+        h.call("POST", "/release", {"request_ids": ["r1", "r2"], "term": 3}))] == [200, 200]
+    assert h.stock() == 100
+
+
+def test_confirm_batch(h: Harness) -> None:
+    h.call("POST", "/buy_qty", BUY)
+    h.call("POST", "/buy_qty", {**BUY, "request_id": "r2"})
+    h.call("POST", "/release", {"request_id": "r2", "term": 1})
+    h.frontend.received.clear()
+    with capturedLogs() as events:
+        results = batch_results(h.call("POST", "/confirm", {"request_ids": ["r1", "r2", "nope", ""], "term": 4}))
+    assert [r["status"] for r in results] == [200, 409, 404, 400]
+    assert results[0] == {"status": 200, "data": {"request_id": "r1", "state": "confirmed"}}
+    assert h.call("POST", "/confirm", {"request_id": "nope", "term": 4}) == (404, {"error": results[2]["error"]})
+    assert [e["request_id"] for e in events if e["log_level"] == LogLevel.error] == ["r2"]
+    ledger = h.ledger()
+    assert (ledger["highest_term"], ledger["reservations"]) == (4, {"held": 0, "confirmed": 1, "released": 1})
+    assert h.frontend.received == []

@@ -2,21 +2,28 @@
 
 Every endpoint but ``/health`` needs the cluster token. A change of stock is durable and
 pushed to every frontend before the request that caused it is answered.
+
+The saga calls (``/buy_qty``, ``/confirm``, ``/release``) also take a batch, so that the
+order leader sends one request per reactor turn instead of one per order: each item is
+answered as its single call would be, on its own, and the batch costs about one group commit
+and one round of invalidations.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Coroutine, Mapping
 
 from klein import Klein
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
 from toystore.catalog.invalidation import Invalidator
-from toystore.catalog.store import STATES, CatalogStore, Conflict, NotFound, as_json
+from toystore.catalog.store import STATES, CatalogError, CatalogStore, Conflict, NotFound, as_json
 from toystore.http import (
     ApiError,
     Utf8PathGuard,
@@ -32,6 +39,10 @@ from toystore.http import (
 log = Logger()
 
 MAX_TERM = 2**62
+MAX_BATCH_ITEMS = 1024
+# A batch of MAX_BATCH_ITEMS items with the longest names and request ids (200 characters,
+# up to 12 bytes each once escaped in JSON) fits; a single call keeps the usual 64 KiB.
+MAX_BATCH_BODY_BYTES = 8 * 1024 * 1024
 
 
 def require_term(body: Mapping[str, Any], required: bool) -> int:
@@ -42,6 +53,59 @@ def require_term(body: Mapping[str, Any], required: bool) -> int:
     if type(value) is not int or not 0 <= value <= MAX_TERM:
         raise ApiError(400, f"'term' must be a whole number from 0 to {MAX_TERM}.")
     return value
+
+
+def require_batch(body: Mapping[str, Any], field: str) -> list[Any]:
+    """The items of a batch call: a list of 1 to :data:`MAX_BATCH_ITEMS`."""
+    items = body.get(field)
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH_ITEMS:
+        raise ApiError(400, f"'{field}' must be a list of 1 to {MAX_BATCH_ITEMS} items.")
+    return items
+
+
+def read_saga_body(request: IRequest, batch_field: str) -> dict[str, Any]:
+    """The body of a saga call: 64 KiB for a single call, more for a batch (one holding
+    ``batch_field``), which only the larger read can tell apart."""
+    try:
+        return read_json_object(request)
+    except ApiError as too_large:
+        if too_large.code != 413 or request.content is None:
+            raise
+        request.content.seek(0)
+        body = read_json_object(request, MAX_BATCH_BODY_BYTES)
+        if batch_field not in body:
+            raise too_large from None
+        return body
+
+
+def as_api_error(error: CatalogError) -> ApiError:
+    """What the client sees of a refused store operation."""
+    return ApiError(404 if isinstance(error, NotFound) else 409, error.message)
+
+
+@dataclass(frozen=True)
+class Done:
+    """One saga call's ``data``, and the toy whose stock it may have changed (to invalidate)."""
+
+    data: dict[str, Any]
+    toy: str | None = None
+
+
+async def _outcome(call: Coroutine[Any, Any, Done]) -> Done | ApiError:
+    try:
+        return await call
+    except ApiError as e:
+        return e
+    except CatalogError as e:
+        return as_api_error(e)
+
+
+def _result(outcome: Done | ApiError) -> dict[str, Any]:
+    """One item of a batch answer: the single call's status and its data or error object."""
+    if isinstance(outcome, ApiError):
+        error = {"code": outcome.code, "message": outcome.message, **outcome.details}
+        return {"status": outcome.code, "error": error}
+    return {"status": 200, "data": outcome.data}
 
 
 def _query_arg(request: IRequest, name: str) -> str | None:
@@ -75,13 +139,9 @@ class CatalogApi:
         """What the catalog's Site serves."""
         return Utf8PathGuard(self.app.resource())
 
-    @app.handle_errors(NotFound)
-    def _not_found(self, request: IRequest, failure: Failure) -> bytes:
-        return error_response(request, ApiError(404, failure.value.message))
-
-    @app.handle_errors(Conflict)
-    def _conflict(self, request: IRequest, failure: Failure) -> bytes:
-        return error_response(request, ApiError(409, failure.value.message))
+    @app.handle_errors(CatalogError)
+    def _refused(self, request: IRequest, failure: Failure) -> bytes:
+        return error_response(request, as_api_error(failure.value))
 
     @app.route("/health", methods=["GET"])
     async def health(self, request: IRequest) -> bytes:
@@ -94,34 +154,69 @@ class CatalogApi:
 
     @app.route("/buy_qty", methods=["POST"])
     async def buy_qty(self, request: IRequest) -> bytes:
+        """``{name, quantity, request_id, term?}``, or ``{"reservations": [...]}`` of those."""
         require_token(request, self._token)
-        body = read_json_object(request)
-        name = require_string(body, "name")
-        quantity = require_positive_int(body, "quantity")
-        request_id = require_string(body, "request_id")
-        term = require_term(body, required=False)
-        bought = await self._store.buy(request_id, name, quantity, term)
-        await self._invalidator.invalidate([bought.name])
-        return json_response(request, as_json(bought))
+        body = read_saga_body(request, "reservations")
+        if "reservations" in body:
+            items = require_batch(body, "reservations")
+            return await self._answer_batch(request, [self._buy(item) for item in items])
+        return await self._answer_single(request, self._buy(body))
 
     @app.route("/release", methods=["POST"])
     async def release(self, request: IRequest) -> bytes:
-        require_token(request, self._token)
-        body = read_json_object(request)
-        request_id = require_string(body, "request_id")
-        term = require_term(body, required=True)
-        name = await self._store.release(request_id, term)
-        log.info("Released reservation {request_id} of {name} (term {term}): stock returned",
-                 request_id=request_id, name=name, term=term)
-        await self._invalidator.invalidate([name])
-        return json_response(request, {"request_id": request_id, "state": "released"})
+        """``{request_id, term}``, or ``{"request_ids": [...], term}``."""
+        return await self._settle(request, self._release)
 
     @app.route("/confirm", methods=["POST"])
     async def confirm(self, request: IRequest) -> bytes:
+        """``{request_id, term}``, or ``{"request_ids": [...], term}``."""
+        return await self._settle(request, self._confirm)
+
+    async def _settle(self, request: IRequest,
+                      settle_one: Callable[[Any, int], Coroutine[Any, Any, Done]]) -> bytes:
         require_token(request, self._token)
-        body = read_json_object(request)
-        request_id = require_string(body, "request_id")
+        body = read_saga_body(request, "request_ids")
+        if "request_ids" in body:
+            request_ids = require_batch(body, "request_ids")
+            term = require_term(body, required=True)
+            return await self._answer_batch(request, [settle_one(request_id, term) for request_id in request_ids])
         term = require_term(body, required=True)
+        return await self._answer_single(request, settle_one(body.get("request_id"), term))
+
+    async def _answer_single(self, request: IRequest, call: Coroutine[Any, Any, Done]) -> bytes:
+        done = await call
+        if done.toy is not None:
+            await self._invalidator.invalidate([done.toy])
+        return json_response(request, done.data)
+
+    async def _answer_batch(self, request: IRequest, calls: list[Coroutine[Any, Any, Done]]) -> bytes:
+        # Started in one turn, so that their writes join the same group commit.
+        outcomes = await gatherResults([Deferred.fromCoroutine(_outcome(call)) for call in calls],
+                                       consumeErrors=True)
+        changed = sorted({outcome.toy for outcome in outcomes if isinstance(outcome, Done) and outcome.toy})
+        if changed:
+            await self._invalidator.invalidate(changed)
+        return json_response(request, {"results": [_result(outcome) for outcome in outcomes]})
+
+    async def _buy(self, item: Any) -> Done:
+        if not isinstance(item, dict):
+            raise ApiError(400, "Each reservation must be a JSON object.")
+        name = require_string(item, "name")
+        quantity = require_positive_int(item, "quantity")
+        request_id = require_string(item, "request_id")
+        term = require_term(item, required=False)
+        bought = await self._store.buy(request_id, name, quantity, term)
+        return Done(as_json(bought), bought.name)
+
+    async def _release(self, raw_id: Any, term: int) -> Done:
+        request_id = require_string({"request_id": raw_id}, "request_id")
+        name = await self._store.release(request_id, term)
+        log.info("Released reservation {request_id} of {name} (term {term}): stock returned",
+                 request_id=request_id, name=name, term=term)
+        return Done({"request_id": request_id, "state": "released"}, name)
+
+    async def _confirm(self, raw_id: Any, term: int) -> Done:
+        request_id = require_string({"request_id": raw_id}, "request_id")
         try:
             await self._store.confirm(request_id, term)
         except Conflict as e:
@@ -131,7 +226,7 @@ class CatalogApi:
             raise
         # One per order: debug, so that the default level keeps to rarer events.
         log.debug("Confirmed reservation {request_id} (term {term})", request_id=request_id, term=term)
-        return json_response(request, {"request_id": request_id, "state": "confirmed"})
+        return Done({"request_id": request_id, "state": "confirmed"})
 
     @app.route("/reservations", methods=["GET"])
     async def reservations(self, request: IRequest) -> bytes:
