@@ -3,32 +3,47 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs
+from twisted.trial.unittest import SynchronousTestCase
 
+from test_order_catalog_client import Setup
 from toystore.http import ApiError
 from toystore.order.catalog_client import Reservation
 from toystore.order.reaper import LeaderView, ReservationReaper, Verdict, judge
 
+_case = SynchronousTestCase()
+
 
 @dataclass
 class FakeCatalog:
+    """Settles with 200 unless told otherwise; ``gate`` holds every settle until it fires."""
+
     held: list[Reservation]
     calls: list[tuple[str, str, int]] = field(default_factory=list)
-    release_gate: defer.Deferred | None = None
+    gate: defer.Deferred | None = None
     fail_listing: bool = False
+    listing_gate: defer.Deferred | None = None
+    statuses: dict[str, int] = field(default_factory=dict)
+    unreachable: set[str] = field(default_factory=set)
 
     async def held_reservations(self, older_than: float) -> list[Reservation]:
+        if self.listing_gate is not None:
+            await self.listing_gate
         if self.fail_listing:
             raise ApiError(503, "catalog down")
         return list(self.held)
 
     async def settle(self, action: str, request_id: str, term: int) -> int:
         self.calls.append((action, request_id, term))
-        if action == "release" and self.release_gate is not None:
-            await self.release_gate
-        return 200
+        if self.gate is not None:
+            await self.gate
+        if request_id in self.unreachable:
+            raise ApiError(503, "catalog down")
+        return self.statuses.get(request_id, 200)
 
 
 def _reservation(request_id: str) -> Reservation:
@@ -62,9 +77,22 @@ def test_a_replica_that_cannot_judge_touches_nothing() -> None:
     assert catalog.calls == []
 
 
+def test_a_leader_deposed_while_listing_touches_nothing() -> None:
+    gate: defer.Deferred = defer.Deferred()
+    catalog = FakeCatalog([_reservation("lost")], listing_gate=gate)
+    leading = [True]
+    view = LeaderView(can_judge=lambda: leading[0], term=lambda: 7, committed=lambda _: False,
+                      in_flight=lambda _: False)
+    reaper = ReservationReaper(catalog, view, clock=Clock())
+    defer.ensureDeferred(reaper.run_once())
+    leading[0] = False
+    gate.callback(None)
+    assert catalog.calls == []
+
+
 def test_an_order_for_a_request_being_released_waits_for_the_release() -> None:
     gate: defer.Deferred = defer.Deferred()
-    catalog = FakeCatalog([_reservation("lost")], release_gate=gate)
+    catalog = FakeCatalog([_reservation("lost")], gate=gate)
     reaper = ReservationReaper(catalog, _view(), clock=Clock())
     defer.ensureDeferred(reaper.run_once())
     finished: list[str] = []
@@ -86,3 +114,50 @@ def test_the_loop_survives_a_failing_round() -> None:
     clock.pump([1.0])
     assert catalog.calls == [("release", "lost", 7)]
     reaper.stop()
+
+
+def test_a_round_submits_every_settle_in_one_turn() -> None:
+    gate: defer.Deferred = defer.Deferred()
+    catalog = FakeCatalog([_reservation("done"), _reservation("lost"), _reservation("gone")], gate=gate)
+    reaper = ReservationReaper(catalog, _view(committed={"done"}), clock=Clock())
+    defer.ensureDeferred(reaper.run_once())
+    # Every call is out before any is answered, so the client can batch them.
+    assert catalog.calls == [("confirm", "done", 7), ("release", "lost", 7), ("release", "gone", 7)]
+    assert (reaper.confirmed, reaper.released) == (0, 0)
+    gate.callback(None)
+    assert (reaper.confirmed, reaper.released) == (1, 2)
+
+
+def test_one_failing_settle_does_not_lose_the_others() -> None:
+    catalog = FakeCatalog([_reservation(rid) for rid in ("down", "fenced", "lost", "done", "late")],
+                          unreachable={"down"}, statuses={"fenced": 409, "late": 404})
+    reaper = ReservationReaper(catalog, _view(committed={"done", "late"}), clock=Clock())
+    finished: list[str] = []
+    with capturedLogs() as events:
+        round_ = defer.ensureDeferred(reaper.run_once())
+        for rid in ("down", "fenced", "lost"):
+            defer.ensureDeferred(reaper.wait_released(rid)).addCallback(lambda _, r=rid: finished.append(r))
+    assert _case.successResultOf(round_) is None
+    assert [rid for _, rid, _ in catalog.calls] == ["down", "fenced", "lost", "done", "late"]
+    assert finished == ["down", "fenced", "lost"]
+    # Only what the catalog settled counts.
+    assert (reaper.confirmed, reaper.released) == (1, 1)
+    warnings = [e for e in events if e["log_level"] == LogLevel.warn]
+    assert [(e["failed"], e["count"]) for e in warnings] == [(1, 5)]
+
+
+def test_a_round_is_one_listing_and_one_batch_per_action(tmp_path: Path) -> None:
+    s = Setup(tmp_path)
+    for rid in ("done", "busy", "lost-1", "lost-2"):
+        s.catalog.call("POST", "/buy_qty", {"name": "Tux", "quantity": 1, "request_id": rid, "term": 1})
+    s.catalog.clock.advance(5.0)
+    reaper = ReservationReaper(s.client, _view(committed={"done"}, in_flight={"busy"}), clock=s.catalog.clock)
+    (round_,) = s.run(reaper.run_once())
+    assert _case.successResultOf(round_) is None
+    assert [(method, path.split("?")[0]) for method, path, _ in s.recorder.requests] == [
+        ("GET", "/reservations"), ("POST", "/confirm"), ("POST", "/release")]
+    assert s.posts() == [("/confirm", {"request_ids": ["done"], "term": 7}),
+                         ("/release", {"request_ids": ["lost-1", "lost-2"], "term": 7})]
+    assert (reaper.confirmed, reaper.released) == (1, 2)
+    assert s.catalog.stock() == 98
+    assert s.catalog.ledger()["reservations"] == {"held": 1, "confirmed": 1, "released": 2}

@@ -96,23 +96,35 @@ class ReservationReaper:
         await self._settle(held)
 
     async def _settle(self, held: Iterable[Reservation]) -> None:
+        # The view may have changed while we awaited the listing, but not during this turn:
+        # every verdict is reached and every settle call submitted in it, so the catalog
+        # client sends the round as one batch per action.
+        if not self._view.can_judge():
+            return
+        term = self._view.term()
+        settles: list[defer.Deferred] = []
         for reservation in held:
-            # The view may change while we await the catalog: judge each one afresh.
-            if not self._view.can_judge():
-                return
             verdict = judge(reservation, committed=self._view.committed, in_flight=self._view.in_flight)
             if verdict == Verdict.CONFIRM:
-                await self._catalog.settle("confirm", reservation.request_id, self._view.term())
-                self.confirmed += 1
+                settles.append(defer.ensureDeferred(self._confirm(reservation, term)))
             elif verdict == Verdict.RELEASE:
-                await self._release(reservation)
+                # Marked in the same turn as the verdict, so an order for it waits from now on.
+                self._releasing[reservation.request_id] = []
+                settles.append(defer.ensureDeferred(self._release(reservation, term)))
+        # Every settle runs to its end, whatever the others do; the next round retries failures.
+        outcomes = await defer.DeferredList(settles, consumeErrors=True)
+        failures = [outcome for succeeded, outcome in outcomes if not succeeded]
+        if failures:
+            log.warn("Settling {failed} of {count} reservations failed: {error}", failed=len(failures),
+                     count=len(settles), error=failures[0].getErrorMessage())
 
-    async def _release(self, reservation: Reservation) -> None:
-        # Marked before the first await, in the same reactor turn as the verdict.
-        self._releasing[reservation.request_id] = []
+    async def _confirm(self, reservation: Reservation, term: int) -> None:
+        if await self._catalog.settle("confirm", reservation.request_id, term) == 200:
+            self.confirmed += 1
+
+    async def _release(self, reservation: Reservation, term: int) -> None:
         try:
-            status = await self._catalog.settle("release", reservation.request_id, self._view.term())
-            if status == 200:
+            if await self._catalog.settle("release", reservation.request_id, term) == 200:
                 self.released += 1
                 log.info("Released reservation {request_id} ({quantity} x {name}): its order can never commit",
                          request_id=reservation.request_id, quantity=reservation.quantity, name=reservation.name)
