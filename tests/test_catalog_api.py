@@ -22,6 +22,7 @@ from toystore.catalog.api import CatalogApi
 from toystore.catalog.invalidation import Invalidator
 from toystore.catalog.store import CatalogStore, open_database, schema
 from toystore.db import Database, connect
+from toystore.http import MAX_BATCH_BODY_BYTES
 
 TOKEN = "s3cret"
 FRONTENDS = ["http://front-a:8000", "http://front-b:8000"]
@@ -248,8 +249,8 @@ def test_malformed_json_is_400(h: Harness, raw: bytes) -> None:
     assert h.stock() == 100
 
 
-def test_body_over_64_kib_is_413(h: Harness) -> None:
-    raw = json.dumps({**BUY, "pad": "x" * (64 * 1024)}).encode()
+def test_body_over_the_batch_limit_is_413(h: Harness) -> None:
+    raw = json.dumps({**BUY, "pad": "x" * MAX_BATCH_BODY_BYTES}).encode()
     assert_error(h.call("POST", "/buy_qty", raw=raw), 413)
     assert h.stock() == 100
 

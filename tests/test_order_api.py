@@ -11,7 +11,7 @@ from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from toystore.http import ApiError
+from toystore.http import MAX_BATCH_BODY_BYTES, ApiError
 from toystore.order.api import OrderApi
 from toystore.order.state import Order, OrderCommand, OrderStateMachine
 
@@ -139,7 +139,7 @@ def test_a_batch_holds_1_to_1024_orders(stub: StubTreq, replica: FakeReplica, or
 
 def test_truncated_json_and_huge_bodies(stub: StubTreq, replica: FakeReplica) -> None:
     assert _call(stub, "POST", "/order", raw=b'{"name": "Tux", "quan')[0] == 400
-    assert _call(stub, "POST", "/order", raw=b"x" * (1024 * 1024 + 1))[0] == 413
+    assert _call(stub, "POST", "/order", raw=b"x" * (MAX_BATCH_BODY_BYTES + 1))[0] == 413
     assert replica.orders.latest_number == -1
 
 

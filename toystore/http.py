@@ -29,6 +29,10 @@ MAX_BODY_BYTES = 64 * 1024
 # The largest body any route reads: a batch of replicated entries, behind the token.
 MAX_PEER_BODY_BYTES = 16 * 1024 * 1024
 JSON_CONTENT_TYPE = b"application/json"
+# Internal routes take batches of up to MAX_BATCH_ITEMS items; a batch of them with the
+# longest names and keys (200 characters, up to 12 bytes each once escaped) fits the body.
+MAX_BATCH_ITEMS = 1024
+MAX_BATCH_BODY_BYTES = 8 * 1024 * 1024
 
 log = Logger()
 
@@ -89,6 +93,14 @@ def batch_success(data: Any) -> dict[str, Any]:
 
 def batch_failure(error: ApiError) -> dict[str, Any]:
     return {"status": error.code, "error": error_object(error)}
+
+
+def require_batch(body: Mapping[str, Any], field: str) -> list[Any]:
+    """The items of a batch call: a list of 1 to :data:`MAX_BATCH_ITEMS`."""
+    items = body.get(field)
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH_ITEMS:
+        raise ApiError(400, f"'{field}' must be a list of 1 to {MAX_BATCH_ITEMS} items.")
+    return items
 
 
 def split_batch_result(result: Any) -> tuple[int, dict[str, Any]]:

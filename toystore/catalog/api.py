@@ -25,12 +25,16 @@ from twisted.web.resource import IResource
 from toystore.catalog.invalidation import Invalidator
 from toystore.catalog.store import STATES, CatalogError, CatalogStore, Conflict, NotFound, as_json
 from toystore.http import (
+    MAX_BATCH_BODY_BYTES,
     ApiError,
     Utf8PathGuard,
+    batch_failure,
+    batch_success,
     error_response,
     install_json_errors,
     json_response,
     read_json_object,
+    require_batch,
     require_positive_int,
     require_string,
     require_token,
@@ -39,10 +43,6 @@ from toystore.http import (
 log = Logger()
 
 MAX_TERM = 2**62
-MAX_BATCH_ITEMS = 1024
-# A batch of MAX_BATCH_ITEMS items with the longest names and request ids (200 characters,
-# up to 12 bytes each once escaped in JSON) fits; a single call keeps the usual 64 KiB.
-MAX_BATCH_BODY_BYTES = 8 * 1024 * 1024
 
 
 def require_term(body: Mapping[str, Any], required: bool) -> int:
@@ -53,29 +53,6 @@ def require_term(body: Mapping[str, Any], required: bool) -> int:
     if type(value) is not int or not 0 <= value <= MAX_TERM:
         raise ApiError(400, f"'term' must be a whole number from 0 to {MAX_TERM}.")
     return value
-
-
-def require_batch(body: Mapping[str, Any], field: str) -> list[Any]:
-    """The items of a batch call: a list of 1 to :data:`MAX_BATCH_ITEMS`."""
-    items = body.get(field)
-    if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH_ITEMS:
-        raise ApiError(400, f"'{field}' must be a list of 1 to {MAX_BATCH_ITEMS} items.")
-    return items
-
-
-def read_saga_body(request: IRequest, batch_field: str) -> dict[str, Any]:
-    """The body of a saga call: 64 KiB for a single call, more for a batch (one holding
-    ``batch_field``), which only the larger read can tell apart."""
-    try:
-        return read_json_object(request)
-    except ApiError as too_large:
-        if too_large.code != 413 or request.content is None:
-            raise
-        request.content.seek(0)
-        body = read_json_object(request, MAX_BATCH_BODY_BYTES)
-        if batch_field not in body:
-            raise too_large from None
-        return body
 
 
 def as_api_error(error: CatalogError) -> ApiError:
@@ -101,11 +78,7 @@ async def _outcome(call: Coroutine[Any, Any, Done]) -> Done | ApiError:
 
 
 def _result(outcome: Done | ApiError) -> dict[str, Any]:
-    """One item of a batch answer: the single call's status and its data or error object."""
-    if isinstance(outcome, ApiError):
-        error = {"code": outcome.code, "message": outcome.message, **outcome.details}
-        return {"status": outcome.code, "error": error}
-    return {"status": 200, "data": outcome.data}
+    return batch_failure(outcome) if isinstance(outcome, ApiError) else batch_success(outcome.data)
 
 
 def _query_arg(request: IRequest, name: str) -> str | None:
@@ -156,7 +129,7 @@ class CatalogApi:
     async def buy_qty(self, request: IRequest) -> bytes:
         """``{name, quantity, request_id, term?}``, or ``{"reservations": [...]}`` of those."""
         require_token(request, self._token)
-        body = read_saga_body(request, "reservations")
+        body = read_json_object(request, MAX_BATCH_BODY_BYTES)
         if "reservations" in body:
             items = require_batch(body, "reservations")
             return await self._answer_batch(request, [self._buy(item) for item in items])
@@ -175,7 +148,7 @@ class CatalogApi:
     async def _settle(self, request: IRequest,
                       settle_one: Callable[[Any, int], Coroutine[Any, Any, Done]]) -> bytes:
         require_token(request, self._token)
-        body = read_saga_body(request, "request_ids")
+        body = read_json_object(request, MAX_BATCH_BODY_BYTES)
         if "request_ids" in body:
             request_ids = require_batch(body, "request_ids")
             term = require_term(body, required=True)

@@ -12,6 +12,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
 from toystore.http import (
+    MAX_BATCH_BODY_BYTES,
     MAX_PEER_BODY_BYTES,
     ApiError,
     batch_failure,
@@ -19,6 +20,7 @@ from toystore.http import (
     install_json_errors,
     json_response,
     read_json_object,
+    require_batch,
     require_positive_int,
     require_string,
     require_token,
@@ -27,8 +29,6 @@ from toystore.http import (
 from toystore.order.replica import OrderReplica
 
 MAX_ORDER_NUMBER = 2**62
-MAX_ORDERS_PER_BATCH = 1024
-MAX_ORDER_BODY_BYTES = MAX_ORDERS_PER_BATCH * 1024  # room for the longest names and keys
 
 log = Logger()
 
@@ -76,12 +76,10 @@ class OrderApi:
         """One order ``{name, quantity, request_id}``, or ``{"orders": [...]}``: a frontend's
         batch of them, answered with one result per order (:func:`batch_success`)."""
         require_token(request, self._token)
-        body = read_json_object(request, MAX_ORDER_BODY_BYTES)
-        batch = body.get("orders")
-        if batch is None:
+        body = read_json_object(request, MAX_BATCH_BODY_BYTES)
+        if "orders" not in body:
             return json_response(request, await self._place(body))
-        if not isinstance(batch, list) or not 1 <= len(batch) <= MAX_ORDERS_PER_BATCH:
-            raise ApiError(400, f"'orders' is a list of 1 to {MAX_ORDERS_PER_BATCH} orders.")
+        batch = require_batch(body, "orders")
         results = await gatherResults([Deferred.fromCoroutine(self._place_one_of_batch(item)) for item in batch])
         return json_response(request, {"results": results})
 
