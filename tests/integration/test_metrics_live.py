@@ -29,6 +29,9 @@ def _value(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **
 
 def test_metrics_on_all_five_processes(start_cluster: Callable[..., LocalCluster]) -> None:
     cluster = start_cluster(replicas=3, initial_stock=50)
+    # Once the frontend's preferred replica leads, no leadership transfer can make the
+    # order retry elsewhere (which would reserve twice, idempotently, and count two buys).
+    cluster.wait_for(lambda: cluster.leader() == max(cluster.replica_ids) or None, 20, "replica 3 to lead")
     status, _ = http_json("POST", cluster.frontend_url + "/orders", body={"name": "Fox", "quantity": 3}, timeout=15)
     assert status == 200
     assert http_json("GET", cluster.frontend_url + "/products/Fox")[0] == 200
