@@ -1,13 +1,21 @@
-"""The shared HTTP pieces: bounded request bodies, and a deadline on the whole exchange."""
+"""The shared HTTP pieces: bounded request bodies, a deadline on the whole exchange, and the
+services' internal client."""
 
 from __future__ import annotations
 
-from twisted.internet import defer
+import json
+from typing import Iterator
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
 from twisted.web.test.requesthelper import DummyChannel
 
-from toystore.http import MAX_PEER_BODY_BYTES, BoundedRequest, fetch_json
+from toystore.http import MAX_PEER_BODY_BYTES, BoundedRequest, fetch_json, make_internal_client
 
 
 def _kept(request: BoundedRequest) -> int:
@@ -65,3 +73,66 @@ def test_fetch_json_cancelled_from_outside_fails_as_cancelled() -> None:
     d.cancel()
     assert outcome[0].check(defer.CancelledError)
     assert clock.getDelayedCalls() == []
+
+
+# ---------------------------------------------------------------- the internal client, over real TCP
+
+
+class _EchoPeer(Resource):
+    """Answers every request with what it received, and the client port it came from."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hang = False
+
+    def render(self, request: Request) -> bytes | int:
+        if self.hang:
+            return NOT_DONE_YET
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps({
+            "method": request.method.decode(), "path": request.uri.decode(),
+            "body": request.content.read().decode(), "length": (request.getHeader(b"content-length") or b"").decode(),
+            "authorization": request.getHeader(b"authorization").decode(),
+            "client_port": request.getClientAddress().port,
+        }).encode()
+
+
+@pytest.fixture
+def echo_peer() -> Iterator[tuple[str, _EchoPeer]]:
+    peer = _EchoPeer()
+    port = reactor.listenTCP(0, Site(peer), interface="127.0.0.1")
+    yield f"http://127.0.0.1:{port.getHost().port}", peer
+    port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_internal_client_sends_body_and_token_and_reuses_its_connection(
+        echo_peer: tuple[str, _EchoPeer]) -> None:
+    url, _ = echo_peer
+    client, pool = make_internal_client(reactor)
+    try:
+        status, first = await fetch_json(client, "POST", f"{url}/order", reactor=reactor, timeout=5, token="tok",
+                                         body={"name": "Tux", "quantity": 2})
+        _, second = await fetch_json(client, "GET", f"{url}/query/Élan", reactor=reactor, timeout=5, token="tok")
+    finally:
+        await pool.closeCachedConnections()
+    assert status == 200
+    assert (first["method"], first["path"], first["authorization"]) == ("POST", "/order", "Bearer tok")
+    assert json.loads(first["body"]) == {"name": "Tux", "quantity": 2}
+    assert first["length"] == str(len(first["body"]))
+    assert second["path"] == "/query/%C3%89lan"
+    assert second["client_port"] == first["client_port"]  # one persistent connection
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_internal_client_gives_up_on_a_peer_that_never_answers(echo_peer: tuple[str, _EchoPeer]) -> None:
+    url, peer = echo_peer
+    peer.hang = True
+    client, pool = make_internal_client(reactor)
+    try:
+        with pytest.raises(defer.TimeoutError):
+            await fetch_json(client, "GET", f"{url}/slow", reactor=reactor, timeout=0.2)
+    finally:
+        await pool.closeCachedConnections()

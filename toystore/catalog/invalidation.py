@@ -11,12 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from treq.client import HTTPClient
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from toystore.http import fetch_json
+from toystore.http import JsonClient, fetch_json
 
 log = Logger()
 
@@ -39,7 +38,7 @@ class Invalidator:
 
     def __init__(
         self,
-        client: HTTPClient,
+        client: JsonClient,
         frontends: Sequence[str],
         reactor: IReactorTime,
         token: str | None,

@@ -17,7 +17,7 @@ from toystore.catalog.api import CatalogApi
 from toystore.catalog.invalidation import Invalidator
 from toystore.catalog.store import DATABASE_FILE, CatalogStore, schema
 from toystore.db import Database, DatabaseService
-from toystore.http import HTTPPoolService, QuietSite, make_http_client
+from toystore.http import HTTPPoolService, QuietSite, make_internal_client
 from toystore.metrics import catalog_metrics
 
 log = Logger()
@@ -84,7 +84,7 @@ def make_catalog_service(
     ten toys, when it is absent."""
     db = Database.open_threaded(data_dir / DATABASE_FILE, schema(initial_stock), reactor, db_delay)
     store = CatalogStore(db, reactor)
-    client, http_pool = make_http_client(reactor)
+    client, http_pool = make_internal_client(reactor)
     invalidator = Invalidator(client, frontends, reactor, token)
     api = CatalogApi(store, invalidator, token, restock_to)
     metrics = catalog_metrics(reactor, db, store, invalidator)

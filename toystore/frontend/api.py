@@ -10,7 +10,6 @@ from typing import Any
 from urllib.parse import quote
 
 from klein import Klein
-from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -21,8 +20,9 @@ from toystore.frontend.cache import LruCache
 from toystore.frontend.leader import LeaderCaller, LeaderTracker
 from toystore.frontend.status import StatusReport
 from toystore.http import (
-    fetch_json,
     ApiError,
+    JsonClient,
+    fetch_json,
     install_json_errors,
     json_response,
     read_json_object,
@@ -101,7 +101,7 @@ class FrontendApi:
         cache: LruCache[Product],
         tracker: LeaderTracker,
         orders: LeaderCaller,
-        client: HTTPClient,
+        client: JsonClient,
         clock: IReactorTime,
         token: str | None,
         *,

@@ -13,14 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Iterable, Mapping
 
-from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
 from toystore.deferreds import Coalescer, SingleFlight
-from toystore.http import ApiError, fetch_json, split_batch_result
+from toystore.http import ApiError, JsonClient, fetch_json, split_batch_result
 
 ROLES = ("leader", "follower", "candidate")
 
@@ -164,7 +163,7 @@ class LeaderTracker:
     def __init__(
         self,
         replicas: Mapping[int, str],
-        client: HTTPClient,
+        client: JsonClient,
         clock: IReactorTime,
         token: str | None,
         *,
@@ -308,7 +307,7 @@ class LeaderCaller:
     def __init__(
         self,
         tracker: LeaderTracker,
-        client: HTTPClient,
+        client: JsonClient,
         clock: IReactorTime,
         token: str | None,
         *,

@@ -13,7 +13,7 @@ from twisted.internet.interfaces import IReactorTime
 from toystore.frontend.api import FrontendApi, Product
 from toystore.frontend.cache import LruCache
 from toystore.frontend.leader import LeaderCaller, LeaderTracker
-from toystore.http import HTTPPoolService, QuietSite, Utf8PathGuard, make_http_client
+from toystore.http import HTTPPoolService, QuietSite, Utf8PathGuard, make_internal_client
 from toystore.metrics import frontend_metrics
 
 
@@ -51,7 +51,7 @@ def build_frontend(
     :param reactor: an IReactorTCP and IReactorTime (the global reactor in production).
     """
     clock: IReactorTime = reactor
-    client, pool = make_http_client(clock)
+    client, pool = make_internal_client(clock)
     tracker = LeaderTracker(replicas, client, clock, token)
     caller = LeaderCaller(tracker, client, clock, token)
     cache: LruCache[Product] = LruCache(cache_size)

@@ -11,13 +11,12 @@ import functools
 from importlib import resources
 from typing import Any, Mapping
 
-from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
 from toystore.frontend.leader import ROLES
-from toystore.http import fetch_json
+from toystore.http import JsonClient, fetch_json
 
 STATUS_TIMEOUT = 1.0
 REPLICA_FIELDS = ("role", "term", "leader_id", "commit_index", "last_index")
@@ -64,7 +63,7 @@ class StatusReport:
     :param token: the cluster token, or None with ``--insecure``; sent to peers, never to the browser.
     """
 
-    def __init__(self, catalog_url: str, replicas: Mapping[int, str], client: HTTPClient, clock: IReactorTime,
+    def __init__(self, catalog_url: str, replicas: Mapping[int, str], client: JsonClient, clock: IReactorTime,
                  token: str | None, timeout: float = STATUS_TIMEOUT) -> None:
         self._catalog_url = catalog_url
         self._replicas = dict(replicas)

@@ -9,11 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from treq.client import HTTPClient
 from twisted.internet.interfaces import IReactorTime
 
 from toystore.deferreds import Coalescer
-from toystore.http import ApiError, fetch_json
+from toystore.http import ApiError, JsonClient, fetch_json
 from toystore.order.replica import unavailable
 
 
@@ -28,7 +27,7 @@ class Reservation:
 class CatalogClient:
     """:param base_url: the catalog, e.g. ``http://127.0.0.1:8001``."""
 
-    def __init__(self, client: HTTPClient, base_url: str, *, clock: IReactorTime, token: str | None,
+    def __init__(self, client: JsonClient, base_url: str, *, clock: IReactorTime, token: str | None,
                  timeout: float = 3.0) -> None:
         self._client = client
         self._base_url = base_url

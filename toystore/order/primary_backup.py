@@ -13,14 +13,13 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
-from treq.client import HTTPClient
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from toystore.deferreds import SingleFlight
-from toystore.http import ApiError, fetch_json, require_positive_int, require_string
+from toystore.http import ApiError, JsonClient, fetch_json, require_positive_int, require_string
 from toystore.order.catalog_client import CatalogClient
 from toystore.order.replica import not_leader, unavailable
 from toystore.order.state import Order, OrderCommand, OrderStateMachine
@@ -65,7 +64,7 @@ class PrimaryBackupReplica:
     """
 
     def __init__(self, node_id: int, orders: OrderStateMachine, store: ReplicaStore, catalog: CatalogClient,
-                 peers_client: HTTPClient, replicas: Mapping[int, str], *, clock: IReactorTime,
+                 peers_client: JsonClient, replicas: Mapping[int, str], *, clock: IReactorTime,
                  token: str | None) -> None:
         self.id = node_id
         self.orders = orders

@@ -7,13 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from treq.client import HTTPClient
 from twisted.application import internet, service
 from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
 
 from toystore.db import Database, DatabaseService
-from toystore.http import HTTPPoolService, QuietSite, make_http_client
+from toystore.http import HTTPPoolService, JsonClient, QuietSite, make_internal_client
 from toystore.metrics import order_metrics
 from toystore.order.api import OrderApi
 from toystore.order.catalog_client import CatalogClient
@@ -52,7 +51,7 @@ class ReplicaParts:
     store: ReplicaStore
     state: ReplicaState
     orders: OrderStateMachine
-    http_client: HTTPClient
+    http_client: JsonClient
     catalog: CatalogClient
     http_pool: HTTPConnectionPool
     db: Database
@@ -63,7 +62,7 @@ def _open_parts(reactor: Any, node_id: int, catalog_url: str, data_dir: Path, to
     db = Database.open_threaded(data_dir / f"order-{node_id}" / "order.sqlite3", SCHEMA, reactor, db_delay=db_delay)
     store = ReplicaStore(db)
     state = store.load_at_start()
-    http_client, http_pool = make_http_client(reactor)
+    http_client, http_pool = make_internal_client(reactor)
     return ReplicaParts(store, state, OrderStateMachine(state.orders), http_client,
                         CatalogClient(http_client, catalog_url, clock=reactor, token=token), http_pool, db)
 

@@ -17,12 +17,11 @@ from __future__ import annotations
 from collections import deque
 from typing import Mapping
 
-from treq.client import HTTPClient
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from toystore.http import fetch_json
+from toystore.http import JsonClient, fetch_json
 from toystore.raft.messages import Message, MessageType
 
 log = Logger()
@@ -55,7 +54,7 @@ class HttpTransport:
         that stopped answering).
     """
 
-    def __init__(self, client: HTTPClient, peers: Mapping[int, str], *, clock: IReactorTime,
+    def __init__(self, client: JsonClient, peers: Mapping[int, str], *, clock: IReactorTime,
                  token: str | None, timeout: float = 0.5, max_batch: int = 256, max_queued: int = 4096) -> None:
         self._client = client
         self._peers = dict(peers)
