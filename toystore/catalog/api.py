@@ -1,7 +1,11 @@
 """The catalog's HTTP API (DESIGN.md, "Catalog"): queries, the reservation saga, restock, ledger.
 
-Every endpoint but ``/health`` needs the cluster token. A change of stock is durable and
-pushed to every frontend before the request that caused it is answered.
+Every endpoint but ``/health`` needs the cluster token. A change of stock is durable
+before the request that caused it is answered, and pushed to every frontend: releases,
+confirmations and restocks answer once the push is done. A reservation answers without
+waiting for it: nobody reads through its answer, the order it is for answers a Raft round
+later, and the frontend that took that order drops its own cached copy before answering,
+so waiting would only add two hops to every order.
 
 The saga calls (``/buy_qty``, ``/confirm``, ``/release``) also take a batch, so that the
 order leader sends one request per reactor turn instead of one per order: each item is
@@ -132,8 +136,8 @@ class CatalogApi:
         body = read_json_object(request, MAX_BATCH_BODY_BYTES)
         if "reservations" in body:
             items = require_batch(body, "reservations")
-            return await self._answer_batch(request, [self._buy(item) for item in items])
-        return await self._answer_single(request, self._buy(body))
+            return await self._answer_batch(request, [self._buy(item) for item in items], wait_for_push=False)
+        return await self._answer_single(request, self._buy(body), wait_for_push=False)
 
     @app.route("/release", methods=["POST"])
     async def release(self, request: IRequest) -> bytes:
@@ -152,24 +156,32 @@ class CatalogApi:
         if "request_ids" in body:
             request_ids = require_batch(body, "request_ids")
             term = require_term(body, required=True)
-            return await self._answer_batch(request, [settle_one(request_id, term) for request_id in request_ids])
+            return await self._answer_batch(request, [settle_one(request_id, term) for request_id in request_ids],
+                                            wait_for_push=True)
         term = require_term(body, required=True)
-        return await self._answer_single(request, settle_one(body.get("request_id"), term))
+        return await self._answer_single(request, settle_one(body.get("request_id"), term), wait_for_push=True)
 
-    async def _answer_single(self, request: IRequest, call: Coroutine[Any, Any, Done]) -> bytes:
+    async def _answer_single(self, request: IRequest, call: Coroutine[Any, Any, Done], *, wait_for_push: bool) -> bytes:
         done = await call
         if done.toy is not None:
-            await self._invalidator.invalidate([done.toy])
+            await self._push([done.toy], wait_for_push)
         return json_response(request, done.data)
 
-    async def _answer_batch(self, request: IRequest, calls: list[Coroutine[Any, Any, Done]]) -> bytes:
+    async def _answer_batch(self, request: IRequest, calls: list[Coroutine[Any, Any, Done]], *,
+                            wait_for_push: bool) -> bytes:
         # Started in one turn, so that their writes join the same group commit.
         outcomes = await gatherResults([Deferred.fromCoroutine(_outcome(call)) for call in calls],
                                        consumeErrors=True)
         changed = sorted({outcome.toy for outcome in outcomes if isinstance(outcome, Done) and outcome.toy})
         if changed:
-            await self._invalidator.invalidate(changed)
+            await self._push(changed, wait_for_push)
         return json_response(request, {"results": [_result(outcome) for outcome in outcomes]})
+
+    async def _push(self, toys: list[str], wait: bool) -> None:
+        # The Invalidator never fails: a frontend that does not take a push costs a warning.
+        pushed = Deferred.fromCoroutine(self._invalidator.invalidate(toys))
+        if wait:
+            await pushed
 
     async def _buy(self, item: Any) -> Done:
         if not isinstance(item, dict):

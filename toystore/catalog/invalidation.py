@@ -1,9 +1,9 @@
 """Invalidations pushed to every frontend after a toy's stock or price changed durably.
 
-The catalog awaits them before it answers the request that caused the change, so a client
-never reads a stale quantity from a frontend cache after its order returned. A frontend
-that is down or slow only costs a warning: its cache entry expires or is refreshed later,
-and a buy never fails because of it.
+The catalog awaits them before it answers a release, confirmation or restock (see
+``toystore.catalog.api`` for why a reservation does not wait). A frontend that is down or
+slow only costs a warning: its cache entry expires or is refreshed later, and a buy never
+fails because of it.
 """
 
 from __future__ import annotations
