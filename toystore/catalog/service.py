@@ -19,6 +19,7 @@ from toystore.catalog.store import DATABASE_FILE, CatalogStore, schema
 from toystore.db import Database, DatabaseService
 from toystore.http import HTTPPoolService, QuietSite, make_internal_client
 from toystore.metrics import catalog_metrics
+from toystore.runtime import GarbageCollectorTuning
 
 log = Logger()
 
@@ -93,6 +94,7 @@ def make_catalog_service(
     parts: list[tuple[str, Service]] = [
         ("database", DatabaseService(db)),
         ("http-pool", HTTPPoolService(http_pool)),
+        ("gc", GarbageCollectorTuning()),
         ("api", TCPServer(port, QuietSite(metrics.wrap(api.resource(), CatalogApi.app)), interface=interface)),
         ("restock", RestockService(store, invalidator, reactor, restock_interval, restock_to)),
     ]

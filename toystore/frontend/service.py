@@ -15,6 +15,7 @@ from toystore.frontend.cache import LruCache
 from toystore.frontend.leader import LeaderCaller, LeaderTracker
 from toystore.http import HTTPPoolService, QuietSite, Utf8PathGuard, make_internal_client
 from toystore.metrics import frontend_metrics
+from toystore.runtime import GarbageCollectorTuning
 
 
 class FrontendService(MultiService):
@@ -57,6 +58,7 @@ def build_frontend(
     cache: LruCache[Product] = LruCache(cache_size)
     api = FrontendApi(catalog_url, cache, tracker, caller, client, clock, token)
     service = FrontendService(tracker)
+    GarbageCollectorTuning().setServiceParent(service)
     HTTPPoolService(pool).setServiceParent(service)  # stopped after the listener: children stop in reverse
     metrics = frontend_metrics(clock, cache, tracker)
     root = metrics.wrap(Utf8PathGuard(api.app.resource()), FrontendApi.app)

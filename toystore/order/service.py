@@ -23,6 +23,7 @@ from toystore.order.store import SCHEMA, ReplicaState, ReplicaStore
 from toystore.raft.core import RaftCore
 from toystore.raft.node import RaftNode, Timing
 from toystore.raft.transport import HttpTransport
+from toystore.runtime import GarbageCollectorTuning
 
 log = Logger()
 
@@ -69,6 +70,7 @@ def _open_parts(reactor: Any, node_id: int, catalog_url: str, data_dir: Path, to
 
 def _serve(reactor: Any, replica: RaftReplica | PrimaryBackupReplica, parts: ReplicaParts, token: str | None, interface: str, port: int) -> OrderReplicaService:
     top = OrderReplicaService(replica)
+    GarbageCollectorTuning().setServiceParent(top)
     DatabaseService(parts.db).setServiceParent(top)
     HTTPPoolService(parts.http_pool).setServiceParent(top)
     metrics = order_metrics(reactor, parts.db, replica)
