@@ -13,6 +13,7 @@ import pytest
 from toystore.bench.__main__ import parse_arguments
 from toystore.bench.loadgen import Job, LoadResult, combine, median, parse_wrk_output, percentile, run_python_load, split
 from toystore.bench.report import Row, markdown_table, render, table_rows
+from toystore.bench.runner import commit_check
 
 # What wrk 4.1.0 prints with our done() hook (taken from a real run against a 405 route
 # for the second line, so every request there is a status error).
@@ -135,7 +136,7 @@ def test_table_has_one_row_per_figure_in_measuring_order() -> None:
     assert "0.85 × baseline" in cached.detail and "p99 25.0 ms" in cached.detail
     assert "before/after the cached one: 2,100 / 1,900" in rows[0].detail
     assert "load generator used 0.30 cores" in rows[0].detail
-    assert "12000 acknowledged = 12000 committed" in rows[4].detail
+    assert "12000 acknowledged, 12000 committed" in rows[4].detail
     assert rows[5].result == "median 0.90 s" and "over 5 kills" in rows[5].detail
 
 
@@ -213,3 +214,14 @@ def test_python_generator_accounts_for_every_request_it_sends() -> None:
     assert (result.completed, result.ok, result.ok_total, result.errors, result.unknown) == (300, 200, 200, 100, 0)
     assert result.statuses == {"200": 200, "503": 100}
     assert result.seconds > 0 and result.p99_ms >= result.p50_ms > 0
+
+
+@pytest.mark.parametrize(("generator", "committed", "passed"), [
+    ("python", 100, True), ("python", 99, False), ("python", 101, False),
+    ("wrk", 100, True), ("wrk", 99, False), ("wrk", 100 + 16 + 2, True), ("wrk", 100 + 16 + 3, False),
+])
+def test_commit_check_allows_only_what_the_generator_cannot_have_heard(generator: str, committed: int,
+                                                                        passed: bool) -> None:
+    result = LoadResult(generator=generator, concurrency=16, seconds=10.0, completed=102, ok=100, p50_ms=1.0,
+                        p99_ms=2.0, errors=2, ok_total=100 if generator == "python" else None)
+    assert commit_check(result, 100, committed)["passed"] is passed

@@ -32,7 +32,7 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="simulated seconds per database read or write in every service (0.2: the spec's setting)")
     parser.add_argument("--get-concurrency", type=int, default=16, help="connections for the read figures")
     parser.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto",
-                        help="load generator for reads (auto: wrk when installed); orders always use the Python one")
+                        help="load generator for reads and orders (auto: wrk when installed)")
     parser.add_argument("--quick", action="store_true", help="a short smoke run: a few seconds per figure")
     parser.add_argument("--out", type=Path, default=Path("."), help="folder for the JSON (default: here)")
     parser.add_argument("--json", default="bench-results.json", help="JSON file name inside --out")
@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: --generator wrk but wrk is not installed", file=sys.stderr)
         return 2
     if generator == "python":
-        print("note: reads are measured with the Python load generator (wrk not used); "
+        print("note: reads and orders are driven by the Python load generator (wrk not used); "
               "its own CPU use competes with the services on this machine.", flush=True)
     data_dir = (args.data_dir or Path(tempfile.mkdtemp(prefix="toystore-bench-"))).resolve()
     settings = Settings(data_dir=data_dir, seconds=args.seconds, kills=args.kills,

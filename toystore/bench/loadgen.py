@@ -2,9 +2,8 @@
 bottleneck (several processes, each with threads on keep-alive ``http.client`` connections).
 
 Both answer with a :class:`LoadResult`. The Python generator also waits for every request it
-sent, so its count of 200 answers is exact: the order benchmark compares it with the number
-of orders the leader committed. wrk stops with requests in flight, so it is used only for
-reads.
+sent, so its count of 200 answers is exact; wrk stops with up to one request per connection
+in flight, so the order benchmark allows for that many orders committed unheard.
 """
 
 from __future__ import annotations

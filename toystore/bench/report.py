@@ -49,7 +49,7 @@ def table_rows(report: dict[str, Any]) -> list[Row]:
         name = f"orders_c{clients}"
         if f"{name}_per_s" in f:
             check = checks.get(name, {})
-            verdict = (f"{check.get('acknowledged')} acknowledged = {check.get('committed')} committed"
+            verdict = (f"{check.get('acknowledged')} acknowledged, {check.get('committed')} committed"
                        if check.get("passed") else f"MISMATCH: {check}")
             rows.append(Row(f"committed orders, {clients} client{'s' if clients > 1 else ''}",
                             _rate(f[f"{name}_per_s"], "orders/s"), f"{latency(name)}; {verdict}"))
