@@ -59,6 +59,17 @@ class Garbled(Resource):
         return b"<html>Bad gateway</html>"
 
 
+class ShortAnswer(Resource):
+    """A catalog that answers a batch with one result fewer than it was sent."""
+
+    isLeaf = True
+
+    def render(self, request: IRequest) -> bytes:
+        items = json.loads(request.content.read())["reservations"]
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps({"data": {"results": [{"status": 200, "data": {}}] * (len(items) - 1)}}).encode()
+
+
 class Setup:
     """A CatalogClient on the catalog of a :class:`Harness` (or on ``resource``), through a recorder."""
 
@@ -115,9 +126,9 @@ def test_each_reserve_of_a_batch_gets_its_own_answer(tmp_path: Path) -> None:
     assert (s.catalog.stock("Tux"), s.catalog.stock("Fox")) == (98, 100)
 
 
-@pytest.mark.parametrize("catalog", ["silent", "garbled", "wrong token"])
+@pytest.mark.parametrize("catalog", ["silent", "garbled", "wrong token", "one result short"])
 def test_a_failed_batch_fails_every_call_with_503(tmp_path: Path, catalog: str) -> None:
-    resource = {"silent": Silent(), "garbled": Garbled(), "wrong token": None}[catalog]
+    resource = {"silent": Silent(), "garbled": Garbled(), "wrong token": None, "one result short": ShortAnswer()}[catalog]
     s = Setup(tmp_path, resource, token="wrong" if catalog == "wrong token" else TOKEN)
     calls = s.run(s.client.reserve("Tux", 2, "r1", 3), s.client.reserve("Fox", 1, "r2", 3))
     s.catalog.clock.advance(3.0)  # the client's timeout

@@ -109,12 +109,23 @@ def require_batch(body: Mapping[str, Any], field: str) -> list[Any]:
     return items
 
 
-def split_batch_result(result: Any) -> tuple[int, dict[str, Any]]:
-    """One result of a batch as (status, payload), as if its item had been sent alone."""
-    status = result.get("status") if isinstance(result, dict) else None
-    if type(status) is not int:
-        raise ValueError(f"not a batch result: {result!r:.200}")
-    return status, {key: value for key, value in result.items() if key != "status"}
+def split_batch_answer(status: int, payload: dict[str, Any], count: int) -> list[tuple[int, dict[str, Any]]]:
+    """A batch call's answer as one (status, payload) per item, as if each had been sent
+    alone: an answer other than 200 (a 421, a 503) is every item's answer. Raises
+    ValueError when a 200 does not hold one result per item."""
+    if status != 200:
+        return [(status, payload)] * count
+    data = payload.get("data")
+    results = data.get("results") if isinstance(data, dict) else None
+    if not isinstance(results, list) or len(results) != count:
+        raise ValueError(f"a batch of {count} was answered without one result per item")
+    answers = []
+    for result in results:
+        item_status = result.get("status") if isinstance(result, dict) else None
+        if type(item_status) is not int:
+            raise ValueError(f"not a batch result: {result!r:.200}")
+        answers.append((item_status, {key: value for key, value in result.items() if key != "status"}))
+    return answers
 
 
 def read_json_object(request: IRequest, max_bytes: int = MAX_BODY_BYTES) -> dict[str, Any]:

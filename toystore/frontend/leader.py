@@ -19,7 +19,7 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
 from toystore.deferreds import Coalescer, SingleFlight
-from toystore.http import ApiError, JsonClient, fetch_json, split_batch_result
+from toystore.http import ApiError, JsonClient, fetch_json, split_batch_answer
 
 ROLES = ("leader", "follower", "candidate")
 
@@ -344,9 +344,7 @@ class LeaderCaller:
     async def _send_orders(self, url: str, orders: list[Mapping[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
         status, payload = await fetch_json(self._client, "POST", f"{url}/order", reactor=self._clock,
                                            timeout=self._attempt_timeout, token=self._token, body={"orders": orders})
-        if status != 200:
-            return [(status, payload)] * len(orders)  # a 421 or 503 for the whole batch
-        return [split_batch_result(result) for result in payload["data"]["results"]]
+        return split_batch_answer(status, payload, len(orders))
 
     async def _follow_leader(self, exchange: Exchange, what: str) -> tuple[int, dict[str, Any]]:
         deadline = self._clock.seconds() + self._budget

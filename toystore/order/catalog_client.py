@@ -12,7 +12,7 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 
 from toystore.deferreds import Coalescer
-from toystore.http import ApiError, JsonClient, fetch_json
+from toystore.http import ApiError, JsonClient, fetch_json, split_batch_answer
 from toystore.order.replica import unavailable
 
 
@@ -34,9 +34,9 @@ class CatalogClient:
         self._clock = clock
         self._token = token
         self._timeout = timeout
-        self._reservations: Coalescer[str, dict[str, Any], dict[str, Any]] = Coalescer(
+        self._reservations: Coalescer[str, dict[str, Any], tuple[int, dict[str, Any]]] = Coalescer(
             self._send_reservations, clock)
-        self._settlements: Coalescer[tuple[str, int], str, dict[str, Any]] = Coalescer(
+        self._settlements: Coalescer[tuple[str, int], str, tuple[int, dict[str, Any]]] = Coalescer(
             self._send_settlements, clock)
 
     async def _call(self, method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
@@ -46,34 +46,28 @@ class CatalogClient:
         except Exception as e:
             raise unavailable(f"The catalog is unreachable ({e.__class__.__name__}); retry shortly.") from None
 
-    async def _batch(self, path: str, body: dict[str, Any], count: int) -> list[dict[str, Any]]:
-        """One batch request; one ``{"status", "data" | "error"}`` per item. An answer other
-        than 200 is every item's answer, as it would have been for each single call."""
+    async def _batch(self, path: str, body: dict[str, Any], count: int) -> list[tuple[int, dict[str, Any]]]:
+        """One batch request; (status, payload) per item, as each single call would have answered."""
         status, payload = await self._call("POST", path, body)
-        if status != 200:
-            return [{"status": status, **payload}] * count
-        data = payload.get("data")
-        results = data.get("results") if isinstance(data, dict) else None
-        if not (isinstance(results, list) and len(results) == count
-                and all(isinstance(r, dict) and isinstance(r.get("status"), int) for r in results)):
-            raise unavailable(f"The catalog answered a batch of {count} on {path} without one result per item.")
-        return results
+        try:
+            return split_batch_answer(status, payload, count)
+        except ValueError as e:
+            raise unavailable(f"The catalog answered {path} strangely ({e}); retry shortly.") from None
 
-    async def _send_reservations(self, path: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def _send_reservations(self, path: str, items: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
         return await self._batch(path, {"reservations": items}, len(items))
 
-    async def _send_settlements(self, key: tuple[str, int], request_ids: list[str]) -> list[dict[str, Any]]:
+    async def _send_settlements(self, key: tuple[str, int], request_ids: list[str]) -> list[tuple[int, dict[str, Any]]]:
         action, term = key
         return await self._batch(f"/{action}", {"request_ids": request_ids, "term": term}, len(request_ids))
 
     async def reserve(self, name: str, quantity: int, request_id: str, term: int) -> None:
         """Take stock for an order (idempotent by request id); the catalog's 404 and 409 pass through."""
-        result = await self._reservations.submit(
+        status, payload = await self._reservations.submit(
             "/buy_qty", {"name": name, "quantity": quantity, "request_id": request_id, "term": term})
-        status = result.get("status")
         if status == 200:
             return
-        error = result.get("error")
+        error = payload.get("error")
         message = error.get("message") if isinstance(error, dict) else None
         if not isinstance(message, str):
             message = "The catalog refused the reservation."
@@ -90,5 +84,5 @@ class CatalogClient:
 
     async def settle(self, action: str, request_id: str, term: int) -> int:
         """``confirm`` or ``release`` one reservation; returns the catalog's status for it."""
-        result = await self._settlements.submit((action, term), request_id)
-        return result.get("status")
+        status, _ = await self._settlements.submit((action, term), request_id)
+        return status
