@@ -184,7 +184,7 @@ def test_a_new_leader_takes_orders_and_releases_the_lost_reservation(cluster: Cl
     new = cluster.leader()
     assert new.id != old.id
     ok = cluster.order(new, "after")
-    cluster.run(4.0)  # the reaper runs once a second on reservations older than 2 s
+    cluster.run(4.0)  # the reaper settles reservations older than 2 s
     assert ok[0].number == 0
     assert cluster.catalog.settled == {"lost": "release", "after": "confirm"}
     assert cluster.catalog.stock == 99

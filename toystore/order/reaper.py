@@ -54,13 +54,17 @@ class LeaderView:
 class ReservationReaper:
     """Every ``interval`` seconds, settles held reservations older than ``min_age``.
 
+    Each round settles what came of age since the last one. Under load, a round every
+    second carried a second's worth of orders in one burst of catalog writes, which showed
+    in the orders' latency tail; four smaller rounds a second cost about the same in all.
+
     ``releasing`` holds the request ids being released right now: an order that arrives
     for one of them waits (:meth:`wait_released`) so that its new reservation is not
     undone by the release already on its way.
     """
 
     def __init__(self, catalog: CatalogClient, view: LeaderView, *, clock: IReactorTime,
-                 interval: float = 1.0, min_age: float = 2.0) -> None:
+                 interval: float = 0.25, min_age: float = 2.0) -> None:
         self._catalog = catalog
         self._view = view
         self._min_age = min_age
