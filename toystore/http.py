@@ -1,5 +1,6 @@
 """The HTTP pieces every service shares: JSON bodies, JSON errors, the cluster token, and
-the HTTP clients on a persistent pool: a lean one for the services' calls to each other, treq for the load client.
+the HTTP clients on a persistent pool: a lean one for the services' calls to each other,
+treq for the load client.
 
 Every answer is ``{"data": ...}`` or ``{"error": {"code", "message"}}`` (DESIGN.md). Klein
 apps call :func:`install_json_errors` once so that unknown routes, wrong methods, bad

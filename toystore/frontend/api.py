@@ -170,8 +170,9 @@ class FrontendApi:
         try:
             status, payload = await self._orders.place_order({"name": name, "quantity": quantity, "request_id": key})
         finally:
-            # Stock may have changed even when we never heard back; the catalog pushes
-            # invalidations too, this only saves a stale read on this frontend.
+            # Stock may have changed even when we never heard back. The catalog's push for
+            # a reservation does not wait to land (toystore.catalog.api), so this is what
+            # keeps a client's next read here from missing the order it was just told of.
             self._cache.invalidate(name)
         if status == 200:
             data = payload.get("data")
