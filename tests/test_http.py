@@ -95,7 +95,7 @@ class _EchoPeer(Resource):
             "method": request.method.decode(), "path": request.uri.decode(),
             "body": request.content.read().decode(), "length": (request.getHeader(b"content-length") or b"").decode(),
             "authorization": request.getHeader(b"authorization").decode(),
-            "client_port": request.getClientAddress().port,
+            "client_port": request.getClientAddress().port, "server_port": request.getHost().port,
         }).encode()
 
 
@@ -124,6 +124,25 @@ async def test_the_internal_client_sends_body_and_token_and_reuses_its_connectio
     assert first["length"] == str(len(first["body"]))
     assert second["path"] == "/query/%C3%89lan"
     assert second["client_port"] == first["client_port"]  # one persistent connection
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_internal_client_keeps_peers_apart(echo_peer: tuple[str, _EchoPeer]) -> None:
+    # Endpoints are made once per peer; each request must still reach its own peer.
+    url, _ = echo_peer
+    other = reactor.listenTCP(0, Site(_EchoPeer()), interface="127.0.0.1")
+    other_port = other.getHost().port
+    client, pool = make_internal_client(reactor)
+    try:
+        answered_by = []
+        for target in (url, f"http://127.0.0.1:{other_port}", url, f"http://localhost:{other_port}"):
+            _, echo = await fetch_json(client, "GET", f"{target}/x", reactor=reactor, timeout=5, token="t")
+            answered_by.append(echo["server_port"])
+    finally:
+        await pool.closeCachedConnections()
+        await other.stopListening()
+    first_port = int(url.rsplit(":", 1)[1])
+    assert answered_by == [first_port, other_port, first_port, other_port]
 
 
 @pytest_twisted.ensureDeferred

@@ -320,7 +320,34 @@ def test_commit_reaches_idle_followers_by_heartbeat_at_once() -> None:
     assert out == [msg(T.HEARTBEAT, 1, 2, 1, commit=1)]
     # Node 3 has not acknowledged: its heartbeat never commits past its match index.
     core.tick()
-    assert sent(core) == [msg(T.HEARTBEAT, 1, 2, 1, commit=1), msg(T.HEARTBEAT, 1, 3, 1, commit=0)]
+    assert msg(T.HEARTBEAT, 1, 3, 1, commit=0) in sent(core)
+
+
+def test_periodic_heartbeats_skip_followers_that_answer_appends() -> None:
+    core = leader()
+    ack_all(core)
+    core.tick()
+    assert [m for m in sent(core) if m.type is T.HEARTBEAT] == []  # both answered appends lately
+    core.propose("p")
+    sent(core)
+    core.step(msg(T.APPEND_RESP, 2, 1, 1, index=core.last_index))
+    sent(core)
+    # Node 2 answered an append within this period: a heartbeat would tell it nothing.
+    core.tick()
+    assert [m.to for m in sent(core) if m.type is T.HEARTBEAT] == [3]
+    # Quiet for a period: node 2 gets its heartbeat again.
+    core.tick()
+    assert [m.to for m in sent(core) if m.type is T.HEARTBEAT] == [2, 3]
+
+
+def test_periodic_heartbeats_go_to_everyone_while_a_read_waits() -> None:
+    core = leader()
+    ack_all(core)
+    core.step(msg(T.APPEND_RESP, 2, 1, 1, index=core.last_index))
+    core.read_index("r")
+    sent(core)
+    core.tick()
+    assert {(m.to, m.context) for m in sent(core) if m.type is T.HEARTBEAT} == {(2, "r"), (3, "r")}
 
 
 def test_follower_commits_from_heartbeat() -> None:

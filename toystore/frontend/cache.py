@@ -80,7 +80,6 @@ class LruCache(Generic[V]):
         self._entries.pop(name, None)
         if name in self._fills:
             self._generations[name] = self._generations.get(name, 0) + 1
-        log.debug("Cache invalidated {name}", name=name)
 
     def begin_fill(self, name: str) -> int:
         """Note that a fetch of ``name`` starts; returns the generation to hand to :meth:`end_fill`."""

@@ -338,7 +338,10 @@ class LeaderCaller:
         """``POST /order`` for one order ``{name, quantity, request_id}``, with :meth:`call`'s
         retries; orders that reach this frontend together travel to the leader in one batch."""
         def exchange(url: str, timeout: float) -> Deferred[tuple[int, dict[str, Any]]]:
-            return self._order_batches.submit(url, order).addTimeout(timeout, self._clock)
+            answer = self._order_batches.submit(url, order)
+            # The batch's request gives up after a whole attempt's timeout; only an attempt
+            # near the end of the budget needs a shorter deadline of its own.
+            return answer.addTimeout(timeout, self._clock) if timeout < self._attempt_timeout else answer
         return await self._follow_leader(exchange, "POST /order")
 
     async def _send_orders(self, url: str, orders: list[Mapping[str, Any]]) -> list[tuple[int, dict[str, Any]]]:

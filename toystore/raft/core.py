@@ -515,7 +515,23 @@ class RaftCore:
             self._transferee = 0
         if self._heartbeat_elapsed >= self._heartbeat_ticks:
             self._heartbeat_elapsed = 0
-            self._broadcast_heartbeat(self._reads.last_context)
+            context = self._reads.last_context
+            for peer in self._others:
+                progress = self._progress[peer]
+                if context or not self._replicating_smoothly(progress):
+                    self._send_heartbeat(peer, context)
+                progress.answered_lately = False
+
+    @staticmethod
+    def _replicating_smoothly(progress: Progress) -> bool:
+        """Is a periodic heartbeat to this follower redundant? Under load appends reach it
+        many times per heartbeat period, each resetting its election timer and carrying
+        the commit, and a heartbeat would cost an HTTP round trip for nothing. It is sent
+        all the same to a follower that has not answered an append lately (an idle one),
+        or whose appends are stuck (its answer frees them), and whenever a read waits for
+        confirmation."""
+        return (progress.answered_lately and progress.state is ProgressState.REPLICATE
+                and not progress.inflights.full)
 
     def _quorum_active(self) -> bool:
         """Did a quorum answer during the last election timeout? Starts the next period."""
@@ -527,7 +543,7 @@ class RaftCore:
     def _step_leader(self, message: Message) -> None:
         progress = self._progress[message.sender]
         if message.type is MessageType.APPEND_RESP:
-            progress.recent_active = True
+            progress.recent_active = progress.answered_lately = True
             if message.index <= self._log.last_index:
                 self._handle_append_response(message, progress)
             self._maybe_send_truncate(message)

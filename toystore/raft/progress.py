@@ -59,6 +59,7 @@ class Progress:
     :param probe_sent: in probe state, an append is out; wait for its answer or a heartbeat's.
     :param recent_active: heard from within the current check-quorum period.
     :param sent_commit: the highest commit index already told to the follower.
+    :param answered_lately: answered an append since the last periodic heartbeat.
     """
 
     match: int
@@ -68,6 +69,7 @@ class Progress:
     probe_sent: bool = False
     recent_active: bool = False
     sent_commit: int = 0
+    answered_lately: bool = False
 
     @property
     def paused(self) -> bool:
