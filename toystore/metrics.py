@@ -138,6 +138,9 @@ class InstrumentedResource(Resource):
         # Matching the url map again for every request cost a visible share of a cache
         # hit; the map never changes, so remember recent answers (bounded).
         self._routes: dict[tuple[str | None, str], str] = {}
+        # Labelling a metric takes a lock and validates every value; the label sets are few
+        # (routes, methods and statuses are bounded), so each pair of children is kept.
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     def _route(self, path: str | None, method: str) -> str:
         key = (path, method)
@@ -160,9 +163,13 @@ class InstrumentedResource(Resource):
         return self._wrapped.render(request)
 
     def _observe(self, _: object, request: IRequest, route: str, method: str, started: float) -> None:
-        status = str(request.code)
-        self._metrics.requests.labels(route, method, status).inc()
-        self._metrics.latency.labels(route, method, status).observe(self._metrics.clock.seconds() - started)
+        key = (route, method, str(request.code))
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (self._metrics.requests.labels(*key), self._metrics.latency.labels(*key))
+        requests, latency = children
+        requests.inc()
+        latency.observe(self._metrics.clock.seconds() - started)
 
     def _render_metrics(self, request: IRequest, method: str) -> Any:
         if method not in ("GET", "HEAD"):

@@ -10,7 +10,7 @@ Raft term seen fences releases from deposed leaders.
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -295,4 +295,6 @@ class CatalogStore:
 
 
 def as_json(record: Toy | Bought | Reservation) -> dict[str, Any]:
-    return asdict(record)
+    # Their fields are plain values: a shallow copy is what asdict's deep one would give,
+    # at a fraction of its cost (it ran for every reservation of every batch).
+    return dict(vars(record))
