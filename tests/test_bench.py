@@ -178,6 +178,14 @@ def test_nonsense_durations_are_refused() -> None:
         parse_arguments(["--kills", "0"])
 
 
+def test_order_client_counts_are_a_comma_separated_list() -> None:
+    assert parse_arguments([]).order_clients == (1, 16, 64, 256)
+    assert parse_arguments(["--order-clients", "8,128"]).order_clients == (8, 128)
+    for nonsense in ("", "0", "4,x", "-1"):
+        with pytest.raises(SystemExit):
+            parse_arguments(["--order-clients", nonsense])
+
+
 class _CountingHandler(BaseHTTPRequestHandler):
     """Keep-alive JSON server that refuses every third request with 503."""
 

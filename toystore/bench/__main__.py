@@ -19,6 +19,16 @@ from toystore.bench.report import render
 from toystore.bench.runner import Bench, Settings
 
 
+def _client_counts(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of whole numbers: {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError("every client count must be at least 1")
+    return counts
+
+
 def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m toystore.bench",
@@ -31,6 +41,9 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--db-delay", type=float, default=0.0,
                         help="simulated seconds per database read or write in every service (0.2: the spec's setting)")
     parser.add_argument("--get-concurrency", type=int, default=16, help="connections for the read figures")
+    parser.add_argument("--order-clients", type=_client_counts, default=(1, 16, 64, 256),
+                        help="concurrent clients of each order figure, comma-separated (default 1,16,64,256: "
+                             "the last shows what the cluster can take when latency is no object)")
     parser.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto",
                         help="load generator for reads and orders (auto: wrk when installed)")
     parser.add_argument("--quick", action="store_true", help="a short smoke run: a few seconds per figure")
@@ -64,7 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     data_dir = (args.data_dir or Path(tempfile.mkdtemp(prefix="toystore-bench-"))).resolve()
     settings = Settings(data_dir=data_dir, seconds=args.seconds, kills=args.kills,
                         catchup_orders=args.catchup_orders, db_delay=args.db_delay,
-                        get_concurrency=args.get_concurrency, generator=generator, quick=args.quick)
+                        get_concurrency=args.get_concurrency, order_concurrency=args.order_clients,
+                        generator=generator, quick=args.quick)
 
     def on_sigterm(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt

@@ -92,7 +92,7 @@ class Bench:
             "settings": {"seconds_per_point": s.seconds, "kills": s.kills, "catchup_orders": s.catchup_orders,
                          "db_delay": s.db_delay, "get_concurrency": s.get_concurrency,
                          "order_concurrency": list(s.order_concurrency), "quick": s.quick,
-                         "read_generator": s.generator, "order_generator": "python"},
+                         "read_generator": s.generator, "order_generator": s.generator},
             "figures": self.figures,
             "checks": self.checks,
             "details": self.details,
