@@ -191,11 +191,10 @@ class Bench:
         """The leader committed the orders the load generator heard 200 for, and no others
         beyond those whose answer it cannot have heard."""
         acked = result.ok_total if result.ok_total is not None else result.ok
-        deadline = time.monotonic() + 5
-        committed = latest_order_number(cluster) - before
-        while committed < acked and time.monotonic() < deadline:  # the leader answers only after commit
-            time.sleep(0.05)
-            committed = latest_order_number(cluster) - before
+        # Orders still in flight when the generator stopped may commit for a few moments
+        # more; counted here rather than in the next point's window, where they would look
+        # like orders nobody sent.
+        committed = settled_latest_order_number(cluster) - before
         self.checks[name] = commit_check(result, acked, committed)
         if not self.checks[name]["passed"]:
             self.say(f"CHECK FAILED {name}: {self.checks[name]}")
@@ -301,6 +300,20 @@ def latest_order_number(cluster: LocalCluster) -> int:
         latest = replica_latest(cluster, leader) if leader is not None else None
         return (latest,) if latest is not None else None
     return cluster.wait_for(ask, 30, "the leader's latest order number")[0]
+
+
+def settled_latest_order_number(cluster: LocalCluster, quiet: float = 1.0, timeout: float = 15.0) -> int:
+    """The leader's latest order number once it has not moved for ``quiet`` seconds (or at
+    ``timeout``): an order stops being in flight within the leader's order timeout."""
+    deadline = time.monotonic() + timeout
+    latest = latest_order_number(cluster)
+    unchanged_since = time.monotonic()
+    while time.monotonic() - unchanged_since < quiet and time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = latest_order_number(cluster)
+        if now != latest:
+            latest, unchanged_since = now, time.monotonic()
+    return latest
 
 
 def wait_converged(cluster: LocalCluster, timeout: float = 60.0, preference_wait: float = 12.0) -> None:
