@@ -340,6 +340,21 @@ def test_periodic_heartbeats_skip_followers_that_answer_appends() -> None:
     assert [m.to for m in sent(core) if m.type is T.HEARTBEAT] == [2, 3]
 
 
+def test_a_follower_whose_appends_are_stuck_gets_its_heartbeat() -> None:
+    core = leader()
+    core.step(msg(T.APPEND_RESP, 2, 1, 1, index=1))
+    sent(core)
+    for n in range(MAX_INFLIGHT_APPENDS + 1):
+        core.propose(f"p{n}")
+    sent(core)
+    core.step(msg(T.APPEND_RESP, 2, 1, 1, index=2))  # an answer, yet the window is full again
+    for n in range(3):
+        core.propose(f"q{n}")
+    sent(core)
+    core.tick()
+    assert 2 in [m.to for m in sent(core) if m.type is T.HEARTBEAT]
+
+
 def test_periodic_heartbeats_go_to_everyone_while_a_read_waits() -> None:
     core = leader()
     ack_all(core)
