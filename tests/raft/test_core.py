@@ -340,13 +340,19 @@ def test_periodic_heartbeats_skip_followers_that_answer_appends() -> None:
     assert [m.to for m in sent(core) if m.type is T.HEARTBEAT] == [2, 3]
 
 
-def test_a_follower_whose_appends_are_stuck_gets_its_heartbeat() -> None:
+def replicating_to_2(proposals: int) -> tuple[RaftCore, list[Message]]:
+    """A leader whose follower 2 took the no-op (so appends to it are pipelined), after
+    ``proposals`` proposals; :return: it, and what those proposals sent."""
     core = leader()
     core.step(msg(T.APPEND_RESP, 2, 1, 1, index=1))
     sent(core)
-    for n in range(MAX_INFLIGHT_APPENDS + 1):
+    for n in range(proposals):
         core.propose(f"p{n}")
-    sent(core)
+    return core, sent(core)
+
+
+def test_a_follower_whose_appends_are_stuck_gets_its_heartbeat() -> None:
+    core, _ = replicating_to_2(MAX_INFLIGHT_APPENDS + 1)
     core.step(msg(T.APPEND_RESP, 2, 1, 1, index=2))  # an answer, yet the window is full again
     for n in range(3):
         core.propose(f"q{n}")
@@ -403,12 +409,8 @@ def test_a_refused_batch_appends_nothing() -> None:
 
 
 def test_replicate_state_bounds_unacknowledged_appends() -> None:
-    core = leader()
-    core.step(msg(T.APPEND_RESP, 2, 1, 1, index=1))
-    sent(core)
-    for n in range(MAX_INFLIGHT_APPENDS + 5):
-        core.propose(f"p{n}")
-    appends = [m for m in sent(core) if m.to == 2]
+    core, out = replicating_to_2(MAX_INFLIGHT_APPENDS + 5)
+    appends = [m for m in out if m.to == 2]
     assert len(appends) == MAX_INFLIGHT_APPENDS
     # Two appends acknowledged: room for two more, and one batch holds everything left.
     core.step(msg(T.APPEND_RESP, 2, 1, 1, index=3))
