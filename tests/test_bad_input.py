@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 from urllib.parse import quote, unquote
 
 import pytest
@@ -23,7 +23,6 @@ from hypothesis import strategies as st
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.logger import ILogObserver, globalLogPublisher
 
 from test_catalog_api import FakeFrontend
 from test_frontend_api import Frontend
@@ -191,21 +190,6 @@ def requests(draw: st.DrawFn, routes: tuple[tuple[str, str], ...]
 
 
 # -------------------------------------------------------------------- checks
-
-
-@pytest.fixture
-def logged_failures() -> Iterator[list[dict[str, Any]]]:
-    """Every logged event that carries a failure, while the test runs."""
-    failures: list[dict[str, Any]] = []
-
-    def observe(event: dict[str, Any]) -> None:
-        if "log_failure" in event:
-            failures.append(event)
-
-    observer: ILogObserver = observe
-    globalLogPublisher.addObserver(observer)
-    yield failures
-    globalLogPublisher.removeObserver(observer)
 
 
 def exchange(stub: StubTreq, method: str, url: str, body: bytes | None, headers: Mapping[bytes, list[bytes]],

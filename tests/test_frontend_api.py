@@ -16,7 +16,7 @@ from test_frontend_leader import TOKEN, FakeNetwork
 from toystore.frontend.api import FrontendApi
 from toystore.frontend.cache import LruCache
 from toystore.frontend.leader import LeaderCaller, LeaderTracker
-from toystore.http import Utf8PathGuard
+from toystore.http import api_root
 
 CATALOG_URL = "http://catalog.test:8001"
 
@@ -58,7 +58,7 @@ class Frontend:
         caller = LeaderCaller(self.tracker, self.network, self.clock, TOKEN)  # type: ignore[arg-type]
         self.api = FrontendApi(CATALOG_URL, self.cache, self.tracker, caller, self.network,  # type: ignore[arg-type]
                                self.clock, TOKEN)
-        self.client = StubTreq(Utf8PathGuard(self.api.app.resource()))
+        self.client = StubTreq(api_root(self.api.app))
 
     def lead(self, leader: int, term: int = 1) -> None:
         for ident, replica in self.network.replicas.items():

@@ -16,10 +16,11 @@ from typing import Any, Mapping, Protocol
 
 from hyperlink import EncodedURL
 from klein import Klein
+from klein.resource import KleinResource
 from treq.client import HTTPClient
 from twisted.application.service import Service
 from twisted.internet import defer, protocol
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -29,8 +30,9 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IRequest, IResponse
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import RequestRedirect
 from zope.interface import implementer
 
 MAX_BODY_BYTES = 64 * 1024
@@ -208,9 +210,13 @@ def install_json_errors(app: Klein) -> None:
 
     @app.handle_errors(Exception)
     def _unexpected(_instance: object, request: IRequest, failure: Failure) -> bytes:
-        log.failure("Unexpected failure answering {method} {uri}", failure,
-                    method=request.method, uri=request.uri)
-        return error_response(request, ApiError(500, "Internal error; the request may be retried."))
+        return unexpected_failure_response(request, failure)
+
+
+def unexpected_failure_response(request: IRequest, failure: Failure) -> bytes:
+    """Logs a failure no handler expected; the client hears a 500 without its details."""
+    log.failure("Unexpected failure answering {method} {uri}", failure, method=request.method, uri=request.uri)
+    return error_response(request, ApiError(500, "Internal error; the request may be retried."))
 
 
 class Utf8PathGuard(Resource):
@@ -234,6 +240,108 @@ class Utf8PathGuard(Resource):
         return self._wrapped.render(request)
 
 
+def api_root(app: Klein) -> IResource:
+    """What a service serves for ``app`` (bound to its instance): JSON errors for URLs that
+    are not UTF-8, and the routes through :class:`LeanKleinResource`."""
+    return Utf8PathGuard(LeanKleinResource(app))
+
+
+ROUTE_MATCH_MEMO_SIZE = 4096
+
+
+class LeanKleinResource(KleinResource):
+    """Serves a Klein app as Klein's own resource does, for less CPU per request.
+
+    Klein's ``render`` makes half a dozen closures per request, and one of them refers to
+    itself and holds the request, so every request becomes garbage that only the cyclic
+    collector frees: it took a tenth of each service's CPU under load. Here a request that
+    matches a route calls it directly, through :class:`_Exchange`, whose references all go
+    once the request has finished. Anything that matches no route (an unknown path, a wrong
+    method, a trailing-slash redirect) goes to Klein's render, unchanged.
+
+    A route answers bytes, or str; a failure goes to the app's error handlers, as in Klein.
+    """
+
+    def __init__(self, app: Klein) -> None:
+        super().__init__(app)
+        # The services route on the path and method only, never on the host.
+        self._urls = app.url_map.bind("localhost")
+        self._matches: dict[tuple[bytes, bytes], tuple[str, dict[str, Any]]] = {}
+
+    def render(self, request: IRequest) -> Any:
+        match = self._match(request)
+        if match is None:
+            return super().render(request)
+        endpoint, arguments = match
+        _Exchange(self._app, request).start(endpoint, arguments)
+        return NOT_DONE_YET
+
+    def _match(self, request: IRequest) -> tuple[str, dict[str, Any]] | None:
+        key = (request.method, request.path)
+        match = self._matches.get(key)
+        if match is None:
+            try:
+                path = "/" + b"/".join(request.postpath).decode("utf-8")
+                rule, arguments = self._urls.match(path, request.method.decode("ascii"), return_rule=True)
+            except (UnicodeDecodeError, HTTPException, RequestRedirect):
+                return None
+            if len(self._matches) >= ROUTE_MATCH_MEMO_SIZE:
+                self._matches.clear()
+            match = self._matches[key] = (rule.endpoint, arguments)
+        return match
+
+
+class _Exchange:
+    """One request answered by a route of :class:`LeanKleinResource`: the route's call,
+    its error handlers, the write, and its cancellation if the client goes away first."""
+
+    __slots__ = ("_app", "_request", "_ended")
+
+    def __init__(self, app: Klein, request: IRequest) -> None:
+        self._app = app
+        self._request = request
+        self._ended = False
+
+    def start(self, endpoint: str, arguments: dict[str, Any]) -> None:
+        answer = maybeDeferred(self._app.execute_endpoint, endpoint, self._request, **arguments)
+        self._request.notifyFinish().addBoth(self._end, answer)
+        answer.addErrback(self._handle_failure)
+        answer.addCallback(self._write)
+        answer.addErrback(self._write_failed)
+
+    def _end(self, reason: object, answer: Deferred) -> None:
+        self._ended = True
+        if isinstance(reason, Failure):
+            answer.cancel()  # the connection is gone: stop the route's work
+
+    def _handle_failure(self, failure: Failure) -> Any:
+        if self._ended:
+            if not failure.check(CancelledError):
+                log.failure("A route failed after its client went away", failure)
+            return None
+        # Klein keeps the handlers registered with ``handle_errors`` in this list, in order.
+        for types, handler in self._app._error_handlers:
+            if failure.check(*types):
+                return self._app.execute_error_handler(handler, self._request, failure)
+        return failure  # no handler: answered as unexpected
+
+    def _write(self, body: object) -> None:
+        if self._ended:
+            return
+        if isinstance(body, str):
+            body = body.encode("utf-8")
+        if not isinstance(body, bytes):
+            raise TypeError(f"a route answered {type(body).__name__}, not bytes")
+        self._request.write(body)
+        self._request.finish()
+
+    def _write_failed(self, failure: Failure) -> None:
+        body = unexpected_failure_response(self._request, failure)
+        if not self._ended:
+            self._request.write(body)
+            self._request.finish()
+
+
 class BoundedRequest(Request):
     """Keeps at most one byte more of a body than any route reads, and discards the rest as
     it arrives: Twisted would otherwise buffer a body of any size (to a temporary file)
@@ -251,18 +359,6 @@ class BoundedRequest(Request):
             kept = data[:room]
             self._kept += len(kept)
             super().handleContentChunk(kept)
-
-    def _cleanup(self) -> None:
-        super()._cleanup()
-        # Klein's render leaves every request in a reference cycle (its error-handling
-        # closure refers to itself and holds the request), which only the cyclic garbage
-        # collector frees, walking whatever the request still holds. Emptying it leaves about
-        # 28 objects of garbage per request instead of 42 (headers and their value lists,
-        # Klein's adapter and URL map): a quarter less of the frontend's collector time.
-        self._adapterCache.clear()
-        self.requestHeaders = self.responseHeaders = Headers()
-        self.args = {}
-        self.prepath = self.postpath = []
 
 
 class QuietSite(Site):

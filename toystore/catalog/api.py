@@ -31,7 +31,7 @@ from toystore.catalog.store import STATES, CatalogError, CatalogStore, Conflict,
 from toystore.http import (
     MAX_BATCH_BODY_BYTES,
     ApiError,
-    Utf8PathGuard,
+    api_root,
     batch_failure,
     batch_success,
     error_response,
@@ -114,7 +114,7 @@ class CatalogApi:
 
     def resource(self) -> IResource:
         """What the catalog's Site serves."""
-        return Utf8PathGuard(self.app.resource())
+        return api_root(self.app)
 
     @app.handle_errors(CatalogError)
     def _refused(self, request: IRequest, failure: Failure) -> bytes:

@@ -13,7 +13,7 @@ from twisted.internet.interfaces import IReactorTime
 from toystore.frontend.api import FrontendApi, Product
 from toystore.frontend.cache import LruCache
 from toystore.frontend.leader import LeaderCaller, LeaderTracker
-from toystore.http import HTTPPoolService, QuietSite, Utf8PathGuard, make_internal_client
+from toystore.http import HTTPPoolService, QuietSite, api_root, make_internal_client
 from toystore.metrics import frontend_metrics
 from toystore.runtime import GarbageCollectorTuning
 
@@ -61,7 +61,7 @@ def build_frontend(
     GarbageCollectorTuning().setServiceParent(service)
     HTTPPoolService(pool).setServiceParent(service)  # stopped after the listener: children stop in reverse
     metrics = frontend_metrics(clock, cache, tracker)
-    root = metrics.wrap(Utf8PathGuard(api.app.resource()), FrontendApi.app)
+    root = metrics.wrap(api_root(api.app), FrontendApi.app)
     listener = TCPServer(port, QuietSite(root), interface=interface, reactor=reactor)
     listener.setServiceParent(service)
     return service

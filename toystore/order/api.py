@@ -24,7 +24,7 @@ from toystore.http import (
     require_positive_int,
     require_string,
     require_token,
-    Utf8PathGuard,
+    api_root,
 )
 from toystore.order.replica import OrderReplica
 
@@ -60,7 +60,7 @@ class OrderApi:
 
     def resource(self) -> IResource:
         """What the replica's Site serves."""
-        return Utf8PathGuard(self.app.resource())
+        return api_root(self.app)
 
     @app.route("/health", methods=["GET"])
     async def health(self, request: IRequest) -> bytes:
