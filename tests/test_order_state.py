@@ -50,6 +50,11 @@ def test_command_round_trips() -> None:
     assert OrderCommand.decode(command.encode()) == command
 
 
+def test_a_command_is_written_as_existing_logs_hold_it() -> None:
+    # Replicas compare nothing byte for byte, but a log written before must read the same.
+    assert OrderCommand("k", "Tux", 3).encode() == '{"name":"Tux","quantity":3,"request_id":"k"}'
+
+
 def _store(path: Path) -> ReplicaStore:
     return ReplicaStore(Database(connect(path, SCHEMA), Clock()))
 

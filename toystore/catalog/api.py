@@ -209,8 +209,6 @@ class CatalogApi:
             log.error("Protocol violation: confirm of {request_id} in term {term}: {message}",
                       request_id=request_id, term=term, message=e.message)
             raise
-        # One per order: debug, so that the default level keeps to rarer events.
-        log.debug("Confirmed reservation {request_id} (term {term})", request_id=request_id, term=term)
         return Done({"request_id": request_id, "state": "confirmed"})
 
     @app.route("/reservations", methods=["GET"])

@@ -9,7 +9,7 @@ failover are idempotent).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 
@@ -38,7 +38,10 @@ class OrderCommand:
     quantity: int
 
     def encode(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
+        # The keys in sorted order, as entries have always been written; built by hand
+        # because asdict's deep copy was a twentieth of a leader's CPU.
+        return json.dumps({"name": self.name, "quantity": self.quantity, "request_id": self.request_id},
+                          separators=(",", ":"))
 
     @classmethod
     def decode(cls, data: str) -> "OrderCommand":
