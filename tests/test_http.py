@@ -222,13 +222,30 @@ class _ToyApi:
 install_json_errors(_ToyApi.app)
 
 
-def _answer(resource: Resource, raw: bytes) -> bytes:
-    """The bytes a site serving ``resource`` writes for the raw request, minus the Date."""
+def _answer(resource: Resource, raw: bytes) -> tuple[bytes, dict[bytes, bytes], bytes]:
+    """What a site serving ``resource`` answers the raw request: its status line, its headers
+    but the Date and the framing, and its body (de-chunked)."""
     channel = QuietSite(resource).buildProtocol(None)
     transport = StringTransport()
     channel.makeConnection(transport)
     channel.dataReceived(raw)
-    return b"\r\n".join(line for line in transport.value().split(b"\r\n") if not line.startswith(b"Date:"))
+    head, _, body = transport.value().partition(b"\r\n\r\n")
+    status, *lines = head.split(b"\r\n")
+    headers = dict(line.lower().split(b": ", 1) for line in lines)
+    if headers.pop(b"transfer-encoding", None) == b"chunked":
+        chunks = []
+        while True:
+            size, _, rest = body.partition(b"\r\n")
+            if int(size, 16) == 0:
+                break
+            chunks.append(rest[:int(size, 16)])
+            body = rest[int(size, 16) + 2:]
+        body = b"".join(chunks)
+    else:
+        assert headers.get(b"content-length", b"0") == b"%d" % len(body) or raw.startswith(b"HEAD")
+    for framing in (b"date", b"content-length"):
+        headers.pop(framing, None)
+    return status, headers, body
 
 
 @pytest.mark.parametrize("raw", [
@@ -247,20 +264,32 @@ def test_the_lean_resource_answers_as_klein_does(raw: bytes, logged_failures: li
     lean = _answer(api_root(_ToyApi().app), raw)
     klein = _answer(Utf8PathGuard(_ToyApi().app.resource()), raw)
     assert lean == klein
-    assert lean.startswith(b"HTTP/1.1 ")
+    assert lean[0].startswith(b"HTTP/1.1 ")
 
 
 def test_the_lean_resource_logs_an_unexpected_failure_and_answers_500(logged_failures: list[dict[str, Any]]) -> None:
-    answer = _answer(api_root(_ToyApi().app), b"GET /items/broken HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert answer.startswith(b"HTTP/1.1 500 ")
-    assert b"a bug" not in answer and b"Traceback" not in answer
+    status, _, body = _answer(api_root(_ToyApi().app), b"GET /items/broken HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 500 ")
+    assert json.loads(body)["error"]["code"] == 500
+    assert b"a bug" not in body and b"Traceback" not in body
     assert [event["log_failure"].type for event in logged_failures] == [RuntimeError]
 
 
 def test_a_route_that_answers_no_bytes_is_a_logged_500(logged_failures: list[dict[str, Any]]) -> None:
-    answer = _answer(api_root(_ToyApi().app), b"GET /items/not-bytes HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert answer.startswith(b"HTTP/1.1 500 ")
+    status, _, body = _answer(api_root(_ToyApi().app), b"GET /items/not-bytes HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 500 ")
+    assert json.loads(body)["error"]["code"] == 500
     assert [event["log_failure"].type for event in logged_failures] == [TypeError]
+
+
+def test_an_answer_is_sent_with_its_length_not_chunked() -> None:
+    channel = QuietSite(api_root(_ToyApi().app)).buildProtocol(None)
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(b"GET /items/Tux HTTP/1.1\r\nHost: x\r\n\r\n")
+    head, _, body = transport.value().partition(b"\r\n\r\n")
+    assert b"Content-Length: %d" % len(body) in head.split(b"\r\n")
+    assert json.loads(body) == {"data": {"name": "Tux"}}
 
 
 def test_a_client_that_goes_away_cancels_the_route_quietly(logged_failures: list[dict[str, Any]]) -> None:

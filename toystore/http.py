@@ -332,6 +332,9 @@ class _Exchange:
             body = body.encode("utf-8")
         if not isinstance(body, bytes):
             raise TypeError(f"a route answered {type(body).__name__}, not bytes")
+        # With its length known, the answer is not sent chunked: fewer writes here, and a
+        # cheaper parse at the client (Twisted's chunked decoder was a visible cost).
+        self._request.setHeader(b"content-length", b"%d" % len(body))
         self._request.write(body)
         self._request.finish()
 
