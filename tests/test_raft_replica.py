@@ -15,7 +15,7 @@ from twisted.internet.task import Clock
 from toystore.db import Database, connect
 from toystore.http import ApiError
 from toystore.order.catalog_client import Reservation
-from toystore.order.raft_replica import RaftReplica
+from toystore.order.raft_replica import ORDER_TIMEOUT, RaftReplica
 from toystore.order.state import OrderStateMachine
 from toystore.order.store import SCHEMA, ReplicaStore
 from toystore.raft.core import RaftCore
@@ -173,6 +173,25 @@ def test_no_order_is_acknowledged_without_a_majority(cluster: Cluster) -> None:
     cluster.run(6.0)
     assert outcome and isinstance(outcome[0].value, ApiError) and outcome[0].value.code in (421, 503)
     assert all(r.orders.latest_number == -1 for r in cluster.replicas.values())
+
+
+def test_orders_are_answered_503_after_the_order_timeout_when_no_disk_takes_them(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    hanging: list[defer.Deferred[None]] = []  # held, or the collector would end the stuck cycles
+
+    def hang(changes: Any) -> defer.Deferred[None]:
+        hanging.append(defer.Deferred())
+        return hanging[-1]
+
+    for replica in cluster.replicas.values():
+        replica._store.save = hang  # every write from now on hangs
+    first = cluster.order(leader, "first")   # its cycle's write hangs
+    cluster.run(0.05)
+    second = cluster.order(leader, "second")  # waits for that cycle to end
+    cluster.run(ORDER_TIMEOUT - 0.1)
+    assert first == [] and second == []
+    cluster.run(0.2)
+    assert [outcome[0].value.code for outcome in (first, second)] == [503, 503]
 
 
 def test_a_new_leader_takes_orders_and_releases_the_lost_reservation(cluster: Cluster) -> None:

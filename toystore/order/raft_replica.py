@@ -115,10 +115,10 @@ class RaftReplica:
         command = OrderCommand(request_id, name, quantity).encode()
         assert self.node is not None
         try:
-            applied = await self.node.propose(command).addTimeout(ORDER_TIMEOUT, self._clock)
+            applied = await self.node.propose(command)
         except NotLeader as e:
             raise not_leader(e.leader_id, self._replicas) from None
-        except (ProposalDropped, defer.TimeoutError):
+        except ProposalDropped:  # ProposalTimedOut included
             raise unavailable("The order's outcome is not known yet; retry with the same Idempotency-Key.") from None
         return applied.order
 

@@ -17,7 +17,7 @@ from toystore.metrics import order_metrics
 from toystore.order.api import OrderApi
 from toystore.order.catalog_client import CatalogClient
 from toystore.order.primary_backup import PrimaryBackupReplica
-from toystore.order.raft_replica import RaftReplica
+from toystore.order.raft_replica import ORDER_TIMEOUT, RaftReplica
 from toystore.order.state import OrderStateMachine
 from toystore.order.store import SCHEMA, ReplicaState, ReplicaStore
 from toystore.raft.core import RaftCore
@@ -92,7 +92,7 @@ def build_raft_replica(*, reactor: Any, node_id: int, replicas: Mapping[int, str
     peers = {i: url for i, url in replicas.items() if i != node_id}
     transport = HttpTransport(parts.http_client, peers, clock=reactor, token=token)
     replica.attach(RaftNode(core, clock=reactor, transport=transport, apply_entry=replica.apply_entry,
-                            persist=replica.persist_cycle, timing=timing))
+                            persist=replica.persist_cycle, timing=timing, proposal_timeout=ORDER_TIMEOUT))
     log.info("Order replica {id} (raft) restored term {term}, {entries} log entries, {orders} orders",
              id=node_id, term=state.hard_state.term, entries=len(state.entries), orders=len(state.orders))
     return _serve(reactor, replica, parts, token, interface, port)

@@ -33,6 +33,11 @@ class ProposalDropped(Exception):
     committed here; it may still commit through another leader, so the outcome is unknown."""
 
 
+class ProposalTimedOut(ProposalDropped):
+    """The entry of a proposal did not commit here within the node's proposal timeout; it
+    may still commit later, so the outcome is unknown."""
+
+
 class Transport(Protocol):
     def send(self, message: Message) -> None: ...
 
@@ -51,6 +56,7 @@ _LEADER_BROADCASTS = frozenset({MessageType.APPEND, MessageType.HEARTBEAT})
 class _Proposal:
     data: str
     done: defer.Deferred
+    proposed_at: float
 
 
 @dataclass(frozen=True)
@@ -76,16 +82,20 @@ class RaftNode:
     :param transport: sends a message to a peer (one-way; losses are Raft's business).
     :param apply_entry: the state machine, applied in log order.
     :param persist: durable write of one cycle.
+    :param proposal_timeout: seconds after which a proposal not yet committed here fails
+        with :class:`ProposalTimedOut` (checked on every tick, so no timer per proposal).
     """
 
     def __init__(self, core: RaftCore, *, clock: IReactorTime, transport: Transport,
-                 apply_entry: ApplyEntry, persist: PersistCycle, timing: Timing = Timing()) -> None:
+                 apply_entry: ApplyEntry, persist: PersistCycle, timing: Timing = Timing(),
+                 proposal_timeout: float = 5.0) -> None:
         self.core = core
         self._clock = clock
         self._transport = transport
         self._apply_entry = apply_entry
         self._persist = persist
         self._timing = timing
+        self._proposal_timeout = proposal_timeout
         self._inbox_messages: list[Message] = []
         self._inbox_proposals: list[_Proposal] = []
         self._inbox_reads: list[defer.Deferred] = []
@@ -94,7 +104,8 @@ class RaftNode:
         self._persisted_term = core.term
         self._cycling = False
         self._stopped = False
-        self._proposals: dict[int, tuple[int, defer.Deferred, float]] = {}  # index -> (term, waiter, proposed at)
+        # index -> (term, waiter, proposed at); in index order, so also oldest first.
+        self._proposals: dict[int, tuple[int, defer.Deferred, float]] = {}
         self._reads: dict[str, list[defer.Deferred]] = {}
         self._reads_waiting_apply: list[tuple[int, defer.Deferred]] = []
         self._read_ids = itertools.count()
@@ -126,11 +137,12 @@ class RaftNode:
     def propose(self, data: str) -> defer.Deferred:
         """Fires with the apply result once the entry is committed and applied here.
 
-        Fails with :class:`NotLeader` at once on a non-leader, or with
-        :class:`ProposalDropped` when leadership is lost before the entry applies.
+        Fails with :class:`NotLeader` at once on a non-leader, with
+        :class:`ProposalDropped` when leadership is lost before the entry applies, or with
+        :class:`ProposalTimedOut` when it has not applied within the proposal timeout.
         """
         done: defer.Deferred = defer.Deferred()
-        self._inbox_proposals.append(_Proposal(data, done))
+        self._inbox_proposals.append(_Proposal(data, done, self._clock.seconds()))
         self._kick()
         return done
 
@@ -147,6 +159,7 @@ class RaftNode:
         self._kick()
 
     def _tick(self) -> None:
+        self._expire_proposals()
         if self._cycling:
             self._pending_ticks += 1  # stepped with the rest of the inbox
             return
@@ -156,6 +169,19 @@ class RaftNode:
         self.core.tick()
         if self.core.has_ready():
             self._kick()
+
+    def _expire_proposals(self) -> None:
+        # Both queues are oldest first, and every proposal has the same timeout.
+        oldest_kept = self._clock.seconds() - self._proposal_timeout
+        expired = ProposalTimedOut(f"not committed within {self._proposal_timeout:g} s")
+        while self._inbox_proposals and self._inbox_proposals[0].proposed_at <= oldest_kept:
+            fire(self._inbox_proposals.pop(0).done, Failure(expired))
+        while self._proposals:
+            index, (_, done, proposed_at) = next(iter(self._proposals.items()))
+            if proposed_at > oldest_kept:
+                break
+            del self._proposals[index]
+            fire(done, Failure(expired))
 
     # -- the cycle ---------------------------------------------------------------------
 
@@ -204,9 +230,8 @@ class RaftNode:
                 for proposal in proposals:
                     fire(proposal.done, Failure(e))
             else:
-                now = self._clock.seconds()
                 for proposal, (index, term) in zip(proposals, placed):
-                    self._proposals[index] = (term, proposal.done, now)
+                    self._proposals[index] = (term, proposal.done, proposal.proposed_at)
         reads, self._inbox_reads = self._inbox_reads, []
         if reads:
             # Reads that arrived together share one read point and one heartbeat round:
