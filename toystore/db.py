@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 from twisted.application.service import Service
 from twisted.internet import defer, threads
@@ -31,6 +31,18 @@ Runner = Callable[[Callable[[], Any]], defer.Deferred]
 def run_inline(blocking: Callable[[], Any]) -> defer.Deferred:
     """A :data:`Runner` for unit tests: runs the work at once, on the calling thread."""
     return defer.maybeDeferred(blocking)
+
+
+def _in_savepoint(conn: sqlite3.Connection, work: Work) -> Any:
+    """``work``'s result, or its Failure with its changes undone."""
+    conn.execute("SAVEPOINT work")
+    try:
+        result = work(conn)
+    except Exception:
+        conn.execute("ROLLBACK TO work")
+        result = Failure()
+    conn.execute("RELEASE work")
+    return result
 
 
 def connect(path: Path, schema: str) -> sqlite3.Connection:
@@ -111,6 +123,12 @@ class Database:
             self._commit_pending()
         return await done
 
+    async def write_each(self, works: Sequence[Callable[[sqlite3.Connection], T]]) -> list[T | Failure]:
+        """Run each of ``works`` as :meth:`write` would, in one wait for them all: the
+        results in order, a work that raised changing nothing and giving its Failure.
+        A batch of calls costs one Deferred instead of one per call."""
+        return await self.write(lambda conn: [_in_savepoint(conn, work) for work in works])
+
     def _commit_pending(self) -> None:
         batch, self._pending = self._pending, []
         self._committing = True
@@ -119,17 +137,9 @@ class Database:
 
     def _run_batch(self, works: list[Work]) -> list[Any]:
         conn = self._conn
-        results: list[Any] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for work in works:
-                conn.execute("SAVEPOINT work")
-                try:
-                    results.append(work(conn))
-                except Exception:
-                    conn.execute("ROLLBACK TO work")
-                    results.append(Failure())
-                conn.execute("RELEASE work")
+            results = [_in_savepoint(conn, work) for work in works]
             started = time.perf_counter()
             conn.execute("COMMIT")
             # Read by _batch_done, which runs only after this batch has returned.

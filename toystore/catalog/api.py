@@ -17,17 +17,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Coroutine, Mapping
+from typing import Any, Awaitable, Callable, Mapping, TypeVar
 
 from klein import Klein
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
 from toystore.catalog.invalidation import Invalidator
-from toystore.catalog.store import STATES, CatalogError, CatalogStore, Conflict, NotFound, as_json
+from toystore.catalog.store import STATES, Bought, CatalogError, CatalogStore, Conflict, NotFound, as_json
 from toystore.http import (
     MAX_BATCH_BODY_BYTES,
     ApiError,
@@ -45,6 +45,8 @@ from toystore.http import (
 )
 
 log = Logger()
+
+T = TypeVar("T")
 
 MAX_TERM = 2**62
 
@@ -72,13 +74,48 @@ class Done:
     toy: str | None = None
 
 
-async def _outcome(call: Coroutine[Any, Any, Done]) -> Done | ApiError:
+def _parsed(parse: Callable[[Any], T], item: Any) -> T | ApiError:
     try:
-        return await call
+        return parse(item)
     except ApiError as e:
         return e
-    except CatalogError as e:
-        return as_api_error(e)
+
+
+def _reservation(item: Any) -> tuple[str, str, int, int]:
+    """``(request_id, name, quantity, term)`` of one reservation asked for."""
+    if not isinstance(item, dict):
+        raise ApiError(400, "Each reservation must be a JSON object.")
+    name = require_string(item, "name")
+    quantity = require_positive_int(item, "quantity")
+    return require_string(item, "request_id"), name, quantity, require_term(item, required=False)
+
+
+def _request_id(raw: Any) -> str:
+    return require_string({"request_id": raw}, "request_id")
+
+
+def _bought(request_id: str, term: int, outcome: Bought | CatalogError) -> Done | ApiError:
+    if isinstance(outcome, CatalogError):
+        return as_api_error(outcome)
+    return Done(as_json(outcome), outcome.name)
+
+
+def _released(request_id: str, term: int, outcome: str | CatalogError) -> Done | ApiError:
+    if isinstance(outcome, CatalogError):
+        return as_api_error(outcome)
+    log.info("Released reservation {request_id} of {name} (term {term}): stock returned",
+             request_id=request_id, name=outcome, term=term)
+    return Done({"request_id": request_id, "state": "released"}, outcome)
+
+
+def _confirmed(request_id: str, term: int, outcome: None | CatalogError) -> Done | ApiError:
+    if isinstance(outcome, Conflict):
+        # The saga releases only what can never commit, so this means a bug somewhere.
+        log.error("Protocol violation: confirm of {request_id} in term {term}: {message}",
+                  request_id=request_id, term=term, message=outcome.message)
+    if isinstance(outcome, CatalogError):
+        return as_api_error(outcome)
+    return Done({"request_id": request_id, "state": "confirmed"})
 
 
 def _result(outcome: Done | ApiError) -> dict[str, Any]:
@@ -134,82 +171,53 @@ class CatalogApi:
         """``{name, quantity, request_id, term?}``, or ``{"reservations": [...]}`` of those."""
         require_token(request, self._token)
         body = read_json_object(request, MAX_BATCH_BODY_BYTES)
-        if "reservations" in body:
-            items = require_batch(body, "reservations")
-            return await self._answer_batch(request, [self._buy(item) for item in items], wait_for_push=False)
-        return await self._answer_single(request, self._buy(body), wait_for_push=False)
+        batch = "reservations" in body
+        asked = [_parsed(_reservation, item) for item in (require_batch(body, "reservations") if batch else [body])]
+        valid = [reservation for reservation in asked if not isinstance(reservation, ApiError)]
+        bought = iter(await self._store.buy_each(valid))
+        outcomes = [r if isinstance(r, ApiError) else _bought(r[0], r[3], next(bought)) for r in asked]
+        return await self._answer(request, outcomes, batch, wait_for_push=False)
 
     @app.route("/release", methods=["POST"])
     async def release(self, request: IRequest) -> bytes:
         """``{request_id, term}``, or ``{"request_ids": [...], term}``."""
-        return await self._settle(request, self._release)
+        return await self._settle(request, self._store.release_each, _released)
 
     @app.route("/confirm", methods=["POST"])
     async def confirm(self, request: IRequest) -> bytes:
         """``{request_id, term}``, or ``{"request_ids": [...], term}``."""
-        return await self._settle(request, self._confirm)
+        return await self._settle(request, self._store.confirm_each, _confirmed)
 
-    async def _settle(self, request: IRequest,
-                      settle_one: Callable[[Any, int], Coroutine[Any, Any, Done]]) -> bytes:
+    async def _settle(self, request: IRequest, settle_each: Callable[[list[str], int], Awaitable[list[Any]]],
+                      outcome_of: Callable[[str, int, Any], Done | ApiError]) -> bytes:
         require_token(request, self._token)
         body = read_json_object(request, MAX_BATCH_BODY_BYTES)
-        if "request_ids" in body:
-            request_ids = require_batch(body, "request_ids")
-            term = require_term(body, required=True)
-            return await self._answer_batch(request, [settle_one(request_id, term) for request_id in request_ids],
-                                            wait_for_push=True)
+        batch = "request_ids" in body
+        raw_ids = require_batch(body, "request_ids") if batch else [body.get("request_id")]
         term = require_term(body, required=True)
-        return await self._answer_single(request, settle_one(body.get("request_id"), term), wait_for_push=True)
+        asked = [_parsed(_request_id, raw_id) for raw_id in raw_ids]
+        settled = iter(await settle_each([r for r in asked if not isinstance(r, ApiError)], term))
+        outcomes = [r if isinstance(r, ApiError) else outcome_of(r, term, next(settled)) for r in asked]
+        return await self._answer(request, outcomes, batch, wait_for_push=True)
 
-    async def _answer_single(self, request: IRequest, call: Coroutine[Any, Any, Done], *, wait_for_push: bool) -> bytes:
-        done = await call
-        if done.toy is not None:
-            await self._push([done.toy], wait_for_push)
-        return json_response(request, done.data)
-
-    async def _answer_batch(self, request: IRequest, calls: list[Coroutine[Any, Any, Done]], *,
-                            wait_for_push: bool) -> bytes:
-        # Started in one turn, so that their writes join the same group commit.
-        outcomes = await gatherResults([Deferred.fromCoroutine(_outcome(call)) for call in calls],
-                                       consumeErrors=True)
+    async def _answer(self, request: IRequest, outcomes: list[Done | ApiError], batch: bool, *,
+                      wait_for_push: bool) -> bytes:
+        """One call's answer, or a batch's results; either way once the changed toys are pushed
+        (or the push has started, without ``wait_for_push``)."""
+        if not batch and isinstance(outcomes[0], ApiError):
+            raise outcomes[0]
         changed = sorted({outcome.toy for outcome in outcomes if isinstance(outcome, Done) and outcome.toy})
         if changed:
             await self._push(changed, wait_for_push)
-        return json_response(request, {"results": [_result(outcome) for outcome in outcomes]})
+        if batch:
+            return json_response(request, {"results": [_result(outcome) for outcome in outcomes]})
+        return json_response(request, outcomes[0].data)  # type: ignore[union-attr]
 
     async def _push(self, toys: list[str], wait: bool) -> None:
         # The Invalidator never fails: a frontend that does not take a push costs a warning.
         pushed = Deferred.fromCoroutine(self._invalidator.invalidate(toys))
         if wait:
             await pushed
-
-    async def _buy(self, item: Any) -> Done:
-        if not isinstance(item, dict):
-            raise ApiError(400, "Each reservation must be a JSON object.")
-        name = require_string(item, "name")
-        quantity = require_positive_int(item, "quantity")
-        request_id = require_string(item, "request_id")
-        term = require_term(item, required=False)
-        bought = await self._store.buy(request_id, name, quantity, term)
-        return Done(as_json(bought), bought.name)
-
-    async def _release(self, raw_id: Any, term: int) -> Done:
-        request_id = require_string({"request_id": raw_id}, "request_id")
-        name = await self._store.release(request_id, term)
-        log.info("Released reservation {request_id} of {name} (term {term}): stock returned",
-                 request_id=request_id, name=name, term=term)
-        return Done({"request_id": request_id, "state": "released"}, name)
-
-    async def _confirm(self, raw_id: Any, term: int) -> Done:
-        request_id = require_string({"request_id": raw_id}, "request_id")
-        try:
-            await self._store.confirm(request_id, term)
-        except Conflict as e:
-            # The saga releases only what can never commit, so this means a bug somewhere.
-            log.error("Protocol violation: confirm of {request_id} in term {term}: {message}",
-                      request_id=request_id, term=term, message=e.message)
-            raise
-        return Done({"request_id": request_id, "state": "confirmed"})
 
     @app.route("/reservations", methods=["GET"])
     async def reservations(self, request: IRequest) -> bytes:

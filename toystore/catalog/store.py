@@ -12,9 +12,11 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from functools import partial
+from typing import Any, Sequence, TypeVar
 
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 from toystore.db import Database, connect
 
@@ -38,6 +40,8 @@ INITIAL_TOYS: tuple[tuple[str, float], ...] = (
 )
 
 DATABASE_FILE = Path("catalog") / "catalog.sqlite3"
+
+T = TypeVar("T")
 
 
 def schema(initial_stock: int) -> str:
@@ -142,6 +146,89 @@ def _take_stock(conn: sqlite3.Connection, name: str, quantity: int) -> int:
     return row[0] - quantity
 
 
+def _buy(request_id: str, name: str, quantity: int, term: int, now: float, conn: sqlite3.Connection) -> Bought:
+    row = conn.execute(
+        "SELECT name, quantity, state, remaining, released_term FROM reservations WHERE request_id = ?",
+        (request_id,),
+    ).fetchone()
+    if row is not None and (row[0], row[1]) != (name, quantity):
+        raise Conflict(f"Request {request_id!r} was already used for {row[1]} {row[0]}.")
+    _see_term(conn, term)
+    if row is None:
+        remaining = _take_stock(conn, name, quantity)
+        conn.execute(
+            "INSERT INTO reservations (request_id, name, quantity, state, term, created, remaining)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (request_id, name, quantity, HELD, term, now, remaining),
+        )
+        return Bought(request_id, name, quantity, remaining)
+    _, _, state, remaining, released_term = row
+    if state != RELEASED:
+        return Bought(request_id, name, quantity, remaining)
+    if term < released_term:
+        raise Conflict(
+            f"Request {request_id!r} was fenced by a newer term: released in term {released_term}, "
+            f"asked again in term {term}."
+        )
+    remaining = _take_stock(conn, name, quantity)
+    conn.execute(
+        "UPDATE reservations SET state = ?, term = ?, created = ?, remaining = ?, released_term = NULL"
+        " WHERE request_id = ?",
+        (HELD, term, now, remaining, request_id),
+    )
+    return Bought(request_id, name, quantity, remaining)
+
+
+def _release(request_id: str, term: int, conn: sqlite3.Connection) -> str:
+    highest = _highest_term(conn)
+    if term < highest:
+        raise Conflict(f"Release of {request_id!r} was fenced by a newer term: {term} < {highest}.")
+    row = conn.execute(
+        "SELECT name, quantity, state FROM reservations WHERE request_id = ?", (request_id,)
+    ).fetchone()
+    if row is None:
+        raise NotFound(f"There is no reservation {request_id!r}.")
+    name, quantity, state = row
+    if state == CONFIRMED:
+        raise Conflict(f"Reservation {request_id!r} is confirmed and cannot be released.")
+    _see_term(conn, term)
+    if state == HELD:
+        conn.execute("UPDATE toys SET quantity = quantity + ? WHERE name = ?", (quantity, name))
+        conn.execute(
+            "UPDATE reservations SET state = ?, released_term = ? WHERE request_id = ?",
+            (RELEASED, term, request_id),
+        )
+    return name
+
+
+def _confirm(request_id: str, term: int, conn: sqlite3.Connection) -> None:
+    row = conn.execute("SELECT state FROM reservations WHERE request_id = ?", (request_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"There is no reservation {request_id!r}.")
+    if row[0] == RELEASED:
+        raise Conflict(f"Reservation {request_id!r} was released and cannot be confirmed.")
+    _see_term(conn, term)
+    conn.execute("UPDATE reservations SET state = ? WHERE request_id = ?", (CONFIRMED, request_id))
+
+
+def _outcomes(results: list[Any]) -> list[Any]:
+    """Each work's result, or the CatalogError that refused it; any other failure is raised."""
+    outcomes = []
+    for result in results:
+        if isinstance(result, Failure):
+            result.trap(CatalogError)
+            result = result.value
+        outcomes.append(result)
+    return outcomes
+
+
+def _the_one(outcomes: list[T | CatalogError]) -> T:
+    (outcome,) = outcomes
+    if isinstance(outcome, CatalogError):
+        raise outcome
+    return outcome
+
+
 class CatalogStore:
     """Stock, prices and reservations.
 
@@ -168,83 +255,31 @@ class CatalogStore:
         A request id that holds or has confirmed its reservation changes nothing and gets the
         first answer again. One that was released is held again, unless a newer term released it.
         """
+        return _the_one(await self.buy_each([(request_id, name, quantity, term)]))
+
+    async def buy_each(self, reservations: Sequence[tuple[str, str, int, int]]) -> list[Bought | CatalogError]:
+        """:meth:`buy` for each ``(request_id, name, quantity, term)``, in one write: each
+        bought, or the error it was refused with (and then changed nothing)."""
         now = self._clock.seconds()
-
-        def work(conn: sqlite3.Connection) -> Bought:
-            row = conn.execute(
-                "SELECT name, quantity, state, remaining, released_term FROM reservations WHERE request_id = ?",
-                (request_id,),
-            ).fetchone()
-            if row is not None and (row[0], row[1]) != (name, quantity):
-                raise Conflict(f"Request {request_id!r} was already used for {row[1]} {row[0]}.")
-            _see_term(conn, term)
-            if row is None:
-                remaining = _take_stock(conn, name, quantity)
-                conn.execute(
-                    "INSERT INTO reservations (request_id, name, quantity, state, term, created, remaining)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (request_id, name, quantity, HELD, term, now, remaining),
-                )
-                return Bought(request_id, name, quantity, remaining)
-            _, _, state, remaining, released_term = row
-            if state != RELEASED:
-                return Bought(request_id, name, quantity, remaining)
-            if term < released_term:
-                raise Conflict(
-                    f"Request {request_id!r} was fenced by a newer term: released in term {released_term}, "
-                    f"asked again in term {term}."
-                )
-            remaining = _take_stock(conn, name, quantity)
-            conn.execute(
-                "UPDATE reservations SET state = ?, term = ?, created = ?, remaining = ?, released_term = NULL"
-                " WHERE request_id = ?",
-                (HELD, term, now, remaining, request_id),
-            )
-            return Bought(request_id, name, quantity, remaining)
-
-        return await self._db.write(work)
+        return _outcomes(await self._db.write_each([partial(_buy, *reservation, now) for reservation in reservations]))
 
     async def release(self, request_id: str, term: int) -> str:
         """Give a held reservation's stock back; returns the toy's name. Fenced below the
         highest term seen; releasing twice is harmless; a confirmed one cannot be released."""
+        return _the_one(await self.release_each([request_id], term))
 
-        def work(conn: sqlite3.Connection) -> str:
-            highest = _highest_term(conn)
-            if term < highest:
-                raise Conflict(f"Release of {request_id!r} was fenced by a newer term: {term} < {highest}.")
-            row = conn.execute(
-                "SELECT name, quantity, state FROM reservations WHERE request_id = ?", (request_id,)
-            ).fetchone()
-            if row is None:
-                raise NotFound(f"There is no reservation {request_id!r}.")
-            name, quantity, state = row
-            if state == CONFIRMED:
-                raise Conflict(f"Reservation {request_id!r} is confirmed and cannot be released.")
-            _see_term(conn, term)
-            if state == HELD:
-                conn.execute("UPDATE toys SET quantity = quantity + ? WHERE name = ?", (quantity, name))
-                conn.execute(
-                    "UPDATE reservations SET state = ?, released_term = ? WHERE request_id = ?",
-                    (RELEASED, term, request_id),
-                )
-            return name
-
-        return await self._db.write(work)
+    async def release_each(self, request_ids: Sequence[str], term: int) -> list[str | CatalogError]:
+        """:meth:`release` for each request id, in one write."""
+        return _outcomes(await self._db.write_each([partial(_release, request_id, term) for request_id in request_ids]))
 
     async def confirm(self, request_id: str, term: int) -> None:
         """Keep a held reservation for good (its order committed). Confirming twice is harmless;
         confirming a released one is refused (Conflict)."""
+        _the_one(await self.confirm_each([request_id], term))
 
-        def work(conn: sqlite3.Connection) -> None:
-            row = conn.execute("SELECT state FROM reservations WHERE request_id = ?", (request_id,)).fetchone()
-            if row is None:
-                raise NotFound(f"There is no reservation {request_id!r}.")
-            if row[0] == RELEASED:
-                raise Conflict(f"Reservation {request_id!r} was released and cannot be confirmed.")
-            _see_term(conn, term)
-            conn.execute("UPDATE reservations SET state = ? WHERE request_id = ?", (CONFIRMED, request_id))
-
-        await self._db.write(work)
+    async def confirm_each(self, request_ids: Sequence[str], term: int) -> list[None | CatalogError]:
+        """:meth:`confirm` for each request id, in one write."""
+        return _outcomes(await self._db.write_each([partial(_confirm, request_id, term) for request_id in request_ids]))
 
     async def reservations(self, state: str | None = None, older_than: float = 0.0) -> list[Reservation]:
         """Reservations (in one state, if given) at least ``older_than`` seconds old, oldest first."""

@@ -1,0 +1,50 @@
+"""The group-committing database: several writes, one transaction, each undone alone."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+
+from toystore.db import Database, connect
+
+SCHEMA = "CREATE TABLE IF NOT EXISTS items (name TEXT PRIMARY KEY);"
+
+
+def _insert(name: str) -> object:
+    def work(conn: sqlite3.Connection) -> str:
+        conn.execute("INSERT INTO items (name) VALUES (?)", (name,))  # a duplicate raises
+        return name
+    return work
+
+
+def _names(db: Database) -> list[str]:
+    return [row[0] for row in db.read_at_start(lambda conn: conn.execute("SELECT name FROM items ORDER BY name").fetchall())]
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Database:
+    return Database(connect(tmp_path / "t.sqlite3", SCHEMA), Clock())
+
+
+def test_write_each_undoes_only_the_work_that_failed(db: Database) -> None:
+    results: list[object] = []
+    Deferred.fromCoroutine(db.write_each([_insert("a"), _insert("b"), _insert("a"), _insert("c")])).addCallback(results.extend)
+    assert results[:2] == ["a", "b"] and results[3] == "c"
+    assert results[2].check(sqlite3.IntegrityError)  # type: ignore[attr-defined]
+    assert _names(db) == ["a", "b", "c"]
+    assert db.commits == 1
+
+
+def test_a_failed_work_in_a_group_changes_nothing_of_its_own(db: Database) -> None:
+    def half_then_fail(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO items (name) VALUES ('half')")
+        raise ValueError("refused")
+
+    results: list[object] = []
+    Deferred.fromCoroutine(db.write_each([half_then_fail, _insert("kept")])).addCallback(results.extend)
+    assert results[0].check(ValueError) and results[1] == "kept"  # type: ignore[attr-defined]
+    assert _names(db) == ["kept"]
