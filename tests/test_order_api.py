@@ -42,10 +42,11 @@ class FakeReplica:
     def set_leader(self, replica_id: int) -> None:
         self.preferred.append(replica_id)
 
-    async def receive_peer(self, endpoint: str, body: Mapping[str, Any]) -> None:
+    async def receive_peer(self, endpoint: str, body: Mapping[str, Any]) -> dict[str, Any]:
         if "type" not in body:
             raise ApiError(400, "Not a Raft message.")
         self.peer_messages.append((endpoint, body))
+        return {"messages": []}
 
 
 def _call(stub: StubTreq, method: str, path: str, body: Any = None, headers: Mapping[bytes, list[bytes]] = AUTH,

@@ -324,5 +324,5 @@ def test_a_follower_answers_a_push_only_once_the_orders_are_durable(tmp_path: Pa
     assert answered == [] and len(held) == 1
     write, blocking = held.pop()
     write.callback(blocking())
-    assert answered == [None]
+    assert answered == [{}]
     assert [o.request_id for o in store.load_at_start().orders] == ["a"]

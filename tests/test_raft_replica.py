@@ -296,9 +296,34 @@ def test_a_batch_of_peer_messages_with_one_bad_message_is_refused_whole(cluster:
     for batch in ({"messages": [good, {"type": "heartbeat"}]},
                   {"messages": [good, {**good, "type": "vote"}]},
                   {"messages": [good, {**good, "to": 99}]},
+                  {"messages": [good, {**good, "sender": 3 if good["sender"] != 3 else 1}]},
                   {"messages": []}):
         outcome: list[Any] = []
         defer.ensureDeferred(follower.receive_peer("commit_entries", batch)).addErrback(outcome.append)
         assert outcome[0].value.code == 400
     cluster.run(0.01)
     assert follower.node.core.term == term  # nothing of the refused batches was stepped
+
+
+def test_a_peers_request_gets_its_answers_in_reply_not_through_the_transport(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    follower = next(r for r in cluster.replicas.values() if r is not leader)
+    term = leader.node.core.term
+    heartbeat = Message(MessageType.HEARTBEAT, leader.id, follower.id, term, context="c").to_json()
+    sent_before = len(cluster.network.sent)
+    answered: list[Any] = []
+    defer.ensureDeferred(follower.receive_peer("commit_entries", {"messages": [heartbeat]})).addCallback(answered.append)
+    cluster.run(0.002)
+    assert [(m["type"], m["sender"], m["to"], m["context"]) for m in answered[0]["messages"]] == \
+        [("heartbeat_resp", follower.id, leader.id, "c")]
+    assert not any(m.context == "c" for m in cluster.network.sent[sent_before:])
+
+
+def test_a_stopping_replica_answers_waiting_peers_with_nothing(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    follower = next(r for r in cluster.replicas.values() if r is not leader)
+    heartbeat = Message(MessageType.HEARTBEAT, leader.id, follower.id, leader.node.core.term).to_json()
+    answered: list[Any] = []
+    defer.ensureDeferred(follower.receive_peer("commit_entries", heartbeat)).addCallback(answered.append)
+    follower.stop()
+    assert answered == [{"messages": []}]

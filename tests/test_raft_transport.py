@@ -13,12 +13,13 @@ from toystore.raft.transport import HttpTransport
 
 
 class FakeResponse:
-    def __init__(self, code: int = 200) -> None:
+    def __init__(self, code: int = 200, data: Any = None) -> None:
         self.code = code
         self.headers = None
+        self._data = {"accepted": True, "messages": []} if data is None else data
 
     def content(self) -> defer.Deferred:
-        return defer.succeed(b'{"data": {"accepted": true}}')
+        return defer.succeed(json.dumps({"data": self._data}).encode())
 
 
 class HeldClient:
@@ -32,12 +33,12 @@ class HeldClient:
         self.posts.append((url, json.loads(kwargs["data"])["messages"], d))
         return d
 
-    def answer(self, index: int = 0, fail: bool = False) -> None:
+    def answer(self, index: int = 0, fail: bool = False, data: Any = None) -> None:
         _, _, d = self.posts.pop(index)
         if fail:
             d.errback(ConnectionRefusedError())
         else:
-            d.callback(FakeResponse())
+            d.callback(FakeResponse(data=data))
 
 
 def _append(index: int, to: int = 2) -> Message:
@@ -49,8 +50,9 @@ def _heartbeat(to: int = 2) -> Message:
     return Message(MessageType.HEARTBEAT, 1, to, 3)
 
 
-def _transport(client: HeldClient) -> HttpTransport:
-    return HttpTransport(client, {2: "http://r2", 3: "http://r3"}, clock=Clock(), token="t")  # type: ignore[arg-type]
+def _transport(client: HeldClient, answers: list[Message] | None = None) -> HttpTransport:
+    return HttpTransport(client, {2: "http://r2", 3: "http://r3"}, clock=Clock(), token="t",  # type: ignore[arg-type]
+                         on_answer=(answers if answers is not None else []).append)
 
 
 def test_one_post_in_flight_per_peer_and_later_messages_ride_together_in_order() -> None:
@@ -87,8 +89,25 @@ def test_a_failed_post_drops_what_was_queued_behind_it() -> None:
 
 def test_messages_for_unknown_peers_or_past_the_queue_bound_are_dropped() -> None:
     client = HeldClient()
-    transport = HttpTransport(client, {2: "http://r2"}, clock=Clock(), token=None, max_queued=2)  # type: ignore[arg-type]
+    transport = HttpTransport(client, {2: "http://r2"}, clock=Clock(), token=None, max_queued=2,  # type: ignore[arg-type]
+                              on_answer=lambda _: None)
     transport.send(_append(1, to=9))
     for index in range(1, 5):
         transport.send(_append(index))
     assert transport.dropped == 2  # one unknown peer; one past the bound (one was already sent)
+
+
+def test_answers_in_a_response_reach_the_node_and_nothing_else_does() -> None:
+    client = HeldClient()
+    answers: list[Message] = []
+    transport = _transport(client, answers)
+    transport.send(_append(1))
+    ack = Message(MessageType.APPEND_RESP, 2, 1, 3, index=1)
+    forged = Message(MessageType.APPEND_RESP, 3, 1, 3, index=1)  # not from the peer we asked
+    request = Message(MessageType.VOTE, 2, 1, 4)  # not an answer
+    client.answer(0, data={"accepted": True, "messages": [ack.to_json(), forged.to_json(), request.to_json(),
+                                                          {"type": "append_resp"}]})
+    assert answers == [ack]
+    transport.send(_append(2))
+    client.answer(0, data={"accepted": True})  # a peer with nothing to say
+    assert answers == [ack] and transport.dropped == 0

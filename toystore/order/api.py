@@ -132,8 +132,8 @@ class OrderApi:
                methods=["POST"])
     async def peer_message(self, request: IRequest, rpc: str) -> bytes:
         require_token(request, self._token)
-        await self._replica.receive_peer(rpc, read_json_object(request, MAX_PEER_BODY_BYTES))
-        return json_response(request, {"accepted": True})
+        answer = await self._replica.receive_peer(rpc, read_json_object(request, MAX_PEER_BODY_BYTES))
+        return json_response(request, {"accepted": True, **answer})
 
 
 install_json_errors(OrderApi.app)

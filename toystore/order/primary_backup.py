@@ -185,7 +185,7 @@ class PrimaryBackupReplica:
 
     # -- receiving ------------------------------------------------------------------
 
-    async def receive_peer(self, endpoint: str, body: Mapping[str, Any]) -> None:
+    async def receive_peer(self, endpoint: str, body: Mapping[str, Any]) -> dict[str, Any]:
         if endpoint in RAFT_ENDPOINTS:
             raise ApiError(404, f"Replica {self.id} runs primary-backup; Raft endpoints are off.")
         if endpoint != "replicate_order":
@@ -198,6 +198,7 @@ class PrimaryBackupReplica:
             self._background(self._catch_up())
         # The leader hears back only once the orders are durable here.
         await self._save(new)
+        return {}
 
     def _apply(self, incoming: Iterable[Order]) -> tuple[bool, list[Order]]:
         """Applies the orders that extend this replica's history.

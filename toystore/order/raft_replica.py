@@ -164,8 +164,9 @@ class RaftReplica:
             assert self.node is not None
             self.node.transfer_leadership(replica_id)
 
-    async def receive_peer(self, endpoint: str, body: Mapping[str, Any]) -> None:
-        """One Raft message, or ``{"messages": [...]}`` in order; all are checked before any is stepped."""
+    async def receive_peer(self, endpoint: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """One Raft message, or ``{"messages": [...]}`` in order, all from one peer; all are
+        checked before any is stepped. Returns our answers to them, once durable."""
         batch = body.get("messages")
         items = batch if isinstance(batch, list) else [body]
         if not items or len(items) > MAX_MESSAGES_PER_POST:
@@ -180,10 +181,12 @@ class RaftReplica:
                 raise ApiError(400, f"A {message.type.value} message does not belong on /{endpoint}.")
             if message.to != self.id:
                 raise ApiError(400, f"This is replica {self.id}, not {message.to}.")
+            if messages and message.sender != messages[0].sender:
+                raise ApiError(400, "A batch holds the messages of one sender.")
             messages.append(message)
         assert self.node is not None
-        for message in messages:
-            self.node.receive(message)
+        answers = await self.node.exchange(messages[0].sender, messages)
+        return {"messages": [answer.to_json() for answer in answers]}
 
     def start(self) -> None:
         assert self.node is not None

@@ -31,9 +31,10 @@ class OrderReplica(Protocol):
     def set_leader(self, replica_id: int) -> None:
         """The frontend's preference for the leader."""
 
-    async def receive_peer(self, endpoint: str, body: Mapping[str, Any]) -> None:
+    async def receive_peer(self, endpoint: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """A replication RPC from another replica (raises ApiError(400) on bad input); the
-        sender's answer waits for it, so a mode can answer only once durable."""
+        sender's answer waits for it, so a mode can answer only once durable. Returns what
+        the answer carries besides ``accepted``."""
 
 
 def not_leader(leader_id: int | None, replicas: Mapping[int, str]) -> ApiError:

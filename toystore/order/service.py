@@ -90,9 +90,12 @@ def build_raft_replica(*, reactor: Any, node_id: int, replicas: Mapping[int, str
                     applied=state.applied, rng=random.Random(), election_ticks=timing.election_ticks,
                     heartbeat_ticks=timing.heartbeat_ticks)
     peers = {i: url for i, url in replicas.items() if i != node_id}
-    transport = HttpTransport(parts.http_client, peers, clock=reactor, token=token)
-    replica.attach(RaftNode(core, clock=reactor, transport=transport, apply_entry=replica.apply_entry,
-                            persist=replica.persist_cycle, timing=timing, proposal_timeout=ORDER_TIMEOUT))
+    # Answers that peers send back go to the node, which is built over this transport.
+    transport = HttpTransport(parts.http_client, peers, clock=reactor, token=token,
+                              on_answer=lambda answer: node.receive(answer))
+    node = RaftNode(core, clock=reactor, transport=transport, apply_entry=replica.apply_entry,
+                    persist=replica.persist_cycle, timing=timing, proposal_timeout=ORDER_TIMEOUT)
+    replica.attach(node)
     log.info("Order replica {id} (raft) restored term {term}, {entries} log entries, {orders} orders",
              id=node_id, term=state.hard_state.term, entries=len(state.entries), orders=len(state.orders))
     return _serve(reactor, replica, parts, token, interface, port)

@@ -33,6 +33,11 @@ class MessageType(enum.Enum):
     TRUNCATE = "truncate"
 
 
+# What a node says only in reply to a peer's message; these ride back on its request.
+ANSWERS = frozenset({MessageType.APPEND_RESP, MessageType.VOTE_RESP, MessageType.PRE_VOTE_RESP,
+                     MessageType.HEARTBEAT_RESP})
+
+
 class Role(enum.Enum):
     """The role a Raft node plays in its current term."""
 

@@ -7,6 +7,10 @@ under load, so each peer gets one POST in flight at a time, carrying every messa
 queued for it meanwhile (consecutive messages for the same endpoint go together as
 ``{"messages": [...]}``). Under load that batches; idle, it costs one round trip.
 
+The peer answers in the body of the POST's response, once its answers are durable
+(``{"accepted": true, "messages": [...]}``, see :meth:`RaftNode.exchange`): an append
+and its acknowledgement cost one HTTP exchange, not two.
+
 A POST that fails drops its messages and everything queued behind it: they are stale
 by the time the peer answers again, and Raft resends what matters (appends after a
 reject or a heartbeat, votes on the next election).
@@ -15,14 +19,14 @@ reject or a heartbeat, votes on the next election).
 from __future__ import annotations
 
 from collections import deque
-from typing import Mapping
+from typing import Any, Callable, Mapping
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from toystore.http import JsonClient, fetch_json
-from toystore.raft.messages import Message, MessageType
+from toystore.raft.messages import ANSWERS, Message, MessageType
 
 log = Logger()
 
@@ -48,6 +52,7 @@ class HttpTransport:
     """Sends each message to its peer's endpoint, in order per peer.
 
     :param peers: ``{id: base URL}`` of the other replicas.
+    :param on_answer: takes each answer a peer sent back (the node's ``receive``).
     :param timeout: per POST; longer than a heartbeat, shorter than an election.
     :param max_batch: messages per POST.
     :param max_queued: messages waiting per peer before new ones are dropped (a peer
@@ -55,8 +60,10 @@ class HttpTransport:
     """
 
     def __init__(self, client: JsonClient, peers: Mapping[int, str], *, clock: IReactorTime,
-                 token: str | None, timeout: float = 0.5, max_batch: int = 256, max_queued: int = 4096) -> None:
+                 token: str | None, on_answer: Callable[[Message], None], timeout: float = 0.5,
+                 max_batch: int = 256, max_queued: int = 4096) -> None:
         self._client = client
+        self._on_answer = on_answer
         self._peers = dict(peers)
         self._clock = clock
         self._token = token
@@ -87,7 +94,7 @@ class HttpTransport:
                 while queue and len(batch) < self._max_batch and ENDPOINTS[queue[0].type] == endpoint:
                     batch.append(queue.popleft())
                 try:
-                    await self._post(f"{self._peers[peer]}/{endpoint}", batch)
+                    await self._post(peer, f"{self._peers[peer]}/{endpoint}", batch)
                 except Exception as e:
                     self.dropped += len(batch) + len(queue)
                     queue.clear()
@@ -95,9 +102,34 @@ class HttpTransport:
         finally:
             self._sending.discard(peer)
 
-    async def _post(self, url: str, batch: list[Message]) -> None:
+    async def _post(self, peer: int, url: str, batch: list[Message]) -> None:
         self.posts += 1
         status, body = await fetch_json(self._client, "POST", url, reactor=self._clock, timeout=self._timeout,
                                         token=self._token, body={"messages": [m.to_json() for m in batch]})
         if status != 200:
             log.warn("Peer refused Raft messages at {url}: {status} {body}", url=url, status=status, body=body)
+            return
+        for answer in _answers(body, peer, url):
+            self._on_answer(answer)
+
+
+def _answers(body: Mapping[str, Any], peer: int, url: str) -> list[Message]:
+    """The answers in a peer's response; a malformed one is dropped (Raft copes with a lost message)."""
+    data = body.get("data")
+    items = data.get("messages", []) if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        log.warn("Peer at {url} answered Raft messages without a message list", url=url)
+        return []
+    answers = []
+    for item in items:
+        try:
+            answer = Message.from_json(item)
+        except (ValueError, KeyError, TypeError) as e:
+            log.warn("Peer at {url} answered with a malformed Raft message: {error}", url=url, error=e)
+            continue
+        if answer.type not in ANSWERS or answer.sender != peer:
+            log.warn("Peer at {url} answered with a {type} message from {sender}", url=url, type=answer.type.value,
+                     sender=answer.sender)
+            continue
+        answers.append(answer)
+    return answers
