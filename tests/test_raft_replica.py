@@ -19,7 +19,7 @@ from toystore.order.raft_replica import ORDER_TIMEOUT, RaftReplica
 from toystore.order.state import OrderStateMachine
 from toystore.order.store import SCHEMA, ReplicaStore
 from toystore.raft.core import RaftCore
-from toystore.raft.messages import Message, MessageType, Role
+from toystore.raft.messages import Entry, Message, MessageType, Role
 from toystore.raft.node import RaftNode, Timing
 
 TIMING = Timing()
@@ -327,3 +327,37 @@ def test_a_stopping_replica_answers_waiting_peers_with_nothing(cluster: Cluster)
     defer.ensureDeferred(follower.receive_peer("commit_entries", heartbeat)).addCallback(answered.append)
     follower.stop()
     assert answered == [{"messages": []}]
+
+
+def test_answers_take_the_transport_when_waiting_for_them_would_hold_the_peer_back(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    follower = next(r for r in cluster.replicas.values() if r is not leader)
+    core = follower.node.core
+    save, held = follower._store.save, []
+
+    async def slow_save(changes: Any) -> None:  # a slow disk: each write waits to be let through
+        held.append(defer.Deferred())
+        await held[-1]
+        await save(changes)
+
+    follower._store.save = slow_save
+    term, last = leader.node.core.term, core.last_index
+    append = Message(MessageType.APPEND, leader.id, follower.id, term, log_term=core.log[-1].term, index=last,
+                     entries=(Entry(last + 1, term, ""),), commit=core.commit_index)
+    first: list[Any] = []
+    defer.ensureDeferred(follower.receive_peer("append_entries", append.to_json())).addCallback(first.append)
+    cluster.run(0.002)  # its write is on disk now
+    heartbeat = Message(MessageType.HEARTBEAT, leader.id, follower.id, term, context="c").to_json()
+    second: list[Any] = []
+    defer.ensureDeferred(follower.receive_peer("commit_entries", heartbeat)).addCallback(second.append)
+    assert second == [{"messages": []}]  # at once: its answer could only come a whole write later
+    assert first == []
+    cluster.run(0.03)
+    assert first == [{"messages": []}]  # the answer wait is over; the write is not
+    sent_before = len(cluster.network.sent)
+    while held:
+        held.pop(0).callback(None)
+        cluster.run(0.01)
+    answers = [(m.type, m.index, m.context) for m in cluster.network.sent[sent_before:] if m.sender == follower.id]
+    assert (MessageType.APPEND_RESP, last + 1, "") in answers
+    assert (MessageType.HEARTBEAT_RESP, 0, "c") in [(t, 0, c) for t, _, c in answers]

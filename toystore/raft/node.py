@@ -10,7 +10,10 @@ cycle, so many proposals share one fsync (group commit) and one append per follo
 
 Messages that a peer sent in one request (:meth:`RaftNode.exchange`) get their answers
 back on that request, once durable: an append and its acknowledgement share one HTTP
-exchange instead of costing one each.
+exchange instead of costing one each. The peer sends nothing more until then, so the
+answers are waited for only when the messages start a cycle at once, and at most
+``answer_wait``; otherwise (a write already on disk, a slow disk) the request is answered
+empty and the answers go through the transport, as requests do.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Awaitable, Protocol, Sequence
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -65,10 +68,12 @@ class _Proposal:
 
 @dataclass
 class _AnswerSlot:
-    """Collects a cycle's answers to one peer's request; ``done`` fires with them."""
+    """Collects a cycle's answers to one peer's request; ``done`` fires with them, or with
+    none once ``deadline`` passes (the answers then go through the transport)."""
 
     peer: int
     done: defer.Deferred
+    deadline: IDelayedCall
     answers: list[Message] = field(default_factory=list)
 
 
@@ -95,13 +100,15 @@ class RaftNode:
     :param transport: sends a message to a peer (one-way; losses are Raft's business).
     :param apply_entry: the state machine, applied in log order.
     :param persist: durable write of one cycle.
+    :param answer_wait: how long a peer's request (:meth:`exchange`) waits for its answers
+        to be durable before it is answered without them.
     :param proposal_timeout: seconds after which a proposal not yet committed here fails
         with :class:`ProposalTimedOut` (checked on every tick, so no timer per proposal).
     """
 
     def __init__(self, core: RaftCore, *, clock: IReactorTime, transport: Transport,
                  apply_entry: ApplyEntry, persist: PersistCycle, timing: Timing = Timing(),
-                 proposal_timeout: float = 5.0) -> None:
+                 proposal_timeout: float = 5.0, answer_wait: float = 0.02) -> None:
         self.core = core
         self._clock = clock
         self._transport = transport
@@ -109,6 +116,7 @@ class RaftNode:
         self._persist = persist
         self._timing = timing
         self._proposal_timeout = proposal_timeout
+        self._answer_wait = answer_wait
         self._inbox_messages: list[Message] = []
         self._inbox_proposals: list[_Proposal] = []
         self._inbox_reads: list[defer.Deferred] = []
@@ -118,6 +126,7 @@ class RaftNode:
         self._pending_ticks = 0
         self._persisted_term = core.term
         self._cycling = False
+        self._persisting = False
         self._stopped = False
         # index -> (term, waiter, proposed at); in index order, so also oldest first.
         self._proposals: dict[int, tuple[int, defer.Deferred, float]] = {}
@@ -160,8 +169,16 @@ class RaftNode:
             done.callback([])
             return done
         self._inbox_messages.extend(messages)
-        self._inbox_slots.append(_AnswerSlot(sender, done))
         self._kick()
+        # A peer sends its next request only once this one is answered, so the answers are
+        # waited for only while that costs little: not behind a write already on disk (these
+        # messages join the next cycle), and not beyond a deadline. The peer's next messages
+        # would otherwise arrive after the next cycle has started, and wait a whole write more.
+        if self._persisting:
+            done.callback([])
+        else:
+            deadline = self._clock.callLater(self._answer_wait, fire, done, [])
+            self._inbox_slots.append(_AnswerSlot(sender, done, deadline))
         return done
 
     def propose(self, data: str) -> defer.Deferred:
@@ -254,6 +271,8 @@ class RaftNode:
     @staticmethod
     def _answer(slots: list[_AnswerSlot]) -> None:
         for slot in slots:
+            if slot.deadline.active():
+                slot.deadline.cancel()
             fire(slot.done, slot.answers)
 
     def _step_inbox(self) -> None:
@@ -300,7 +319,11 @@ class RaftNode:
         # that committed in this cycle succeed even if the node steps down in it.
         for entry, result in zip(ready.committed_entries, results):
             self._resolve_proposal(entry, result)
-        await self._persist(ready, results)
+        self._persisting = True
+        try:
+            await self._persist(ready, results)
+        finally:
+            self._persisting = False
         if ready.hard_state is not None:
             self._persisted_term = ready.hard_state.term
         for message in after_persist:
@@ -315,7 +338,7 @@ class RaftNode:
 
     def _send(self, message: Message) -> None:
         slot = self._answering.get(message.to) if message.type in ANSWERS else None
-        if slot is None:
+        if slot is None or slot.done.called:
             self._transport.send(message)
         else:
             slot.answers.append(message)

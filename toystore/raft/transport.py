@@ -9,7 +9,9 @@ queued for it meanwhile (consecutive messages for the same endpoint go together 
 
 The peer answers in the body of the POST's response, once its answers are durable
 (``{"accepted": true, "messages": [...]}``, see :meth:`RaftNode.exchange`): an append
-and its acknowledgement cost one HTTP exchange, not two.
+and its acknowledgement cost one HTTP exchange, not two. When waiting for them would
+hold the stream back, the peer answers ``"messages": []`` and sends them in a POST of
+its own.
 
 A POST that fails drops its messages and everything queued behind it: they are stale
 by the time the peer answers again, and Raft resends what matters (appends after a
