@@ -215,11 +215,24 @@ def snapshot(cluster: LocalCluster, settle_timeout: float = 20.0) -> ClusterStat
     cluster has converged (or ``settle_timeout`` passed: the checkers then say what is wrong;
     0 takes it as it is).
 
+    The replicas are read one after another, so a leader change in between (the frontend
+    moving leadership to the highest live id, and the new leader committing its no-op) can
+    show them apart for a moment: until ``settle_timeout``, such a reading is taken again.
+
     A replica that does not answer is recorded with no orders and commit index -1, so the
     convergence and lost-order checkers fail rather than overlook it.
     """
-    if settle_timeout > 0:
-        wait_converged(cluster, settle_timeout)
+    deadline = time.monotonic() + settle_timeout
+    while True:
+        if settle_timeout > 0:
+            wait_converged(cluster, max(0.0, deadline - time.monotonic()))
+        state = _read_state(cluster)
+        views = {(replica.commit_index, replica.latest_order_no) for replica in state.replicas.values()}
+        if len(views) == 1 or time.monotonic() >= deadline:
+            return state
+
+
+def _read_state(cluster: LocalCluster) -> ClusterState:
     replicas = {}
     for i in cluster.replica_ids:
         name = f"order-{i}"
