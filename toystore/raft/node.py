@@ -220,15 +220,19 @@ class RaftNode:
     def _expire_proposals(self) -> None:
         # Both queues are oldest first, and every proposal has the same timeout.
         oldest_kept = self._clock.seconds() - self._proposal_timeout
-        expired = ProposalTimedOut(f"not committed within {self._proposal_timeout:g} s")
+        expired: list[defer.Deferred] = []
         while self._inbox_proposals and self._inbox_proposals[0].proposed_at <= oldest_kept:
-            fire(self._inbox_proposals.pop(0).done, Failure(expired))
+            expired.append(self._inbox_proposals.pop(0).done)
         while self._proposals:
             index, (_, done, proposed_at) = next(iter(self._proposals.items()))
             if proposed_at > oldest_kept:
                 break
             del self._proposals[index]
-            fire(done, Failure(expired))
+            expired.append(done)
+        if expired:
+            failure = Failure(ProposalTimedOut(f"not committed within {self._proposal_timeout:g} s"))
+            for done in expired:
+                fire(done, failure)
 
     # -- the cycle ---------------------------------------------------------------------
 
