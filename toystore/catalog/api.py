@@ -94,7 +94,7 @@ def _request_id(raw: Any) -> str:
     return require_string({"request_id": raw}, "request_id")
 
 
-def _bought(request_id: str, term: int, outcome: Bought | CatalogError) -> Done | ApiError:
+def _bought(outcome: Bought | CatalogError) -> Done | ApiError:
     if isinstance(outcome, CatalogError):
         return as_api_error(outcome)
     return Done(as_json(outcome), outcome.name)
@@ -175,7 +175,7 @@ class CatalogApi:
         asked = [_parsed(_reservation, item) for item in (require_batch(body, "reservations") if batch else [body])]
         valid = [reservation for reservation in asked if not isinstance(reservation, ApiError)]
         bought = iter(await self._store.buy_each(valid))
-        outcomes = [r if isinstance(r, ApiError) else _bought(r[0], r[3], next(bought)) for r in asked]
+        outcomes = [r if isinstance(r, ApiError) else _bought(next(bought)) for r in asked]
         return await self._answer(request, outcomes, batch, wait_for_push=False)
 
     @app.route("/release", methods=["POST"])
