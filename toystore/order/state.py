@@ -39,7 +39,7 @@ class OrderCommand:
 
     def encode(self) -> str:
         # The keys in sorted order, as entries have always been written; built by hand
-        # because asdict's deep copy was a twentieth of a leader's CPU.
+        # because encoding took 6% of a leader's CPU, most of it in asdict's deep copy.
         return json.dumps({"name": self.name, "quantity": self.quantity, "request_id": self.request_id},
                           separators=(",", ":"))
 
