@@ -219,6 +219,19 @@ def unexpected_failure_response(request: IRequest, failure: Failure) -> bytes:
     return error_response(request, ApiError(500, "Internal error; the request may be retried."))
 
 
+def path_info(request: IRequest) -> str | None:
+    """The path as Klein routes it (percent-decoded segments), None when it is not UTF-8."""
+    try:
+        return "/" + b"/".join(request.postpath).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+# Entries in a memo of what the URL map answers for a path; cleared when full, since
+# paths come from clients.
+ROUTE_MEMO_SIZE = 4096
+
+
 class Utf8PathGuard(Resource):
     """Answers a URL that is not UTF-8 with a JSON 400 before Klein, which would log a
     traceback and answer in plain text.
@@ -233,9 +246,7 @@ class Utf8PathGuard(Resource):
         self._wrapped = wrapped
 
     def render(self, request: IRequest) -> Any:
-        try:
-            b"/".join(request.postpath).decode("utf-8")
-        except UnicodeDecodeError:
+        if path_info(request) is None:
             return error_response(request, ApiError(400, "The URL is not valid UTF-8."))
         return self._wrapped.render(request)
 
@@ -244,9 +255,6 @@ def api_root(app: Klein) -> IResource:
     """What a service serves for ``app`` (bound to its instance): JSON errors for URLs that
     are not UTF-8, and the routes through :class:`LeanKleinResource`."""
     return Utf8PathGuard(LeanKleinResource(app))
-
-
-ROUTE_MATCH_MEMO_SIZE = 4096
 
 
 class LeanKleinResource(KleinResource):
@@ -280,12 +288,14 @@ class LeanKleinResource(KleinResource):
         key = (request.method, request.path)
         match = self._matches.get(key)
         if match is None:
+            path = path_info(request)
+            if path is None:
+                return None
             try:
-                path = "/" + b"/".join(request.postpath).decode("utf-8")
                 rule, arguments = self._urls.match(path, request.method.decode("ascii"), return_rule=True)
             except (UnicodeDecodeError, HTTPException, RequestRedirect):
                 return None
-            if len(self._matches) >= ROUTE_MATCH_MEMO_SIZE:
+            if len(self._matches) >= ROUTE_MEMO_SIZE:
                 self._matches.clear()
             match = self._matches[key] = (rule.endpoint, arguments)
         return match

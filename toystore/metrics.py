@@ -28,7 +28,7 @@ from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import RequestRedirect
 
-from toystore.http import ApiError, error_response
+from toystore.http import ROUTE_MEMO_SIZE, ApiError, error_response, path_info
 from toystore.raft.messages import Role
 from toystore.raft.node import RaftNode
 
@@ -87,17 +87,6 @@ class ServiceMetrics:
         return InstrumentedResource(resource, app, self)
 
 
-def _path_info(request: IRequest) -> str | None:
-    """The path as Klein routes it (percent-decoded segments), None when it is not UTF-8."""
-    try:
-        return "/" + b"/".join(request.postpath).decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-
-
-ROUTE_MEMO_SIZE = 4096
-
-
 def route_of(app: Klein, path: str | None, method: str) -> str:
     """The pattern of the route ``app`` serves ``path`` with (whatever the method), or
     :data:`UNMATCHED`: a bounded set of label values."""
@@ -154,7 +143,7 @@ class InstrumentedResource(Resource):
     def render(self, request: IRequest) -> Any:
         method = request.method.decode("ascii", "replace").upper()
         method_label = method if method in METHODS else "other"
-        path = _path_info(request)
+        path = path_info(request)
         route = METRICS_PATH if path == METRICS_PATH else self._route(path, method)
         started = self._metrics.clock.seconds()
         request.notifyFinish().addBoth(self._observe, request, route, method_label, started)
