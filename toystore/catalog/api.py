@@ -81,6 +81,14 @@ def _parsed(parse: Callable[[Any], T], item: Any) -> T | ApiError:
         return e
 
 
+async def _run_valid(asked: list[T | ApiError], run_each: Callable[[list[T]], Awaitable[list[Any]]],
+                     outcome_of: Callable[[T, Any], Done | ApiError]) -> list[Done | ApiError]:
+    """Runs the calls that parsed, in one batch; each call's outcome in the order asked, a call
+    that did not parse keeping its error."""
+    results = iter(await run_each([call for call in asked if not isinstance(call, ApiError)]))
+    return [call if isinstance(call, ApiError) else outcome_of(call, next(results)) for call in asked]
+
+
 def _reservation(item: Any) -> tuple[str, str, int, int]:
     """``(request_id, name, quantity, term)`` of one reservation asked for."""
     if not isinstance(item, dict):
@@ -173,9 +181,7 @@ class CatalogApi:
         body = read_json_object(request, MAX_BATCH_BODY_BYTES)
         batch = "reservations" in body
         asked = [_parsed(_reservation, item) for item in (require_batch(body, "reservations") if batch else [body])]
-        valid = [reservation for reservation in asked if not isinstance(reservation, ApiError)]
-        bought = iter(await self._store.buy_each(valid))
-        outcomes = [r if isinstance(r, ApiError) else _bought(next(bought)) for r in asked]
+        outcomes = await _run_valid(asked, self._store.buy_each, lambda _, bought: _bought(bought))
         return await self._answer(request, outcomes, batch, wait_for_push=False)
 
     @app.route("/release", methods=["POST"])
@@ -196,8 +202,8 @@ class CatalogApi:
         raw_ids = require_batch(body, "request_ids") if batch else [body.get("request_id")]
         term = require_term(body, required=True)
         asked = [_parsed(_request_id, raw_id) for raw_id in raw_ids]
-        settled = iter(await settle_each([r for r in asked if not isinstance(r, ApiError)], term))
-        outcomes = [r if isinstance(r, ApiError) else outcome_of(r, term, next(settled)) for r in asked]
+        outcomes = await _run_valid(asked, lambda request_ids: settle_each(request_ids, term),
+                                    lambda request_id, settled: outcome_of(request_id, term, settled))
         return await self._answer(request, outcomes, batch, wait_for_push=True)
 
     async def _answer(self, request: IRequest, outcomes: list[Done | ApiError], batch: bool, *,
