@@ -161,12 +161,19 @@ async def test_the_internal_client_gives_up_on_a_peer_that_never_answers(echo_pe
         await pool.closeCachedConnections()
 
 
+def _connection(site: Site) -> tuple[Any, StringTransport]:
+    """A client connection to ``site``, and the transport that collects what it writes."""
+    channel = site.buildProtocol(None)
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    return channel, transport
+
+
 def _garbage_per_request(site: Site, requests: int = 50) -> float:
     """Objects the cyclic collector frees per request served over one kept-alive connection,
     once the first request has built what lasts (werkzeug compiles its matcher then)."""
     request = b"POST /order HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
-    channel = site.buildProtocol(None)
-    channel.makeConnection(StringTransport())
+    channel, _ = _connection(site)
     channel.dataReceived(request)
     gc.collect()
     gc.disable()
@@ -225,9 +232,7 @@ install_json_errors(_ToyApi.app)
 def _answer(resource: Resource, raw: bytes) -> tuple[bytes, dict[bytes, bytes], bytes]:
     """What a site serving ``resource`` answers the raw request: its status line, its headers
     but the Date and the framing, and its body (de-chunked)."""
-    channel = QuietSite(resource).buildProtocol(None)
-    transport = StringTransport()
-    channel.makeConnection(transport)
+    channel, transport = _connection(QuietSite(resource))
     channel.dataReceived(raw)
     head, _, body = transport.value().partition(b"\r\n\r\n")
     status, *lines = head.split(b"\r\n")
@@ -283,9 +288,7 @@ def test_a_route_that_answers_no_bytes_is_a_logged_500(logged_failures: list[dic
 
 
 def test_an_answer_is_sent_with_its_length_not_chunked() -> None:
-    channel = QuietSite(api_root(_ToyApi().app)).buildProtocol(None)
-    transport = StringTransport()
-    channel.makeConnection(transport)
+    channel, transport = _connection(QuietSite(api_root(_ToyApi().app)))
     channel.dataReceived(b"GET /items/Tux HTTP/1.1\r\nHost: x\r\n\r\n")
     head, _, body = transport.value().partition(b"\r\n\r\n")
     assert b"Content-Length: %d" % len(body) in head.split(b"\r\n")
@@ -294,9 +297,7 @@ def test_an_answer_is_sent_with_its_length_not_chunked() -> None:
 
 def test_a_client_that_goes_away_cancels_the_route_quietly(logged_failures: list[dict[str, Any]]) -> None:
     api = _ToyApi()
-    channel = QuietSite(api_root(api.app)).buildProtocol(None)
-    transport = StringTransport()
-    channel.makeConnection(transport)
+    channel, transport = _connection(QuietSite(api_root(api.app)))
     channel.dataReceived(b"GET /pending HTTP/1.1\r\nHost: x\r\n\r\n")
     assert transport.value() == b""
     channel.connectionLost(Failure(ConnectionError()))
