@@ -156,6 +156,10 @@ class Database:
             self.commits += 1
             for listener in self.commit_listeners:
                 listener(self._last_commit_seconds, len(batch))
+        # The next group goes to disk before this one's callers run, so their work overlaps
+        # its fsync; what they write in turn joins the group after it.
+        if self._pending:
+            self._commit_pending()
         for index, (_, done) in enumerate(batch):
             # A failed COMMIT fails every caller of the batch: none of them is durable.
             result = outcome if isinstance(outcome, Failure) else outcome[index]
@@ -163,8 +167,6 @@ class Database:
                 done.errback(result)
             else:
                 done.callback(result)
-        if self._pending and not self._committing:
-            self._commit_pending()
 
     def close(self) -> None:
         """Close the connections at once (unit tests; services use :meth:`shut_down`)."""

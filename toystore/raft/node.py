@@ -318,14 +318,16 @@ class RaftNode:
         early, after_persist = self._split_messages(ready)
         for message in early:
             self._send(message)
-        # Committed entries are durable on a majority already: their proposers may hear now,
-        # while this node's own write (new entries, applied orders) is on disk. Proposals
-        # that committed in this cycle succeed even if the node steps down in it.
-        for entry, result in zip(ready.committed_entries, results):
-            self._resolve_proposal(entry, result)
         self._persisting = True
         try:
-            await self._persist(ready, results)
+            written = defer.ensureDeferred(self._persist(ready, results))
+            # Committed entries are durable on a majority already: their proposers hear while
+            # this node's own write (new entries, applied orders) is on disk, and their work
+            # overlaps it. Proposals that committed in this cycle succeed even if the node
+            # steps down in it.
+            for entry, result in zip(ready.committed_entries, results):
+                self._resolve_proposal(entry, result)
+            await written
         finally:
             self._persisting = False
         if ready.hard_state is not None:
