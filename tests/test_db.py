@@ -48,3 +48,22 @@ def test_a_failed_work_in_a_group_changes_nothing_of_its_own(db: Database) -> No
     Deferred.fromCoroutine(db.write_each([half_then_fail, _insert("kept")])).addCallback(results.extend)
     assert results[0].check(ValueError) and results[1] == "kept"  # type: ignore[attr-defined]
     assert _names(db) == ["kept"]
+
+
+def test_a_groups_callers_hear_once_the_group_waiting_behind_it_is_on_its_way(tmp_path: Path) -> None:
+    held: list[tuple[object, Deferred]] = []
+
+    def held_runner(blocking: object) -> Deferred:  # a disk thread that the test lets finish
+        done: Deferred = Deferred()
+        held.append((blocking, done))
+        return done
+
+    db = Database(connect(tmp_path / "t.sqlite3", SCHEMA), Clock(), runner=held_runner)
+    groups_started_when_first_heard: list[int] = []
+    Deferred.fromCoroutine(db.write(_insert("first"))).addCallback(
+        lambda _: groups_started_when_first_heard.append(len(held)))
+    Deferred.fromCoroutine(db.write(_insert("second")))
+    assert len(held) == 1  # the second waits for the first group
+    blocking, done = held[0]
+    done.callback(blocking())  # type: ignore[operator]
+    assert groups_started_when_first_heard == [2]

@@ -145,6 +145,25 @@ def test_an_order_commits_on_every_replica_with_a_dense_number(cluster: Cluster)
     assert cluster.catalog.stock == 95
 
 
+def test_the_leaders_write_of_a_cycle_is_under_way_when_its_orders_are_answered(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    save, applied_written = leader._store.save, []
+
+    async def recording_save(changes: Any) -> None:
+        applied_written.append(changes.applied or 0)
+        await save(changes)
+
+    leader._store.save = recording_save
+    applied_written_when_answered: list[int] = []
+    defer.ensureDeferred(leader.place_order("k1", "Tux", 1)).addCallback(
+        lambda _: applied_written_when_answered.append(max(applied_written)))
+    entry_index = leader.node.core.last_index + 1
+    cluster.run(0.1)
+    # The cycle that applied the order had handed its write (applied index included) to
+    # the disk before the order's answer ran.
+    assert applied_written_when_answered and applied_written_when_answered[0] >= entry_index
+
+
 def test_a_follower_answers_421_with_the_leaders_url(cluster: Cluster) -> None:
     leader = cluster.leader()
     follower = next(r for r in cluster.replicas.values() if r is not leader)
