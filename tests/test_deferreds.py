@@ -1,4 +1,5 @@
-"""Coalescer: calls that arrive in one reactor turn leave as one batch, on a task.Clock."""
+"""Coalescer: calls that arrive in one reactor turn, or while a batch to their key is out,
+leave as one batch; on a task.Clock."""
 
 from __future__ import annotations
 
@@ -43,24 +44,63 @@ def test_calls_of_one_turn_leave_together_at_the_next_turn_and_get_their_own_res
     assert got == ["one", "two", "three"]
 
 
-def test_a_later_turn_starts_a_new_batch_and_keys_never_mix() -> None:
+def test_keys_never_mix_and_a_call_for_an_idle_key_leaves_at_the_next_turn() -> None:
     clock, peer = Clock(), RecordingPeer()
     coalescer = Coalescer(peer.send, clock)
     coalescer.submit("a", 1)
+    clock.advance(0)
     coalescer.submit("b", 2)
     clock.advance(0)
-    coalescer.submit("a", 3)
+    assert peer.batches == [("a", [1]), ("b", [2])]
+
+
+def test_calls_that_arrive_while_their_keys_batch_is_out_leave_together_when_it_is_answered() -> None:
+    clock, peer = Clock(), RecordingPeer()
+    coalescer = Coalescer(peer.send, clock)
+    first = coalescer.submit("k", 1)
     clock.advance(0)
-    assert peer.batches == [("a", [1]), ("b", [2]), ("a", [3])]
+    waited: list[Any] = []
+    coalescer.submit("k", 2).addBoth(waited.append)
+    clock.advance(0)
+    coalescer.submit("k", 3).addBoth(waited.append)
+    clock.advance(1)
+    assert peer.batches == [("k", [1])]
+    # A caller that calls again on hearing its answer joins the calls that waited.
+    first.addCallback(lambda _: coalescer.submit("k", 4).addBoth(waited.append))
+    peer.answers[0].callback(["one"])
+    assert peer.batches == [("k", [1]), ("k", [2, 3, 4])]
+    peer.answers[1].callback(["two", "three", "four"])
+    assert waited == ["two", "three", "four"]
 
 
-def test_a_group_larger_than_max_batch_leaves_as_several_batches() -> None:
+def test_a_failed_batch_fails_the_calls_waiting_behind_it() -> None:
+    clock, peer = Clock(), RecordingPeer()
+    coalescer = Coalescer(peer.send, clock)
+    coalescer.submit("k", 1).addErrback(lambda _: None)
+    clock.advance(0)
+    waited = results([coalescer.submit("k", 2)])
+    peer.answers[0].errback(ConnectionRefusedError("down"))
+    assert waited[0].check(ConnectionRefusedError)
+    assert len(peer.batches) == 1
+    coalescer.submit("k", 3)
+    clock.advance(0)
+    assert peer.batches[1:] == [("k", [3])]  # the key is idle again
+
+
+def test_a_group_larger_than_max_batch_leaves_as_several_batches_and_the_next_waits_for_all() -> None:
     clock, peer = Clock(), RecordingPeer()
     coalescer = Coalescer(peer.send, clock, max_batch=2)
     for n in range(5):
         coalescer.submit("k", n)
     clock.advance(0)
     assert [items for _, items in peer.batches] == [[0, 1], [2, 3], [4]]
+    coalescer.submit("k", 5)
+    peer.answers[0].callback(["a", "b"])
+    peer.answers[2].callback(["e"])
+    clock.advance(0)
+    assert len(peer.batches) == 3
+    peer.answers[1].callback(["c", "d"])
+    assert [items for _, items in peer.batches[3:]] == [[5]]
 
 
 @pytest.mark.parametrize("answer", [ConnectionRefusedError("down"), ["only one"]])

@@ -541,6 +541,32 @@ def test_caller_attempt_times_out_after_three_seconds() -> None:
     assert results == [(200, {"data": {"number": 0, "name": "Tux", "quantity": 1}})]
 
 
+def test_an_order_waiting_behind_a_batch_times_out_three_seconds_after_it_came() -> None:
+    clock, network, tracker, caller = make_caller()
+    network.replicas[1].lead(1)
+    tracker.note_leader_hint(1, None)
+    late: list[Any] = []
+
+    def answered_late(method: str, url: str, **kwargs: Any) -> Deferred[Any]:
+        answer: Deferred[Any] = Deferred()
+        late.append(lambda: real_request(method, url, **kwargs).chainDeferred(answer))
+        return answer
+
+    real_request, network.request = network.request, answered_late  # type: ignore[method-assign]
+    first: list[Any] = []
+    Deferred.fromCoroutine(caller.place_order(ORDER)).addBoth(first.append)
+    clock.advance(0)  # its batch is out
+    Deferred.fromCoroutine(caller.place_order({**ORDER, "request_id": "k2"}))
+    clock.advance(2.5)
+    network.request = lambda method, url, **kwargs: Deferred()  # type: ignore[method-assign]
+    late.pop()()  # the first batch is answered; the waiting order's batch leaves, and hangs
+    assert first == [(200, {"data": {"order_number": 0}})]
+    clock.advance(0.4)
+    assert tracker.leader_id == 1
+    clock.advance(0.1)
+    assert tracker.leader_id is None  # the waiting order's attempt failed at its own deadline
+
+
 @pytest.mark.parametrize("leader_ids", [(2, 1)])
 def test_caller_stops_redirect_ping_pong(leader_ids: tuple[int, int]) -> None:
     clock, network, tracker, caller = make_caller(2)

@@ -338,10 +338,10 @@ class LeaderCaller:
         """``POST /order`` for one order ``{name, quantity, request_id}``, with :meth:`call`'s
         retries; orders that reach this frontend together travel to the leader in one batch."""
         def exchange(url: str, timeout: float) -> Deferred[tuple[int, dict[str, Any]]]:
-            answer = self._order_batches.submit(url, order)
-            # The batch's request gives up after a whole attempt's timeout; only an attempt
-            # near the end of the budget needs a shorter deadline of its own.
-            return answer.addTimeout(timeout, self._clock) if timeout < self._attempt_timeout else answer
+            # Its own deadline: an order may wait behind a batch already out before its own
+            # batch leaves, and an attempt near the end of the budget has less than a whole
+            # attempt's timeout.
+            return self._order_batches.submit(url, order).addTimeout(timeout, self._clock)
         return await self._follow_leader(exchange, "POST /order")
 
     async def _send_orders(self, url: str, orders: list[Mapping[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
