@@ -3,13 +3,17 @@ leave as one batch; on a task.Clock."""
 
 from __future__ import annotations
 
+import select
 from typing import Any
 
 import pytest
+import pytest_twisted
+from twisted.internet import protocol
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import Clock
 
-from toystore.deferreds import Coalescer
+from toystore.deferreds import Coalescer, after_next_io
 
 
 class RecordingPeer:
@@ -41,6 +45,7 @@ def test_calls_of_one_turn_leave_together_at_the_next_turn_and_get_their_own_res
     clock.advance(0)
     assert peer.batches == [("leader", [1, 2, 3])]
     peer.answers[0].callback(["one", "two", "three"])
+    clock.advance(0)
     assert got == ["one", "two", "three"]
 
 
@@ -65,12 +70,19 @@ def test_calls_that_arrive_while_their_keys_batch_is_out_leave_together_when_it_
     coalescer.submit("k", 3).addBoth(waited.append)
     clock.advance(1)
     assert peer.batches == [("k", [1])]
-    # A caller that calls again on hearing its answer joins the calls that waited.
+    # The waiting calls leave before the answer reaches its caller, so the peer has them
+    # while this side works on the answer; a call made on hearing it waits for the next.
+    batches_out_when_first_heard: list[int] = []
+    first.addCallback(lambda _: batches_out_when_first_heard.append(len(peer.batches)))
     first.addCallback(lambda _: coalescer.submit("k", 4).addBoth(waited.append))
     peer.answers[0].callback(["one"])
-    assert peer.batches == [("k", [1]), ("k", [2, 3, 4])]
-    peer.answers[1].callback(["two", "three", "four"])
-    assert waited == ["two", "three", "four"]
+    assert peer.batches == [("k", [1]), ("k", [2, 3])]
+    clock.advance(0)
+    assert batches_out_when_first_heard == [2]
+    peer.answers[1].callback(["two", "three"])
+    assert peer.batches[2:] == [("k", [4])]
+    clock.advance(0)
+    assert waited == ["two", "three"]
 
 
 def test_a_failed_batch_fails_the_calls_waiting_behind_it() -> None:
@@ -126,5 +138,38 @@ def test_a_caller_that_gives_up_does_not_disturb_the_others() -> None:
     first.cancel()
     clock.advance(0)
     peer.answers[0].callback(["a", "b"])
+    clock.advance(0)
     assert got[0].check(CancelledError)
     assert got[1] == "b"
+
+
+@pytest_twisted.ensureDeferred
+async def test_after_next_io_runs_once_what_was_written_before_it_is_on_the_wire() -> None:
+    from twisted.internet import reactor
+
+    connected: Deferred = Deferred()
+    on_the_wire_when_called: Deferred = Deferred()
+
+    class Server(protocol.Protocol):
+        def connectionMade(self) -> None:
+            connected.callback(self)
+
+    class Client(protocol.Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            # As when a batch's answer arrives: the next batch is written, the answer worked later.
+            self.transport.write(b"next batch")
+            after_next_io(reactor, lambda: on_the_wire_when_called.callback(readable(server)))
+
+    def readable(side: protocol.Protocol) -> bool:
+        return bool(select.select([side.transport.getHandle()], [], [], 0)[0])
+
+    port = reactor.listenTCP(0, protocol.Factory.forProtocol(Server), interface="127.0.0.1")
+    try:
+        client = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), Client())
+        server = await connected
+        server.transport.write(b"answer")
+        assert await on_the_wire_when_called
+        client.transport.loseConnection()
+        server.transport.loseConnection()
+    finally:
+        await port.stopListening()

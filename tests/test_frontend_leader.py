@@ -560,6 +560,7 @@ def test_an_order_waiting_behind_a_batch_times_out_three_seconds_after_it_came()
     clock.advance(2.5)
     network.request = lambda method, url, **kwargs: Deferred()  # type: ignore[method-assign]
     late.pop()()  # the first batch is answered; the waiting order's batch leaves, and hangs
+    clock.advance(0)
     assert first == [(200, {"data": {"order_number": 0}})]
     clock.advance(0.4)
     assert tracker.leader_id == 1
