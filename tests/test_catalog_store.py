@@ -214,23 +214,28 @@ operations = st.lists(
 )
 
 
+def _apply(store: CatalogStore, op: tuple[Any, ...]) -> None:
+    """One of :data:`operations`; a refusal is an outcome like any other."""
+    kind, args = op[0], op[1:]
+    if kind == "buy":
+        coro = store.buy(f"r{args[0]}", args[1], args[2], term=args[3])
+    elif kind == "release":
+        coro = store.release(f"r{args[0]}", args[1])
+    elif kind == "confirm":
+        coro = store.confirm(f"r{args[0]}", args[1])
+    else:
+        coro = store.restock(10, name=args[0])
+    d = defer.ensureDeferred(coro)
+    d.addErrback(lambda f: f.trap(CatalogError))
+    _case.successResultOf(d)
+
+
 @settings(max_examples=200, deadline=None)
 @given(operations)
 def test_stock_is_conserved_over_any_sequence(ops: list[tuple[Any, ...]]) -> None:
     store = make_store(Path(":memory:"), initial_stock=8)
     for op in ops:
-        kind, args = op[0], op[1:]
-        if kind == "buy":
-            coro = store.buy(f"r{args[0]}", args[1], args[2], term=args[3])
-        elif kind == "release":
-            coro = store.release(f"r{args[0]}", args[1])
-        elif kind == "confirm":
-            coro = store.confirm(f"r{args[0]}", args[1])
-        else:
-            coro = store.restock(10, name=args[0])
-        d = defer.ensureDeferred(coro)
-        d.addErrback(lambda f: f.trap(CatalogError))
-        _case.successResultOf(d)
+        _apply(store, op)
 
         ledger = run(store.ledger())
         kept: dict[str, int] = {}
@@ -240,3 +245,33 @@ def test_stock_is_conserved_over_any_sequence(ops: list[tuple[Any, ...]]) -> Non
         for name, toy in ledger["toys"].items():
             assert toy["quantity"] >= 0
             assert toy["quantity"] + kept.get(name, 0) == toy["initial"] + toy["restocked"]
+
+
+def _outcome(result: Any) -> Any:
+    return (type(result).__name__, result.message) if isinstance(result, CatalogError) else result
+
+
+def _state(store: CatalogStore) -> tuple[Any, ...]:
+    return run(store.ledger()), sorted((r.request_id, r.name, r.quantity, r.state, r.term) for r in run(store.reservations()))
+
+
+buys = st.tuples(st.integers(0, 5).map(lambda n: f"r{n}"), st.sampled_from(["Tux", "Fox", "Unicorn"]),
+                 st.integers(1, 6), st.integers(0, 3))
+
+
+@settings(max_examples=300, deadline=None)
+@given(operations, st.lists(buys, min_size=1, max_size=12))
+def test_a_batch_of_buys_answers_and_changes_as_its_buys_one_by_one(before: list[tuple[Any, ...]],
+                                                                     batch: list[tuple[str, str, int, int]]) -> None:
+    together, alone = (make_store(Path(":memory:"), initial_stock=8) for _ in range(2))
+    for store in (together, alone):
+        for op in before:
+            _apply(store, op)
+    batch_outcomes = [_outcome(o) for o in run(together.buy_each(batch))]
+    single_outcomes = []
+    for request_id, name, quantity, term in batch:
+        d = defer.ensureDeferred(alone.buy(request_id, name, quantity, term))
+        d.addErrback(lambda f: f.trap(CatalogError) and f.value)
+        single_outcomes.append(_outcome(_case.successResultOf(d)))
+    assert batch_outcomes == single_outcomes
+    assert _state(together) == _state(alone)

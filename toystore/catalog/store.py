@@ -135,48 +135,68 @@ def _see_term(conn: sqlite3.Connection, term: int) -> None:
     conn.execute("UPDATE meta SET value = MAX(value, ?) WHERE key = 'highest_term'", (term,))
 
 
-def _take_stock(conn: sqlite3.Connection, name: str, quantity: int) -> int:
-    """Decrement stock; the stock left. Raises NotFound or Conflict (stock short)."""
-    row = conn.execute("SELECT quantity FROM toys WHERE name = ?", (name,)).fetchone()
-    if row is None:
+_RESERVATION_COLUMNS = "request_id, name, quantity, state, term, created, remaining, released_term"
+
+
+def _buy_each(reservations: Sequence[tuple[str, str, int, int]], now: float,
+              conn: sqlite3.Connection) -> list[Bought | CatalogError]:
+    """Each buy of ``(request_id, name, quantity, term)``, in order, as if it ran alone: a
+    refused one changes nothing. The rows they touch are read, and the changes written, a few
+    statements for the whole batch: seven statements per buy, each giving up the interpreter
+    lock and waiting to take it back from a busy reactor, made a batch's write 3 to 5 ms longer."""
+    request_ids = list({request_id for request_id, _, _, _ in reservations})
+    names = list({name for _, name, _, _ in reservations})
+    rows: dict[str, tuple[Any, ...]] = {row[0]: row for row in conn.execute(
+        f"SELECT {_RESERVATION_COLUMNS} FROM reservations WHERE request_id IN ({_marks(request_ids)})", request_ids)}
+    stock: dict[str, int] = dict(conn.execute(f"SELECT name, quantity FROM toys WHERE name IN ({_marks(names)})", names))
+    held: dict[str, tuple[Any, ...]] = {}  # reservations (re)held by this batch
+    highest_term: int | None = None  # of the buys that went through
+    outcomes: list[Bought | CatalogError] = []
+    for request_id, name, quantity, term in reservations:
+        row = rows.get(request_id)
+        try:
+            outcome = _buy_one(request_id, name, quantity, term, row, stock)
+        except CatalogError as refused:
+            outcomes.append(refused)
+            continue
+        if row is None or row[3] == RELEASED:
+            rows[request_id] = held[request_id] = (request_id, name, quantity, HELD, term, now, outcome.remaining, None)
+        highest_term = term if highest_term is None else max(highest_term, term)
+        outcomes.append(outcome)
+    if held:
+        conn.executemany("UPDATE toys SET quantity = ? WHERE name = ?",
+                         [(stock[name], name) for name in {row[1] for row in held.values()}])
+        conn.executemany(f"INSERT OR REPLACE INTO reservations ({_RESERVATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                         held.values())
+    if highest_term is not None:
+        _see_term(conn, highest_term)
+    return outcomes
+
+
+def _buy_one(request_id: str, name: str, quantity: int, term: int, row: tuple[Any, ...] | None,
+             stock: dict[str, int]) -> Bought:
+    """One buy against its reservation's row (None if new) and the stock, which it takes from."""
+    if row is not None:
+        _, held_name, held_quantity, state, _, _, remaining, released_term = row
+        if (held_name, held_quantity) != (name, quantity):
+            raise Conflict(f"Request {request_id!r} was already used for {held_quantity} {held_name}.")
+        if state != RELEASED:
+            return Bought(request_id, name, quantity, remaining)
+        if term < released_term:
+            raise Conflict(
+                f"Request {request_id!r} was fenced by a newer term: released in term {released_term}, "
+                f"asked again in term {term}."
+            )
+    if name not in stock:
         raise NotFound(f"There is no toy named {name!r}.")
-    if row[0] < quantity:
-        raise Conflict(f"Not enough {name} in stock: {row[0]} left, {quantity} asked.")
-    conn.execute("UPDATE toys SET quantity = quantity - ? WHERE name = ?", (quantity, name))
-    return row[0] - quantity
+    if stock[name] < quantity:
+        raise Conflict(f"Not enough {name} in stock: {stock[name]} left, {quantity} asked.")
+    stock[name] -= quantity
+    return Bought(request_id, name, quantity, stock[name])
 
 
-def _buy(request_id: str, name: str, quantity: int, term: int, now: float, conn: sqlite3.Connection) -> Bought:
-    row = conn.execute(
-        "SELECT name, quantity, state, remaining, released_term FROM reservations WHERE request_id = ?",
-        (request_id,),
-    ).fetchone()
-    if row is not None and (row[0], row[1]) != (name, quantity):
-        raise Conflict(f"Request {request_id!r} was already used for {row[1]} {row[0]}.")
-    _see_term(conn, term)
-    if row is None:
-        remaining = _take_stock(conn, name, quantity)
-        conn.execute(
-            "INSERT INTO reservations (request_id, name, quantity, state, term, created, remaining)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (request_id, name, quantity, HELD, term, now, remaining),
-        )
-        return Bought(request_id, name, quantity, remaining)
-    _, _, state, remaining, released_term = row
-    if state != RELEASED:
-        return Bought(request_id, name, quantity, remaining)
-    if term < released_term:
-        raise Conflict(
-            f"Request {request_id!r} was fenced by a newer term: released in term {released_term}, "
-            f"asked again in term {term}."
-        )
-    remaining = _take_stock(conn, name, quantity)
-    conn.execute(
-        "UPDATE reservations SET state = ?, term = ?, created = ?, remaining = ?, released_term = NULL"
-        " WHERE request_id = ?",
-        (HELD, term, now, remaining, request_id),
-    )
-    return Bought(request_id, name, quantity, remaining)
+def _marks(values: Sequence[Any]) -> str:
+    return ", ".join("?" * len(values))
 
 
 def _release(request_id: str, term: int, conn: sqlite3.Connection) -> str:
@@ -260,8 +280,7 @@ class CatalogStore:
     async def buy_each(self, reservations: Sequence[tuple[str, str, int, int]]) -> list[Bought | CatalogError]:
         """:meth:`buy` for each ``(request_id, name, quantity, term)``, in one write: each
         bought, or the error it was refused with (and then changed nothing)."""
-        now = self._clock.seconds()
-        return _outcomes(await self._db.write_each([partial(_buy, *reservation, now) for reservation in reservations]))
+        return await self._db.write(partial(_buy_each, reservations, self._clock.seconds()))
 
     async def release(self, request_id: str, term: int) -> str:
         """Give a held reservation's stock back; returns the toy's name. Fenced below the
