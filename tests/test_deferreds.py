@@ -115,6 +115,19 @@ def test_a_group_larger_than_max_batch_leaves_as_several_batches_and_the_next_wa
     assert [items for _, items in peer.batches[3:]] == [[5]]
 
 
+def test_calls_submitted_together_stay_in_one_batch_and_share_one_waiter() -> None:
+    clock, peer = Clock(), RecordingPeer()
+    coalescer = Coalescer(peer.send, clock, max_batch=3)
+    single = results([coalescer.submit("k", 0)])
+    together = results([coalescer.submit_each("k", [1, 2, 3])])
+    clock.advance(0)
+    assert [items for _, items in peer.batches] == [[0], [1, 2, 3]]
+    peer.answers[1].callback(["b", "c", "d"])
+    peer.answers[0].callback(["a"])
+    clock.advance(0)
+    assert (single, together) == (["a"], [["b", "c", "d"]])
+
+
 @pytest.mark.parametrize("answer", [ConnectionRefusedError("down"), ["only one"]])
 def test_a_failed_batch_or_a_wrong_count_of_results_fails_every_call(answer: Any) -> None:
     clock, peer = Clock(), RecordingPeer()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.python.failure import Failure
 
 from toystore.deferreds import SingleFlight
 from toystore.frontend.cache import CacheStats, LruCache
@@ -168,6 +171,40 @@ def test_single_flight_cancelled_caller_leaves_others_alone() -> None:
     assert failures[0].check(CancelledError)
     gate.callback(5)
     assert second.result == 5  # type: ignore[attr-defined]
+
+
+def test_single_flight_runs_new_keys_together_and_joins_keys_in_flight() -> None:
+    flight: SingleFlight[str, int] = SingleFlight()
+    gates: list[Deferred[list[Any]]] = []
+    runs: list[list[str]] = []
+
+    async def work(items: list[str]) -> list[Any]:
+        runs.append(items)
+        gates.append(Deferred())
+        return await gates[-1]
+
+    first = flight.run_each([("a", "A")], work)
+    # "a" is in flight, and "b" comes twice: one run, of "B" and "C", for this call.
+    second = flight.run_each([("b", "B"), ("a", "X"), ("c", "C"), ("b", "Y")], work)
+    assert runs == [["A"], ["B", "C"]]
+    gates[1].callback([2, Failure(ValueError("no c"))])
+    assert not second.called  # "a" is not answered yet
+    gates[0].callback([1])
+    assert first.result == [1]  # type: ignore[attr-defined]
+    b, a, c, b_again = second.result  # type: ignore[attr-defined]
+    assert (b, a, b_again) == (2, 1, 2)
+    assert c.check(ValueError)
+    assert "a" not in flight and "b" not in flight
+
+
+def test_single_flight_work_that_fails_whole_fails_each_of_its_items() -> None:
+    flight: SingleFlight[str, int] = SingleFlight()
+
+    async def work(items: list[str]) -> list[Any]:
+        raise ConnectionRefusedError("down")
+
+    outcomes = flight.run_each([("a", "A"), ("b", "B")], work).result  # type: ignore[attr-defined]
+    assert all(outcome.check(ConnectionRefusedError) for outcome in outcomes)
 
 
 def test_hits_and_misses_are_logged_only_when_debug_is_on(monkeypatch: pytest.MonkeyPatch) -> None:

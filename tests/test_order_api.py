@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import pytest
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from toystore.http import MAX_BATCH_BODY_BYTES, ApiError
 from toystore.order.api import OrderApi
+from toystore.order.replica import place_one_by_one
 from toystore.order.state import Order, OrderCommand, OrderStateMachine
 
 TOKEN = "secret"
@@ -32,6 +34,9 @@ class FakeReplica:
         if name == "Nope":
             raise ApiError(404, "No such toy.")
         return self.orders.apply(OrderCommand(request_id, name, quantity)).order
+
+    async def place_orders(self, commands: Sequence[OrderCommand]) -> list[Order | Failure]:
+        return await place_one_by_one(self, commands)
 
     async def read_order(self, number: int) -> Order | None:
         return self.orders.get(number)

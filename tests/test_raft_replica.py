@@ -16,7 +16,7 @@ from toystore.db import Database, connect
 from toystore.http import ApiError
 from toystore.order.catalog_client import Reservation
 from toystore.order.raft_replica import ORDER_TIMEOUT, RaftReplica
-from toystore.order.state import OrderStateMachine
+from toystore.order.state import OrderCommand, OrderStateMachine
 from toystore.order.store import SCHEMA, ReplicaStore
 from toystore.raft.core import RaftCore
 from toystore.raft.messages import Entry, Message, MessageType, Role
@@ -42,6 +42,16 @@ class FakeCatalog:
         self.stock -= quantity
         self.held[request_id] = quantity
         self.settled.pop(request_id, None)
+
+    async def reserve_each(self, reservations: list[tuple[str, int, str]], term: int) -> list[ApiError | None]:
+        refusals: list[ApiError | None] = []
+        for name, quantity, request_id in reservations:
+            try:
+                await self.reserve(name, quantity, request_id, term)
+                refusals.append(None)
+            except ApiError as refused:
+                refusals.append(refused)
+        return refusals
 
     async def held_reservations(self, older_than: float) -> list[Reservation]:
         return [Reservation(r, "Tux", q, 10.0) for r, q in self.held.items() if r not in self.settled]
@@ -162,6 +172,34 @@ def test_the_leaders_write_of_a_cycle_is_under_way_when_its_orders_are_answered(
     # The cycle that applied the order had handed its write (applied index included) to
     # the disk before the order's answer ran.
     assert applied_written_when_answered and applied_written_when_answered[0] >= entry_index
+
+
+def test_orders_placed_together_share_one_catalog_call_and_one_proposal(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    reservations: list[list[str]] = []
+    proposals: list[int] = []
+    reserve_each, propose_each = cluster.catalog.reserve_each, leader.node.propose_each
+
+    async def recorded_reserve_each(asked: list[tuple[str, int, str]], term: int) -> list[ApiError | None]:
+        reservations.append([request_id for _, _, request_id in asked])
+        return await reserve_each(asked, term)
+
+    def recorded_propose_each(data: list[str]) -> defer.Deferred:
+        proposals.append(len(data))
+        return propose_each(data)
+
+    cluster.catalog.reserve_each = recorded_reserve_each  # type: ignore[method-assign]
+    leader.node.propose_each = recorded_propose_each  # type: ignore[method-assign]
+    commands = [OrderCommand("a", "Tux", 1), OrderCommand("b", "Tux", 1000), OrderCommand("c", "Tux", 2),
+                OrderCommand("a", "Tux", 1)]
+    outcomes: list[Any] = []
+    defer.ensureDeferred(leader.place_orders(commands)).addCallback(outcomes.extend)
+    cluster.run(0.1)
+    a, b, c, a_again = outcomes
+    assert (a.number, c.number, a_again.number) == (0, 1, 0)  # the same key twice is one order
+    assert b.value.code == 409  # refused by the catalog; the others go on
+    assert reservations == [["a", "b", "c"]]
+    assert proposals == [2]
 
 
 def test_a_follower_answers_421_with_the_leaders_url(cluster: Cluster) -> None:
@@ -298,10 +336,12 @@ def test_reads_that_arrive_together_share_one_heartbeat_round(cluster: Cluster) 
 def test_a_committed_entry_that_is_not_an_order_is_skipped_alike_everywhere(cluster: Cluster) -> None:
     leader = cluster.leader()
     assert leader.node is not None
-    for garbage in ("not json", "[1, 2]", '{"request_id": "x", "name": "Tux", "quantity": true}'):
-        leader.node.propose(garbage)
+    skipped: list[Any] = []
+    garbage = ["not json", "[1, 2]", '{"request_id": "x", "name": "Tux", "quantity": true}']
+    leader.node.propose_each(garbage).addCallback(skipped.extend)
     after = cluster.order(leader, "real")
     cluster.run(0.5)
+    assert skipped == [None, None, None]  # committed, applied as nothing
     assert after[0].number == 0
     for replica in cluster.replicas.values():
         assert [o.request_id for o in replica.orders.since(-1)] == ["real"]

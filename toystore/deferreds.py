@@ -4,6 +4,7 @@ arrive together (:class:`Coalescer`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Coroutine, Generic, Hashable, Sequence, TypeVar
 
 from twisted.internet.defer import Deferred
@@ -42,7 +43,7 @@ class SingleFlight(Generic[K, V]):
     """
 
     def __init__(self) -> None:
-        self._waiters: dict[K, list[Deferred[V]]] = {}
+        self._waiters: dict[K, list[Deferred[Any]]] = {}
 
     def __contains__(self, key: K) -> bool:
         """Is a run for ``key`` in flight?"""
@@ -50,18 +51,60 @@ class SingleFlight(Generic[K, V]):
 
     def run(self, key: K, work: Callable[[], Coroutine[Any, Any, V]]) -> Deferred[V]:
         """Join the run for ``key`` in flight, or start ``work()`` as that run."""
-        waiter: Deferred[V] = Deferred()
-        waiters = self._waiters.get(key)
-        if waiters is not None:
-            waiters.append(waiter)
-            return waiter
-        self._waiters[key] = [waiter]
-        Deferred.fromCoroutine(work()).addBoth(self._finish, key)
+        async def work_of_one(_: list[None]) -> list[V | Failure]:
+            try:
+                return [await work()]
+            except Exception:
+                return [Failure()]
+        return self.run_each([(key, None)], work_of_one).addCallback(_the_only)
+
+    def run_each(self, keyed: Sequence[tuple[K, Item]],
+                 work: Callable[[list[Item]], Coroutine[Any, Any, list[V | Failure]]]) -> Deferred[list[V | Failure]]:
+        """One outcome per ``(key, item)``, in order, each a result or a Failure: a key in
+        flight (or earlier in ``keyed``) joins that run, and the items of the other keys run
+        together as one call of ``work``, which gives one outcome per item it was given."""
+        waiter: Deferred[list[V | Failure]] = Deferred()
+        own: list[tuple[int, K, Item]] = []
+        joined: list[tuple[int, Deferred[Any]]] = []
+        for position, (key, item) in enumerate(keyed):
+            waiters = self._waiters.get(key)
+            if waiters is None:
+                self._waiters[key] = []
+                own.append((position, key, item))
+            else:
+                joiner: Deferred[Any] = Deferred()
+                waiters.append(joiner)
+                joined.append((position, joiner))
+        Deferred.fromCoroutine(self._run(len(keyed), own, joined, work)).addBoth(lambda outcomes: fire(waiter, outcomes))
         return waiter
 
-    def _finish(self, result: V | Failure, key: K) -> None:
-        for waiter in self._waiters.pop(key):
-            fire(waiter, result)
+    async def _run(self, count: int, own: list[tuple[int, K, Item]], joined: list[tuple[int, Deferred[Any]]],
+                   work: Callable[[list[Item]], Coroutine[Any, Any, list[V | Failure]]]) -> list[V | Failure]:
+        try:
+            results = await work([item for _, _, item in own]) if own else []
+            if len(results) != len(own):
+                raise ValueError(f"{len(own)} items got {len(results)} outcomes")
+        except Exception:
+            results = [Failure()] * len(own)
+        outcomes: list[Any] = [None] * count
+        for (position, key, _), outcome in zip(own, results):
+            outcomes[position] = outcome
+            for joiner in self._waiters.pop(key):
+                fire(joiner, outcome)
+        for position, joiner in joined:
+            outcomes[position] = (await joiner.addBoth(lambda outcome: [outcome]))[0]  # a Failure kept as such
+        return outcomes
+
+
+def _the_only(outcomes: list[Any]) -> Any:
+    (outcome,) = outcomes
+    return outcome
+
+
+@dataclass
+class _Calls(Generic[Item]):
+    items: list[Item]
+    waiter: Deferred[list[Any]]
 
 
 class Coalescer(Generic[K, Item, V]):
@@ -79,7 +122,8 @@ class Coalescer(Generic[K, Item, V]):
     :param send: sends one batch for a key; fires with one result per item, in order.
         When it fails, every call in the batch fails with its error, and so do the calls
         waiting behind it: they were bound for the same peer, and fail over with it.
-    :param max_batch: a larger group leaves as several batches, side by side.
+    :param max_batch: a larger group leaves as several batches, side by side; calls
+        submitted together (:meth:`submit_each`) stay in one.
     """
 
     def __init__(self, send: Callable[[K, list[Item]], Awaitable[Sequence[V]]], clock: IReactorTime,
@@ -87,40 +131,52 @@ class Coalescer(Generic[K, Item, V]):
         self._send = send
         self._clock = clock
         self._max_batch = max_batch
-        self._pending: dict[K, list[tuple[Item, Deferred[V]]]] = {}
+        self._pending: dict[K, list[_Calls[Item]]] = {}
         self._out: dict[K, int] = {}  # batches out per key
 
     def submit(self, key: K, item: Item) -> Deferred[V]:
         """Queue ``item`` for the next batch to ``key``; fires with its own result.
 
         Cancelling the returned Deferred abandons only this call's answer."""
-        waiter: Deferred[V] = Deferred()
+        return self.submit_each(key, [item]).addCallback(_the_only)
+
+    def submit_each(self, key: K, items: list[Item]) -> Deferred[list[V]]:
+        """Queue several calls that travel together: one waiter for them all, which fires
+        with their results in order (:meth:`submit` for each, at the cost of one)."""
+        calls = _Calls(items, Deferred())
         group = self._pending.get(key)
         if group is None:
             group = self._pending[key] = []
             if key not in self._out:
                 self._clock.callLater(0, self._flush, key)
-        group.append((item, waiter))
-        return waiter
+        group.append(calls)
+        return calls.waiter
 
     def _flush(self, key: K) -> None:
-        group = self._pending.pop(key)
-        starts = range(0, len(group), self._max_batch)
-        self._out[key] = len(starts)
-        for start in starts:
-            Deferred.fromCoroutine(self._send_batch(key, group[start:start + self._max_batch]))
+        batches: list[list[_Calls[Item]]] = [[]]
+        size = 0
+        for calls in self._pending.pop(key):  # calls submitted together stay together
+            if size and size + len(calls.items) > self._max_batch:
+                batches.append([])
+                size = 0
+            batches[-1].append(calls)
+            size += len(calls.items)
+        self._out[key] = len(batches)
+        for batch in batches:
+            Deferred.fromCoroutine(self._send_batch(key, batch))
 
-    async def _send_batch(self, key: K, batch: list[tuple[Item, Deferred[V]]]) -> None:
+    async def _send_batch(self, key: K, batch: list[_Calls[Item]]) -> None:
+        items = [item for calls in batch for item in calls.items]
         try:
-            results = list(await self._send(key, [item for item, _ in batch]))
-            if len(results) != len(batch):
-                raise ValueError(f"a batch of {len(batch)} calls got {len(results)} results")
+            results = list(await self._send(key, items))
+            if len(results) != len(items):
+                raise ValueError(f"a batch of {len(items)} calls got {len(results)} results")
         except Exception:
             failure = Failure()
             waiting = self._pending.pop(key, [])
             self._batch_back(key)
-            for _, waiter in batch + waiting:
-                fire(waiter, failure)
+            for calls in batch + waiting:
+                fire(calls.waiter, failure)
             return
         self._batch_back(key)
         # The batch that waited is on its way, and goes out on the reactor's next pass over
@@ -136,6 +192,8 @@ class Coalescer(Generic[K, Item, V]):
                 self._flush(key)
 
     @staticmethod
-    def _answer(batch: list[tuple[Item, Deferred[V]]], results: list[V]) -> None:
-        for (_, waiter), result in zip(batch, results):
-            fire(waiter, result)
+    def _answer(batch: list[_Calls[Item]], results: list[V]) -> None:
+        start = 0
+        for calls in batch:
+            fire(calls.waiter, results[start:start + len(calls.items)])
+            start += len(calls.items)

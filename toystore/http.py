@@ -12,7 +12,7 @@ from __future__ import annotations
 import hmac
 import json
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol
+from typing import Any, Awaitable, Callable, Mapping, Protocol, Sequence, TypeVar
 
 from hyperlink import EncodedURL
 from klein import Klein
@@ -111,6 +111,27 @@ def require_batch(body: Mapping[str, Any], field: str) -> list[Any]:
     if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH_ITEMS:
         raise ApiError(400, f"'{field}' must be a list of 1 to {MAX_BATCH_ITEMS} items.")
     return items
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+X = TypeVar("X")
+
+
+def parsed_or_error(parse: Callable[[Any], T], item: Any) -> T | ApiError:
+    """One item of a batch call, parsed, or the error that refused it (the others go on)."""
+    try:
+        return parse(item)
+    except ApiError as e:
+        return e
+
+
+async def run_parsed(asked: list[T | ApiError], run_each: Callable[[list[T]], Awaitable[Sequence[R]]],
+                     outcome_of: Callable[[T, R], X]) -> list[X | ApiError]:
+    """Runs the calls that parsed, in one batch; each call's outcome in the order asked, a call
+    that did not parse keeping its error."""
+    results = iter(await run_each([call for call in asked if not isinstance(call, ApiError)]))
+    return [call if isinstance(call, ApiError) else outcome_of(call, next(results)) for call in asked]
 
 
 def split_batch_answer(status: int, payload: dict[str, Any], count: int) -> list[tuple[int, dict[str, Any]]]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Mapping, TypeVar
+from typing import Any, Awaitable, Callable, Mapping
 
 from klein import Klein
 from twisted.internet.defer import Deferred
@@ -37,16 +37,16 @@ from toystore.http import (
     error_response,
     install_json_errors,
     json_response,
+    parsed_or_error,
     read_json_object,
     require_batch,
     require_positive_int,
     require_string,
     require_token,
+    run_parsed,
 )
 
 log = Logger()
-
-T = TypeVar("T")
 
 MAX_TERM = 2**62
 
@@ -72,21 +72,6 @@ class Done:
 
     data: dict[str, Any]
     toy: str | None = None
-
-
-def _parsed(parse: Callable[[Any], T], item: Any) -> T | ApiError:
-    try:
-        return parse(item)
-    except ApiError as e:
-        return e
-
-
-async def _run_valid(asked: list[T | ApiError], run_each: Callable[[list[T]], Awaitable[list[Any]]],
-                     outcome_of: Callable[[T, Any], Done | ApiError]) -> list[Done | ApiError]:
-    """Runs the calls that parsed, in one batch; each call's outcome in the order asked, a call
-    that did not parse keeping its error."""
-    results = iter(await run_each([call for call in asked if not isinstance(call, ApiError)]))
-    return [call if isinstance(call, ApiError) else outcome_of(call, next(results)) for call in asked]
 
 
 def _reservation(item: Any) -> tuple[str, str, int, int]:
@@ -180,8 +165,8 @@ class CatalogApi:
         require_token(request, self._token)
         body = read_json_object(request, MAX_BATCH_BODY_BYTES)
         batch = "reservations" in body
-        asked = [_parsed(_reservation, item) for item in (require_batch(body, "reservations") if batch else [body])]
-        outcomes = await _run_valid(asked, self._store.buy_each, lambda _, bought: _bought(bought))
+        asked = [parsed_or_error(_reservation, item) for item in (require_batch(body, "reservations") if batch else [body])]
+        outcomes = await run_parsed(asked, self._store.buy_each, lambda _, bought: _bought(bought))
         return await self._answer(request, outcomes, batch, wait_for_push=False)
 
     @app.route("/release", methods=["POST"])
@@ -201,8 +186,8 @@ class CatalogApi:
         batch = "request_ids" in body
         raw_ids = require_batch(body, "request_ids") if batch else [body.get("request_id")]
         term = require_term(body, required=True)
-        asked = [_parsed(_request_id, raw_id) for raw_id in raw_ids]
-        outcomes = await _run_valid(asked, lambda request_ids: settle_each(request_ids, term),
+        asked = [parsed_or_error(_request_id, raw_id) for raw_id in raw_ids]
+        outcomes = await run_parsed(asked, lambda request_ids: settle_each(request_ids, term),
                                     lambda request_id, settled: outcome_of(request_id, term, settled))
         return await self._answer(request, outcomes, batch, wait_for_push=True)
 

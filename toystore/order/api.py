@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from klein import Klein
-from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
@@ -19,14 +19,17 @@ from toystore.http import (
     batch_success,
     install_json_errors,
     json_response,
+    parsed_or_error,
     read_json_object,
     require_batch,
     require_positive_int,
     require_string,
     require_token,
+    run_parsed,
     api_root,
 )
 from toystore.order.replica import OrderReplica
+from toystore.order.state import Order, OrderCommand
 
 MAX_ORDER_NUMBER = 2**62
 
@@ -37,6 +40,24 @@ def _order_number(text: str) -> int:
     if not text.isdigit() or not text.isascii() or int(text) > MAX_ORDER_NUMBER:
         raise ApiError(400, "An order number is a whole number from 0.")
     return int(text)
+
+
+def _order_command(body: Any) -> OrderCommand:
+    if not isinstance(body, dict):
+        raise ApiError(400, "An order is a JSON object.")
+    name = require_string(body, "name")
+    quantity = require_positive_int(body, "quantity")
+    return OrderCommand(require_string(body, "request_id"), name, quantity)
+
+
+def _result(outcome: Order | Failure) -> dict[str, Any] | ApiError:
+    """One order's entry in a batch's results."""
+    if not isinstance(outcome, Failure):
+        return batch_success({"order_number": outcome.number})
+    if outcome.check(ApiError):
+        return outcome.value
+    log.failure("Placing an order of a batch failed", outcome)
+    return ApiError(500, "The order service failed on this order; retry with the same key.")
 
 
 def _after_argument(request: IRequest) -> int:
@@ -74,32 +95,18 @@ class OrderApi:
     @app.route("/order", methods=["POST"])
     async def order(self, request: IRequest) -> bytes:
         """One order ``{name, quantity, request_id}``, or ``{"orders": [...]}``: a frontend's
-        batch of them, answered with one result per order (:func:`batch_success`)."""
+        batch of them, answered with one result per order (:func:`batch_success`) and placed
+        together (:meth:`OrderReplica.place_orders`)."""
         require_token(request, self._token)
         body = read_json_object(request, MAX_BATCH_BODY_BYTES)
         if "orders" not in body:
-            return json_response(request, await self._place(body))
-        batch = require_batch(body, "orders")
-        results = await gatherResults([Deferred.fromCoroutine(self._place_one_of_batch(item)) for item in batch])
-        return json_response(request, {"results": results})
-
-    async def _place(self, body: Any) -> dict[str, Any]:
-        if not isinstance(body, dict):
-            raise ApiError(400, "An order is a JSON object.")
-        name = require_string(body, "name")
-        quantity = require_positive_int(body, "quantity")
-        request_id = require_string(body, "request_id")
-        placed = await self._replica.place_order(request_id, name, quantity)
-        return {"order_number": placed.number}
-
-    async def _place_one_of_batch(self, body: Any) -> dict[str, Any]:
-        try:
-            return batch_success(await self._place(body))
-        except ApiError as error:
-            return batch_failure(error)
-        except Exception:
-            log.failure("Placing an order of a batch failed")
-            return batch_failure(ApiError(500, "The order service failed on this order; retry with the same key."))
+            command = _order_command(body)
+            placed = await self._replica.place_order(command.request_id, command.name, command.quantity)
+            return json_response(request, {"order_number": placed.number})
+        asked = [parsed_or_error(_order_command, item) for item in require_batch(body, "orders")]
+        outcomes = await run_parsed(asked, self._replica.place_orders, lambda _, outcome: _result(outcome))
+        return json_response(request, {"results": [
+            batch_failure(outcome) if isinstance(outcome, ApiError) else outcome for outcome in outcomes]})
 
     @app.route("/orders/<string:number>", methods=["GET"])
     async def get_order(self, request: IRequest, number: str) -> bytes:

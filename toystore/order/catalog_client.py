@@ -7,7 +7,7 @@ load, one HTTP request per order would cost a request's CPU on both sides per or
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -22,6 +22,19 @@ class Reservation:
     name: str
     quantity: int
     age: float
+
+
+def _refusal(status: int, payload: dict[str, Any]) -> ApiError | None:
+    """None for a reservation the catalog made; its 404 and 409 pass through, anything else is 503."""
+    if status == 200:
+        return None
+    error = payload.get("error")
+    message = error.get("message") if isinstance(error, dict) else None
+    if not isinstance(message, str):
+        message = "The catalog refused the reservation."
+    if status in (404, 409):
+        return ApiError(status, message)
+    return unavailable(f"The catalog answered {status}: {message}")
 
 
 class CatalogClient:
@@ -63,17 +76,17 @@ class CatalogClient:
 
     async def reserve(self, name: str, quantity: int, request_id: str, term: int) -> None:
         """Take stock for an order (idempotent by request id); the catalog's 404 and 409 pass through."""
-        status, payload = await self._reservations.submit(
-            "/buy_qty", {"name": name, "quantity": quantity, "request_id": request_id, "term": term})
-        if status == 200:
-            return
-        error = payload.get("error")
-        message = error.get("message") if isinstance(error, dict) else None
-        if not isinstance(message, str):
-            message = "The catalog refused the reservation."
-        if status in (404, 409):
-            raise ApiError(status, message)
-        raise unavailable(f"The catalog answered {status}: {message}")
+        (refusal,) = await self.reserve_each([(name, quantity, request_id)], term)
+        if refusal is not None:
+            raise refusal
+
+    async def reserve_each(self, reservations: Sequence[tuple[str, int, str]], term: int) -> list[ApiError | None]:
+        """:meth:`reserve` for each ``(name, quantity, request_id)``, in one call with the
+        others of this turn: None for each reserved, else the error that refused it."""
+        answers = await self._reservations.submit_each("/buy_qty", [
+            {"name": name, "quantity": quantity, "request_id": request_id, "term": term}
+            for name, quantity, request_id in reservations])
+        return [_refusal(status, payload) for status, payload in answers]
 
     async def held_reservations(self, older_than: float) -> list[Reservation]:
         status, body = await self._call("GET", f"/reservations?state=held&older_than={older_than}")

@@ -11,17 +11,18 @@ acknowledged order can be lost, and what a replica does when histories conflict.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from toystore.deferreds import SingleFlight
 from toystore.http import ApiError, JsonClient, fetch_json, require_positive_int, require_string
 from toystore.order.catalog_client import CatalogClient
-from toystore.order.replica import not_leader, unavailable
+from toystore.order.replica import not_leader, place_one_by_one, unavailable
 from toystore.order.state import Order, OrderCommand, OrderStateMachine
 from toystore.order.store import Changes, ReplicaStore
 
@@ -115,6 +116,9 @@ class PrimaryBackupReplica:
         if self._conflicts:
             raise unavailable("This replica's history conflicts with a peer's; it takes no orders until resolved.")
         return await self._attempts.run(request_id, lambda: self._commit_order(request_id, name, quantity))
+
+    async def place_orders(self, commands: Sequence[OrderCommand]) -> list[Order | Failure]:
+        return await place_one_by_one(self, commands)
 
     async def _commit_order(self, request_id: str, name: str, quantity: int) -> Order:
         await self._catalog.reserve(name, quantity, request_id, 0)

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from toystore.deferreds import SingleFlight
 from toystore.http import ApiError
@@ -100,27 +101,44 @@ class RaftReplica:
     # -- orders ---------------------------------------------------------------------
 
     async def place_order(self, request_id: str, name: str, quantity: int) -> Order:
-        existing = self.orders.for_request(request_id)
-        if existing is not None:
-            return existing
-        if self._core.role is not Role.LEADER:
-            raise not_leader(self._core.leader_id, self._replicas)
-        # A retry while the first attempt still runs shares its outcome.
-        return await self._attempts.run(request_id, lambda: self._commit_order(request_id, name, quantity))
+        (outcome,) = await self.place_orders([OrderCommand(request_id, name, quantity)])
+        if isinstance(outcome, Failure):
+            outcome.raiseException()
+        return outcome
 
-    async def _commit_order(self, request_id: str, name: str, quantity: int) -> Order:
+    async def place_orders(self, commands: Sequence[OrderCommand]) -> list[Order | Failure]:
+        outcomes: list[Order | Failure | None] = [self.orders.for_request(c.request_id) for c in commands]
+        new = [command for command, outcome in zip(commands, outcomes) if outcome is None]
+        if not new:
+            return outcomes  # type: ignore[return-value]
+        if self._core.role is not Role.LEADER:
+            placed: list[Order | Failure] = [Failure(not_leader(self._core.leader_id, self._replicas))] * len(new)
+        else:
+            # A retry while the first attempt still runs shares its outcome.
+            placed = await self._attempts.run_each([(c.request_id, c) for c in new], self._commit_orders)
+        fresh = iter(placed)
+        return [outcome if outcome is not None else next(fresh) for outcome in outcomes]
+
+    async def _commit_orders(self, commands: list[OrderCommand]) -> list[Order | Failure]:
+        """Reserves, then proposes, the orders that reached this leader together: one catalog
+        call and one proposal for them all."""
         term = self._core.term
-        await self.reaper.wait_released(request_id)
-        await self._catalog.reserve(name, quantity, request_id, term)
-        command = OrderCommand(request_id, name, quantity).encode()
+        for command in commands:
+            await self.reaper.wait_released(command.request_id)
+        refusals = await self._catalog.reserve_each([(c.name, c.quantity, c.request_id) for c in commands], term)
+        reserved = [command.encode() for command, refusal in zip(commands, refusals) if refusal is None]
         assert self.node is not None
-        try:
-            applied = await self.node.propose(command)
-        except NotLeader as e:
-            raise not_leader(e.leader_id, self._replicas) from None
-        except ProposalDropped:  # ProposalTimedOut included
-            raise unavailable("The order's outcome is not known yet; retry with the same Idempotency-Key.") from None
-        return applied.order
+        applied = iter(await self.node.propose_each(reserved))
+        return [Failure(refusal) if refusal is not None else self._placed(next(applied)) for refusal in refusals]
+
+    def _placed(self, outcome: Applied | Failure) -> Order | Failure:
+        if not isinstance(outcome, Failure):
+            return outcome.order
+        if outcome.check(NotLeader):
+            return Failure(not_leader(outcome.value.leader_id, self._replicas))
+        if outcome.check(ProposalDropped):  # ProposalTimedOut included
+            return Failure(unavailable("The order's outcome is not known yet; retry with the same Idempotency-Key."))
+        return outcome
 
     def _in_flight(self, request_id: str) -> bool:
         return request_id in self._attempts or request_id in self._uncommitted_request_ids()

@@ -6,10 +6,13 @@ the storage and the order state machine are shared.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol
+from typing import Any, Mapping, Protocol, Sequence
+
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.python.failure import Failure
 
 from toystore.http import ApiError
-from toystore.order.state import Order, OrderStateMachine
+from toystore.order.state import Order, OrderCommand, OrderStateMachine
 
 
 class OrderReplica(Protocol):
@@ -21,6 +24,10 @@ class OrderReplica(Protocol):
         Raises :class:`ApiError`: 421 not the leader, 404/409 from the catalog, 503
         when the outcome cannot be known now (the caller retries with the same id).
         """
+
+    async def place_orders(self, commands: Sequence[OrderCommand]) -> list[Order | Failure]:
+        """:meth:`place_order` for each, in order: its order, or a Failure with the
+        :class:`ApiError` it would have raised (or any other error)."""
 
     async def read_order(self, number: int) -> Order | None:
         """On the leader, a read that reflects every order acknowledged before it."""
@@ -47,3 +54,11 @@ def not_leader(leader_id: int | None, replicas: Mapping[int, str]) -> ApiError:
 
 def unavailable(message: str) -> ApiError:
     return ApiError(503, message, headers={"Retry-After": "1"})
+
+
+async def place_one_by_one(replica: OrderReplica, commands: Sequence[OrderCommand]) -> list[Order | Failure]:
+    """:meth:`OrderReplica.place_orders` as one :meth:`~OrderReplica.place_order` per order,
+    side by side, for a mode whose orders are placed one at a time."""
+    placed = await DeferredList([Deferred.fromCoroutine(replica.place_order(c.request_id, c.name, c.quantity))
+                                 for c in commands], consumeErrors=True)
+    return [outcome for _, outcome in placed]

@@ -61,9 +61,29 @@ _LEADER_BROADCASTS = frozenset({MessageType.APPEND, MessageType.HEARTBEAT})
 
 @dataclass
 class _Proposal:
-    data: str
+    """Entries proposed together: ``done`` fires with one outcome per entry, in order, once
+    each has applied here (its apply result) or failed (a Failure in its place)."""
+
+    data: Sequence[str]
     done: defer.Deferred
     proposed_at: float
+    outcomes: list[Any] = field(init=False)
+    unsettled: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.outcomes = [None] * len(self.data)
+        self.unsettled = len(self.data)
+
+    def settle(self, position: int, outcome: Any) -> None:
+        self.outcomes[position] = outcome
+        self.unsettled -= 1
+        if not self.unsettled:
+            fire(self.done, self.outcomes)
+
+    def fail(self, failure: Failure) -> None:
+        """Every entry, none of which has a place in the log yet."""
+        for position in range(len(self.data)):
+            self.settle(position, failure)
 
 
 @dataclass
@@ -128,8 +148,8 @@ class RaftNode:
         self._cycling = False
         self._persisting = False
         self._stopped = False
-        # index -> (term, waiter, proposed at); in index order, so also oldest first.
-        self._proposals: dict[int, tuple[int, defer.Deferred, float]] = {}
+        # index -> (term, proposal, position in it); in index order, so also oldest first.
+        self._proposals: dict[int, tuple[int, _Proposal, int]] = {}
         self._reads: dict[str, list[defer.Deferred]] = {}
         self._reads_waiting_apply: list[tuple[int, defer.Deferred]] = []
         self._read_ids = itertools.count()
@@ -149,7 +169,11 @@ class RaftNode:
         self._stopped = True
         if self._ticker.running:
             self._ticker.stop()
-        self._fail_waiters(ProposalDropped("the replica is stopping"))
+        stopping = ProposalDropped("the replica is stopping")
+        self._fail_waiters(stopping)
+        proposals, self._inbox_proposals = self._inbox_proposals, []
+        for proposal in proposals:
+            proposal.fail(Failure(stopping))
         slots, self._inbox_slots = self._inbox_slots, []
         self._answer(slots)
 
@@ -181,14 +205,17 @@ class RaftNode:
             self._inbox_slots.append(_AnswerSlot(sender, done, deadline))
         return done
 
-    def propose(self, data: str) -> defer.Deferred:
-        """Fires with the apply result once the entry is committed and applied here.
-
-        Fails with :class:`NotLeader` at once on a non-leader, with
-        :class:`ProposalDropped` when leadership is lost before the entry applies, or with
-        :class:`ProposalTimedOut` when it has not applied within the proposal timeout.
+    def propose_each(self, data: Sequence[str]) -> defer.Deferred:
+        """Appends an entry for each of ``data``; fires with one outcome per entry, in
+        order: the apply result once it is committed and applied here, or a Failure:
+        :class:`NotLeader` on a non-leader, :class:`ProposalDropped` when leadership is lost
+        before the entry applies, :class:`ProposalTimedOut` when it has not applied within
+        the proposal timeout. Entries proposed together cost one waiter, not one each.
         """
         done: defer.Deferred = defer.Deferred()
+        if not data:
+            done.callback([])
+            return done
         self._inbox_proposals.append(_Proposal(data, done, self._clock.seconds()))
         self._kick()
         return done
@@ -220,19 +247,22 @@ class RaftNode:
     def _expire_proposals(self) -> None:
         # Both queues are oldest first, and every proposal has the same timeout.
         oldest_kept = self._clock.seconds() - self._proposal_timeout
-        expired: list[defer.Deferred] = []
+        expired: list[_Proposal] = []
         while self._inbox_proposals and self._inbox_proposals[0].proposed_at <= oldest_kept:
-            expired.append(self._inbox_proposals.pop(0).done)
+            expired.append(self._inbox_proposals.pop(0))
+        expired_entries: list[tuple[_Proposal, int]] = []
         while self._proposals:
-            index, (_, done, proposed_at) = next(iter(self._proposals.items()))
-            if proposed_at > oldest_kept:
+            index, (_, proposal, position) = next(iter(self._proposals.items()))
+            if proposal.proposed_at > oldest_kept:
                 break
             del self._proposals[index]
-            expired.append(done)
-        if expired:
+            expired_entries.append((proposal, position))
+        if expired or expired_entries:
             failure = Failure(ProposalTimedOut(f"not committed within {self._proposal_timeout:g} s"))
-            for done in expired:
-                fire(done, failure)
+            for proposal in expired:
+                proposal.fail(failure)
+            for proposal, position in expired_entries:
+                proposal.settle(position, failure)
 
     # -- the cycle ---------------------------------------------------------------------
 
@@ -290,13 +320,16 @@ class RaftNode:
         proposals, self._inbox_proposals = self._inbox_proposals, []
         if proposals:
             try:
-                placed = core.propose_batch([proposal.data for proposal in proposals])
+                placed = iter(core.propose_batch([data for proposal in proposals for data in proposal.data]))
             except NotLeader as e:
+                refused = Failure(e)
                 for proposal in proposals:
-                    fire(proposal.done, Failure(e))
+                    proposal.fail(refused)
             else:
-                for proposal, (index, term) in zip(proposals, placed):
-                    self._proposals[index] = (term, proposal.done, proposal.proposed_at)
+                for proposal in proposals:
+                    for position in range(len(proposal.data)):
+                        index, term = next(placed)
+                        self._proposals[index] = (term, proposal, position)
         reads, self._inbox_reads = self._inbox_reads, []
         if reads:
             # Reads that arrived together share one read point and one heartbeat round:
@@ -368,13 +401,13 @@ class RaftNode:
         waiting = self._proposals.pop(entry.index, None)
         if waiting is None:
             return
-        term, done, proposed_at = waiting
+        term, proposal, position = waiting
         if term == entry.term:
             for listener in self.commit_listeners:
-                listener(self._clock.seconds() - proposed_at)
-            fire(done, result)
+                listener(self._clock.seconds() - proposal.proposed_at)
+            proposal.settle(position, result)
         else:
-            fire(done, Failure(ProposalDropped(f"entry {entry.index} was replaced by one of term {entry.term}")))
+            proposal.settle(position, Failure(ProposalDropped(f"entry {entry.index} was replaced by one of term {entry.term}")))
 
     def _release_reads(self) -> None:
         applied = self.core.applied_index
@@ -393,8 +426,9 @@ class RaftNode:
 
     def _fail_waiters(self, dropped: Exception, not_leader: Exception | None = None) -> None:
         proposals, self._proposals = self._proposals, {}
-        for _, done, _ in proposals.values():
-            fire(done, Failure(dropped))
+        failure = Failure(dropped)
+        for _, proposal, position in proposals.values():
+            proposal.settle(position, failure)
         reads = [d for batch in self._reads.values() for d in batch] + [d for _, d in self._reads_waiting_apply]
         self._reads, self._reads_waiting_apply = {}, []
         for done in reads:
