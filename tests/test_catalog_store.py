@@ -4,7 +4,7 @@ and stock conservation. Runs inline on SQLite files, no reactor."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Coroutine
+from typing import Any, Callable, Coroutine
 
 import pytest
 from hypothesis import given, settings
@@ -259,19 +259,36 @@ buys = st.tuples(st.integers(0, 5).map(lambda n: f"r{n}"), st.sampled_from(["Tux
                  st.integers(1, 6), st.integers(0, 3))
 
 
-@settings(max_examples=300, deadline=None)
-@given(operations, st.lists(buys, min_size=1, max_size=12))
-def test_a_batch_of_buys_answers_and_changes_as_its_buys_one_by_one(before: list[tuple[Any, ...]],
-                                                                     batch: list[tuple[str, str, int, int]]) -> None:
+def _assert_a_batch_is_its_calls_one_by_one(before: list[tuple[Any, ...]],
+                                            batch: Callable[[CatalogStore], Coroutine[Any, Any, list[Any]]],
+                                            calls: Callable[[CatalogStore], list[Coroutine[Any, Any, Any]]]) -> None:
     together, alone = (make_store(Path(":memory:"), initial_stock=8) for _ in range(2))
     for store in (together, alone):
         for op in before:
             _apply(store, op)
-    batch_outcomes = [_outcome(o) for o in run(together.buy_each(batch))]
+    batch_outcomes = [_outcome(o) for o in run(batch(together))]
     single_outcomes = []
-    for request_id, name, quantity, term in batch:
-        d = defer.ensureDeferred(alone.buy(request_id, name, quantity, term))
+    for call in calls(alone):
+        d = defer.ensureDeferred(call)
         d.addErrback(lambda f: f.trap(CatalogError) and f.value)
         single_outcomes.append(_outcome(_case.successResultOf(d)))
     assert batch_outcomes == single_outcomes
     assert _state(together) == _state(alone)
+
+
+@settings(max_examples=300, deadline=None)
+@given(operations, st.lists(buys, min_size=1, max_size=12))
+def test_a_batch_of_buys_answers_and_changes_as_its_buys_one_by_one(before: list[tuple[Any, ...]],
+                                                                     batch: list[tuple[str, str, int, int]]) -> None:
+    _assert_a_batch_is_its_calls_one_by_one(
+        before, lambda store: store.buy_each(batch),
+        lambda store: [store.buy(request_id, name, quantity, term) for request_id, name, quantity, term in batch])
+
+
+@settings(max_examples=300, deadline=None)
+@given(operations, st.lists(st.integers(0, 5).map(lambda n: f"r{n}"), min_size=1, max_size=8), st.integers(0, 3))
+def test_a_batch_of_confirms_answers_and_changes_as_its_confirms_one_by_one(before: list[tuple[Any, ...]],
+                                                                           request_ids: list[str], term: int) -> None:
+    _assert_a_batch_is_its_calls_one_by_one(
+        before, lambda store: store.confirm_each(request_ids, term),
+        lambda store: [store.confirm(request_id, term) for request_id in request_ids])

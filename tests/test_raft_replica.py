@@ -202,6 +202,13 @@ def test_orders_placed_together_share_one_catalog_call_and_one_proposal(cluster:
     assert proposals == [2]
 
 
+def test_a_stopping_leader_answers_503_to_orders_not_yet_in_its_log(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    outcome = cluster.order(leader, "k")  # reserved and proposed; the next cycle would append it
+    leader.stop()
+    assert outcome and outcome[0].value.code == 503
+
+
 def test_a_follower_answers_421_with_the_leaders_url(cluster: Cluster) -> None:
     leader = cluster.leader()
     follower = next(r for r in cluster.replicas.values() if r is not leader)

@@ -221,14 +221,30 @@ def _release(request_id: str, term: int, conn: sqlite3.Connection) -> str:
     return name
 
 
-def _confirm(request_id: str, term: int, conn: sqlite3.Connection) -> None:
-    row = conn.execute("SELECT state FROM reservations WHERE request_id = ?", (request_id,)).fetchone()
-    if row is None:
-        raise NotFound(f"There is no reservation {request_id!r}.")
-    if row[0] == RELEASED:
-        raise Conflict(f"Reservation {request_id!r} was released and cannot be confirmed.")
-    _see_term(conn, term)
-    conn.execute("UPDATE reservations SET state = ? WHERE request_id = ?", (CONFIRMED, request_id))
+def _confirm_each(request_ids: Sequence[str], term: int, conn: sqlite3.Connection) -> list[None | CatalogError]:
+    """Each confirm, in order, as if it ran alone, in a few statements for the batch (as
+    :func:`_buy_each`): the reaper confirms a quarter second's orders at a time."""
+    unique = list(set(request_ids))
+    states: dict[str, str] = dict(conn.execute(
+        f"SELECT request_id, state FROM reservations WHERE request_id IN ({_marks(unique)})", unique))
+    outcomes: list[None | CatalogError] = []
+    confirmed: list[str] = []
+    for request_id in request_ids:
+        state = states.get(request_id)
+        if state is None:
+            outcomes.append(NotFound(f"There is no reservation {request_id!r}."))
+        elif state == RELEASED:
+            outcomes.append(Conflict(f"Reservation {request_id!r} was released and cannot be confirmed."))
+        else:
+            outcomes.append(None)
+            if state == HELD:
+                states[request_id] = CONFIRMED
+                confirmed.append(request_id)
+    conn.executemany("UPDATE reservations SET state = ? WHERE request_id = ?",
+                     [(CONFIRMED, request_id) for request_id in confirmed])
+    if None in outcomes:
+        _see_term(conn, term)
+    return outcomes
 
 
 def _outcomes(results: list[Any]) -> list[Any]:
@@ -298,7 +314,7 @@ class CatalogStore:
 
     async def confirm_each(self, request_ids: Sequence[str], term: int) -> list[None | CatalogError]:
         """:meth:`confirm` for each request id, in one write."""
-        return _outcomes(await self._db.write_each([partial(_confirm, request_id, term) for request_id in request_ids]))
+        return await self._db.write(partial(_confirm_each, request_ids, term))
 
     async def reservations(self, state: str | None = None, older_than: float = 0.0) -> list[Reservation]:
         """Reservations (in one state, if given) at least ``older_than`` seconds old, oldest first."""
