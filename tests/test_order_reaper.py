@@ -20,7 +20,8 @@ _case = SynchronousTestCase()
 
 @dataclass
 class FakeCatalog:
-    """Settles with 200 unless told otherwise; ``gate`` holds every settle until it fires."""
+    """Settles with 200 unless told otherwise; ``gate`` holds every settle until it fires; a
+    batch with an ``unreachable`` request id in it fails whole, as an unreachable catalog would."""
 
     held: list[Reservation]
     calls: list[tuple[str, str, int]] = field(default_factory=list)
@@ -37,13 +38,13 @@ class FakeCatalog:
             raise ApiError(503, "catalog down")
         return list(self.held)
 
-    async def settle(self, action: str, request_id: str, term: int) -> int:
-        self.calls.append((action, request_id, term))
+    async def settle_each(self, action: str, request_ids: list[str], term: int) -> list[int]:
+        self.calls.extend((action, request_id, term) for request_id in request_ids)
         if self.gate is not None:
             await self.gate
-        if request_id in self.unreachable:
+        if self.unreachable.intersection(request_ids):
             raise ApiError(503, "catalog down")
-        return self.statuses.get(request_id, 200)
+        return [self.statuses.get(request_id, 200) for request_id in request_ids]
 
 
 def _reservation(request_id: str) -> Reservation:
@@ -128,22 +129,22 @@ def test_a_round_submits_every_settle_in_one_turn() -> None:
     assert (reaper.confirmed, reaper.released) == (1, 2)
 
 
-def test_one_failing_settle_does_not_lose_the_others() -> None:
-    catalog = FakeCatalog([_reservation(rid) for rid in ("down", "fenced", "lost", "done", "late")],
+def test_a_failing_action_does_not_lose_the_other() -> None:
+    catalog = FakeCatalog([_reservation(rid) for rid in ("down", "lost", "done", "fenced", "late")],
                           unreachable={"down"}, statuses={"fenced": 409, "late": 404})
-    reaper = ReservationReaper(catalog, _view(committed={"done", "late"}), clock=Clock())
+    reaper = ReservationReaper(catalog, _view(committed={"done", "fenced", "late"}), clock=Clock())
     finished: list[str] = []
     with capturedLogs() as events:
         round_ = defer.ensureDeferred(reaper.run_once())
-        for rid in ("down", "fenced", "lost"):
+        for rid in ("down", "lost"):
             defer.ensureDeferred(reaper.wait_released(rid)).addCallback(lambda _, r=rid: finished.append(r))
     assert _case.successResultOf(round_) is None
-    assert [rid for _, rid, _ in catalog.calls] == ["down", "fenced", "lost", "done", "late"]
-    assert finished == ["down", "fenced", "lost"]
+    assert [rid for _, rid, _ in catalog.calls] == ["done", "fenced", "late", "down", "lost"]
+    assert finished == ["down", "lost"]  # a failed release lets waiting orders go on
     # Only what the catalog settled counts.
-    assert (reaper.confirmed, reaper.released) == (1, 1)
+    assert (reaper.confirmed, reaper.released) == (1, 0)
     warnings = [e for e in events if e["log_level"] == LogLevel.warn]
-    assert [(e["failed"], e["count"]) for e in warnings] == [(1, 5)]
+    assert [(e["failed"], e["count"]) for e in warnings] == [(2, 5)]
 
 
 def test_a_round_is_one_listing_and_one_batch_per_action(tmp_path: Path) -> None:

@@ -57,10 +57,15 @@ class FakeCatalog:
         return [Reservation(r, "Tux", q, 10.0) for r, q in self.held.items() if r not in self.settled]
 
     async def settle(self, action: str, request_id: str, term: int) -> int:
-        self.settled[request_id] = action
-        if action == "release":
-            self.stock += self.held[request_id]
-        return 200
+        (status,) = await self.settle_each(action, [request_id], term)
+        return status
+
+    async def settle_each(self, action: str, request_ids: list[str], term: int) -> list[int]:
+        for request_id in request_ids:
+            self.settled[request_id] = action
+            if action == "release":
+                self.stock += self.held[request_id]
+        return [200] * len(request_ids)
 
 
 class Network:

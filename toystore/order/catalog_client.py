@@ -97,5 +97,10 @@ class CatalogClient:
 
     async def settle(self, action: str, request_id: str, term: int) -> int:
         """``confirm`` or ``release`` one reservation; returns the catalog's status for it."""
-        status, _ = await self._settlements.submit((action, term), request_id)
+        (status,) = await self.settle_each(action, [request_id], term)
         return status
+
+    async def settle_each(self, action: str, request_ids: list[str], term: int) -> list[int]:
+        """:meth:`settle` for each request id, in one call with the others of this turn."""
+        answers = await self._settlements.submit_each((action, term), request_ids)
+        return [status for status, _ in answers]

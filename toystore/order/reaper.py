@@ -101,37 +101,46 @@ class ReservationReaper:
 
     async def _settle(self, held: Iterable[Reservation]) -> None:
         # The view may have changed while we awaited the listing, but not during this turn:
-        # every verdict is reached and every settle call submitted in it, so the catalog
-        # client sends the round as one batch per action.
+        # every verdict is reached and both settle calls submitted in it.
         if not self._view.can_judge():
             return
         term = self._view.term()
-        settles: list[defer.Deferred] = []
+        confirms: list[Reservation] = []
+        releases: list[Reservation] = []
         for reservation in held:
             verdict = judge(reservation, committed=self._view.committed, in_flight=self._view.in_flight)
             if verdict == Verdict.CONFIRM:
-                settles.append(defer.ensureDeferred(self._confirm(reservation, term)))
+                confirms.append(reservation)
             elif verdict == Verdict.RELEASE:
                 # Marked in the same turn as the verdict, so an order for it waits from now on.
                 self._releasing[reservation.request_id] = []
-                settles.append(defer.ensureDeferred(self._release(reservation, term)))
-        # Every settle runs to its end, whatever the others do; the next round retries failures.
-        outcomes = await defer.DeferredList(settles, consumeErrors=True)
-        failures = [outcome for succeeded, outcome in outcomes if not succeeded]
-        if failures:
-            log.warn("Settling {failed} of {count} reservations failed: {error}", failed=len(failures),
-                     count=len(settles), error=failures[0].getErrorMessage())
+                releases.append(reservation)
+        # Each action runs to its end, whatever the other does; the next round retries failures.
+        outcomes = await defer.DeferredList([defer.ensureDeferred(self._confirm(confirms, term)),
+                                             defer.ensureDeferred(self._release(releases, term))], consumeErrors=True)
+        failed = [(group, outcome) for group, (succeeded, outcome) in zip((confirms, releases), outcomes)
+                  if not succeeded]
+        if failed:
+            log.warn("Settling {failed} of {count} reservations failed: {error}",
+                     failed=sum(len(group) for group, _ in failed), count=len(confirms) + len(releases),
+                     error=failed[0][1].getErrorMessage())
 
-    async def _confirm(self, reservation: Reservation, term: int) -> None:
-        if await self._catalog.settle("confirm", reservation.request_id, term) == 200:
-            self.confirmed += 1
+    async def _confirm(self, reservations: list[Reservation], term: int) -> None:
+        if reservations:
+            statuses = await self._catalog.settle_each("confirm", [r.request_id for r in reservations], term)
+            self.confirmed += statuses.count(200)
 
-    async def _release(self, reservation: Reservation, term: int) -> None:
+    async def _release(self, reservations: list[Reservation], term: int) -> None:
         try:
-            if await self._catalog.settle("release", reservation.request_id, term) == 200:
-                self.released += 1
-                log.info("Released reservation {request_id} ({quantity} x {name}): its order can never commit",
-                         request_id=reservation.request_id, quantity=reservation.quantity, name=reservation.name)
+            if reservations:
+                statuses = await self._catalog.settle_each("release", [r.request_id for r in reservations], term)
+                for reservation, status in zip(reservations, statuses):
+                    if status == 200:
+                        self.released += 1
+                        log.info("Released reservation {request_id} ({quantity} x {name}): its order can never commit",
+                                 request_id=reservation.request_id, quantity=reservation.quantity,
+                                 name=reservation.name)
         finally:
-            for waiter in self._releasing.pop(reservation.request_id):
-                waiter.callback(None)
+            for reservation in reservations:
+                for waiter in self._releasing.pop(reservation.request_id):
+                    waiter.callback(None)
