@@ -30,6 +30,7 @@ ORDERED_PRODUCT = "Whale"
 FAILOVER_PRODUCT = "Fox"
 CATCHUP_PRODUCT = "Lego"
 INITIAL_STOCK = 10_000_000  # never runs out, so every order is a committed order
+READ_WINDOWS = 3  # cached windows, each between two baseline windows
 
 
 @dataclass
@@ -124,11 +125,12 @@ class Bench:
 
     # -- reads --------------------------------------------------------------------------
 
-    def _load_get(self, url: str) -> LoadResult:
+    def _load_get(self, url: str, seconds: float | None = None) -> LoadResult:
         s = self.settings
+        seconds = s.seconds if seconds is None else seconds
         if self._wrk:
-            return run_wrk(self._wrk, url, seconds=s.seconds, concurrency=s.get_concurrency)
-        return run_python_load(Job(url), concurrency=s.get_concurrency, seconds=s.seconds)
+            return run_wrk(self._wrk, url, seconds=seconds, concurrency=s.get_concurrency)
+        return run_python_load(Job(url), concurrency=s.get_concurrency, seconds=seconds)
 
     def _record_get(self, name: str, result: LoadResult) -> None:
         if result.errors or result.ok == 0:
@@ -146,27 +148,35 @@ class Bench:
         self._record_get("uncached_get", self._load_get(url))
 
     def _cached_get_and_baseline(self, cluster: LocalCluster) -> None:
-        """Baseline, cached, baseline again: the baseline is their sum, so a machine that
-        gets busier or quieter meanwhile moves both figures alike, and the two baseline
-        runs' difference shows how noisy the machine was. The cluster idles beside the
-        baseline so both see the same machine."""
+        """Baseline and cached in alternating windows, baseline first and last. Each cached
+        window is set against the mean of the baseline windows either side of it, and the
+        ratio reported is the median of those: a burst of load from elsewhere on the
+        machine during one window moves one ratio, not the figure, and the spread of the
+        ratios shows how noisy the machine was. The cluster idles beside the baseline so
+        both see the same machine."""
         url = f"{cluster.frontend_url}/products/{CACHED_PRODUCT}"
         for _ in range(3):
             status, _ = http_json("GET", url)
             if status != 200:
                 raise RuntimeError(f"warming the cache: GET {url} answered {status}")
+        window = self.settings.seconds / READ_WINDOWS
         with baseline_server() as baseline_url:
-            baseline_runs = [self._load_get(f"{baseline_url}/products/{CACHED_PRODUCT}")]
-            self._record_get("cached_get", self._load_get(url))
-            baseline_runs.append(self._load_get(f"{baseline_url}/products/{CACHED_PRODUCT}"))
+            baseline_url = f"{baseline_url}/products/{CACHED_PRODUCT}"
+            baseline_runs = [self._load_get(baseline_url, window)]
+            cached_runs = []
+            for _ in range(READ_WINDOWS):
+                cached_runs.append(self._load_get(url, window))
+                baseline_runs.append(self._load_get(baseline_url, window))
+        self._record_get("cached_get", combine(cached_runs))
         self._record_get("baseline_get", combine(baseline_runs))
-        before, after = (run.ok_per_second for run in baseline_runs)
-        self.figures["baseline_get_rps_before"] = round(before, 1)
-        self.figures["baseline_get_rps_after"] = round(after, 1)
+        ratios = window_ratios(cached_runs, baseline_runs)
+        if ratios:
+            self.figures["cached_get_to_baseline"] = round(median(ratios), 3)
+            self.figures["cached_get_to_baseline_min"] = round(min(ratios), 3)
+            self.figures["cached_get_to_baseline_max"] = round(max(ratios), 3)
         baseline = self.figures["baseline_get_rps"]
-        for name in ("cached_get", "uncached_get"):
-            if baseline > 0 and f"{name}_rps" in self.figures:
-                self.figures[f"{name}_to_baseline"] = round(self.figures[f"{name}_rps"] / baseline, 3)
+        if baseline > 0 and "uncached_get_rps" in self.figures:
+            self.figures["uncached_get_to_baseline"] = round(self.figures["uncached_get_rps"] / baseline, 3)
 
     # -- orders -------------------------------------------------------------------------
 
@@ -262,6 +272,14 @@ class Bench:
                                    "orders_load": asdict(result)}
         self.say(f"catch-up of {result.ok_total} orders: {done_at - started_at:.2f} s from restart "
                  f"({done_at - answered_at:.2f} s after it first answered)")
+
+
+def window_ratios(cached_runs: list[LoadResult], baseline_runs: list[LoadResult]) -> list[float]:
+    """Each cached window's throughput over the mean of the baseline windows either side of
+    it (``baseline_runs`` has one more window, and comes first)."""
+    return [cached.ok_per_second / ((before.ok_per_second + after.ok_per_second) / 2)
+            for cached, before, after in zip(cached_runs, baseline_runs, baseline_runs[1:])
+            if before.ok_per_second + after.ok_per_second > 0]
 
 
 def commit_check(result: LoadResult, acknowledged: int, committed: int) -> dict[str, Any]:
