@@ -28,30 +28,48 @@ REPLICAS = {1: "http://r1", 2: "http://r2", 3: "http://r3"}
 
 @dataclass
 class FakeCatalog:
-    """Keeps reservations like the catalog does (idempotent per request id)."""
+    """Keeps reservations as the catalog does: idempotent per request id, and releases fenced
+    by the highest term seen. With ``hold_answers``, a reservation is made at once but its
+    answer waits in ``held_answers`` (a slow link back from the catalog)."""
 
     stock: int = 100
     held: dict[str, int] = field(default_factory=dict)
     settled: dict[str, str] = field(default_factory=dict)
+    highest_term: int = 0
+    hold_answers: bool = False
+    held_answers: list[defer.Deferred[None]] = field(default_factory=list)
 
     async def reserve(self, name: str, quantity: int, request_id: str, term: int) -> None:
+        self._reserve_now(name, quantity, request_id, term)
+
+    def _reserve_now(self, name: str, quantity: int, request_id: str, term: int) -> None:
         if request_id in self.held and self.settled.get(request_id) != "release":
+            self.highest_term = max(self.highest_term, term)
             return
         if quantity > self.stock:
             raise ApiError(409, "Not enough stock.")
         self.stock -= quantity
         self.held[request_id] = quantity
         self.settled.pop(request_id, None)
+        self.highest_term = max(self.highest_term, term)
 
     async def reserve_each(self, reservations: list[tuple[str, int, str]], term: int) -> list[ApiError | None]:
         refusals: list[ApiError | None] = []
         for name, quantity, request_id in reservations:
             try:
-                await self.reserve(name, quantity, request_id, term)
+                self._reserve_now(name, quantity, request_id, term)
                 refusals.append(None)
             except ApiError as refused:
                 refusals.append(refused)
+        if self.hold_answers:
+            self.held_answers.append(defer.Deferred())
+            await self.held_answers[-1]
         return refusals
+
+    def let_answers_through(self) -> None:
+        self.hold_answers = False
+        while self.held_answers:
+            self.held_answers.pop(0).callback(None)
 
     async def held_reservations(self, older_than: float) -> list[Reservation]:
         return [Reservation(r, "Tux", q, 10.0) for r, q in self.held.items() if r not in self.settled]
@@ -61,11 +79,21 @@ class FakeCatalog:
         return status
 
     async def settle_each(self, action: str, request_ids: list[str], term: int) -> list[int]:
+        statuses = []
         for request_id in request_ids:
-            self.settled[request_id] = action
-            if action == "release":
+            state = self.settled.get(request_id)
+            if action == "release" and (term < self.highest_term or state == "confirm"):
+                statuses.append(409)
+                continue
+            if action == "confirm" and state == "release":
+                statuses.append(409)
+                continue
+            self.highest_term = max(self.highest_term, term)
+            if action == "release" and state is None:
                 self.stock += self.held[request_id]
-        return [200] * len(request_ids)
+            self.settled[request_id] = action
+            statuses.append(200)
+        return statuses
 
 
 class Network:
@@ -189,9 +217,9 @@ def test_orders_placed_together_share_one_catalog_call_and_one_proposal(cluster:
         reservations.append([request_id for _, _, request_id in asked])
         return await reserve_each(asked, term)
 
-    def recorded_propose_each(data: list[str]) -> defer.Deferred:
+    def recorded_propose_each(data: list[str], **options: Any) -> defer.Deferred:
         proposals.append(len(data))
-        return propose_each(data)
+        return propose_each(data, **options)
 
     cluster.catalog.reserve_each = recorded_reserve_each  # type: ignore[method-assign]
     leader.node.propose_each = recorded_propose_each  # type: ignore[method-assign]
@@ -432,3 +460,65 @@ def test_answers_take_the_transport_when_waiting_for_them_would_hold_the_peer_ba
     answers = [(m.type, m.index, m.context) for m in cluster.network.sent[sent_before:] if m.sender == follower.id]
     assert (MessageType.APPEND_RESP, last + 1, "") in answers
     assert (MessageType.HEARTBEAT_RESP, 0, "c") in [(t, 0, c) for t, _, c in answers]
+
+
+def committed_quantity(replica: RaftReplica) -> int:
+    return sum(order.quantity for order in replica.orders.since(-1))
+
+
+def lead_a_later_term_with_a_reservation_answer_on_its_way(cluster: Cluster, *,
+                                                           others_reap: bool) -> tuple[RaftReplica, int]:
+    """Replica B reserves "Y" in its term; the catalog's answer is held back while another
+    replica leads a later term (and releases "Y" when ``others_reap``), then B leads again,
+    in a third term. Returns B, before the answer arrives, and the term B was deposed in."""
+    b = cluster.leader()
+    cluster.catalog.hold_answers = True
+    cluster.order(b, "Y", 5)
+    cluster.run(0.01)
+    assert cluster.catalog.held_answers, "the reservation was not asked for"
+    first_term = b.node.core.term
+    for replica in cluster.replicas.values():
+        if replica is not b and not others_reap:
+            replica.reaper.stop()
+    cluster.network.cut.add(b.id)
+    cluster.run(3.0)
+    d = cluster.leader()
+    assert d is not b and d.node.core.term > first_term
+    assert (cluster.catalog.settled.get("Y") == "release") == others_reap
+    middle_term = d.node.core.term
+    cluster.network.cut.discard(b.id)
+    cluster.run(1.0)
+    d.set_leader(b.id)
+    cluster.run(1.0)
+    assert cluster.leader() is b and b.node.core.term > middle_term
+    return b, middle_term
+
+
+def test_a_reservation_of_an_earlier_term_never_becomes_an_order_in_a_later_one(cluster: Cluster) -> None:
+    b, _ = lead_a_later_term_with_a_reservation_answer_on_its_way(cluster, others_reap=True)
+    first = cluster.order(b, "Y", 5)  # joins the first attempt, still waiting for its answer
+    cluster.catalog.let_answers_through()  # "reserved", though the stock was given back meanwhile
+    cluster.run(0.5)
+    assert first[0].value.code == 503  # retryable: nothing was appended
+    assert b.orders.for_request("Y") is None
+    retry = cluster.order(b, "Y", 5)  # the frontend's retry with the same key reserves again
+    cluster.run(3.0)
+    assert retry[0].number == 0
+    assert cluster.catalog.stock + committed_quantity(b) == 100  # stock conserved
+    assert cluster.catalog.settled["Y"] == "confirm"
+
+
+def test_an_order_is_appended_in_a_term_only_once_that_term_has_fenced_the_catalog(cluster: Cluster) -> None:
+    b, stale_term = lead_a_later_term_with_a_reservation_answer_on_its_way(cluster, others_reap=False)
+    b.reaper.stop()  # its confirmation of "Y" would raise the fence and hide the window
+    cluster.catalog.let_answers_through()
+    cluster.run(0.5)
+    retry = cluster.order(b, "Y", 5)
+    cluster.run(0.5)
+    assert retry[0].number == 0
+    # A deposed leader's release, sent in its term before it heard of the new one, arrives now.
+    release: list[int] = []
+    defer.ensureDeferred(cluster.catalog.settle("release", "Y", stale_term)).addCallback(release.append)
+    cluster.run(3.0)
+    assert release == [409]
+    assert cluster.catalog.stock + committed_quantity(b) == 100

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from toystore.raft.core import MAX_INFLIGHT_APPENDS, TRANSFER_CONTEXT, NotLeader, RaftCore
+from toystore.raft.core import MAX_INFLIGHT_APPENDS, TRANSFER_CONTEXT, NotLeader, RaftCore, TermChanged
 from toystore.raft.messages import Entry, HardState, Message, MessageType, Ready, ReadState, Role, SoftState
 
 T = MessageType
@@ -399,6 +399,27 @@ def test_a_batch_of_proposals_goes_out_as_one_append_per_follower() -> None:
     assert placed == [(2, 1), (3, 1), (4, 1)]
     appends = [m for m in sent(core) if m.type is T.APPEND]
     assert sorted((m.to, [e.index for e in m.entries]) for m in appends) == [(2, [2, 3, 4]), (3, [2, 3, 4])]
+
+
+def test_a_proposal_prepared_in_an_earlier_term_is_refused_whole() -> None:
+    core = leader()
+    ack_all(core)
+    assert core.propose_batch(["a"], term=core.term) == [(2, 1)]
+    core.step(msg(T.APPEND, 2, 1, core.term + 1, log_term=1, index=2, commit=0))  # deposed ...
+    for _ in range(100):  # ... and elected again, in a later term
+        core.tick()
+        if core.role is Role.LEADER:
+            break
+        for m in sent(core):
+            if m.type in (T.PRE_VOTE, T.VOTE):
+                core.step(msg(T.PRE_VOTE_RESP if m.type is T.PRE_VOTE else T.VOTE_RESP, m.to, 1, m.term))
+    assert core.role is Role.LEADER and core.term == 3
+    last = core.last_index
+    with pytest.raises(TermChanged) as refused:
+        core.propose_batch(["b", "c"], term=1)
+    assert (refused.value.proposed_in, refused.value.current) == (1, 3)
+    assert core.last_index == last
+    assert core.propose_batch(["b"], term=3) == [(last + 1, 3)]
 
 
 def test_a_refused_batch_appends_nothing() -> None:

@@ -23,7 +23,7 @@ from toystore.order.reaper import LeaderView, ReservationReaper
 from toystore.order.replica import not_leader, unavailable
 from toystore.order.state import Applied, Order, OrderCommand, OrderStateMachine
 from toystore.order.store import Changes, ReplicaStore
-from toystore.raft.core import NotLeader
+from toystore.raft.core import NotLeader, TermChanged
 from toystore.raft.messages import Entry, Message, Ready, Role
 from toystore.raft.node import ProposalDropped, RaftNode
 from toystore.raft.transport import ACCEPTED
@@ -121,14 +121,23 @@ class RaftReplica:
 
     async def _commit_orders(self, commands: list[OrderCommand]) -> list[Order | Failure]:
         """Reserves, then proposes, the orders that reached this leader together: one catalog
-        call and one proposal for them all."""
-        term = self._core.term
+        call and one proposal for them all.
+
+        The reservations carry this leader's term, and the orders are appended only while that
+        term lasts: once it has passed, a leader of a later term may have released them (the
+        catalog fences releases by term, not reservations). A retry reserves again in the
+        term of its own attempt, which also raises the catalog's fence to it.
+        """
         for command in commands:
             await self.reaper.wait_released(command.request_id)
+        core = self._core
+        if core.role is not Role.LEADER:
+            return [Failure(not_leader(core.leader_id, self._replicas))] * len(commands)
+        term = core.term
         refusals = await self._catalog.reserve_each([(c.name, c.quantity, c.request_id) for c in commands], term)
         reserved = [command.encode() for command, refusal in zip(commands, refusals) if refusal is None]
         assert self.node is not None
-        applied = iter(await self.node.propose_each(reserved))
+        applied = iter(await self.node.propose_each(reserved, term=term))
         return [Failure(refusal) if refusal is not None else self._placed(next(applied)) for refusal in refusals]
 
     def _placed(self, outcome: Applied | Failure) -> Order | Failure:
@@ -136,6 +145,11 @@ class RaftReplica:
             return outcome.order
         if outcome.check(NotLeader):
             return Failure(not_leader(outcome.value.leader_id, self._replicas))
+        if outcome.check(TermChanged):  # nothing was appended; a retry reserves again
+            if self._core.role is not Role.LEADER:
+                return Failure(not_leader(self._core.leader_id, self._replicas))
+            return Failure(unavailable("Leadership changed while the stock was reserved; retry with the same "
+                                       "Idempotency-Key."))
         if outcome.check(ProposalDropped):  # ProposalTimedOut included
             return Failure(unavailable("The order's outcome is not known yet; retry with the same Idempotency-Key."))
         return outcome

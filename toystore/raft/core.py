@@ -42,6 +42,19 @@ class NotLeader(Exception):
         self.leader_id = leader_id
 
 
+class TermChanged(Exception):
+    """A proposal was made for a term that is no longer this leader's current one.
+
+    Work done for the proposal in that term (a reservation elsewhere, fenced by it) may
+    have been undone by a leader of a later term; the proposer must redo it in this one.
+    """
+
+    def __init__(self, proposed_in: int, current: int) -> None:
+        super().__init__(f"proposed for term {proposed_in}, but the term is now {current}")
+        self.proposed_in = proposed_in
+        self.current = current
+
+
 class RaftCore:
     """One Raft participant.
 
@@ -189,15 +202,20 @@ class RaftCore:
         """
         return self.propose_batch([data])[0]
 
-    def propose_batch(self, batch: Sequence[str]) -> list[tuple[int, int]]:
+    def propose_batch(self, batch: Sequence[str], *, term: int | None = None) -> list[tuple[int, int]]:
         """:meth:`propose` for several entries at once: one append per follower carries them all.
 
+        :param term: the term the entries were prepared in, if they depend on it: they are
+            appended only while that term is current.
         :raises NotLeader: as :meth:`propose`; then none of them is appended.
+        :raises TermChanged: when ``term`` is not the current term; none is appended.
         """
         if self._role is not Role.LEADER:
             raise NotLeader(self._leader_id)
         if self._transferee:
             raise NotLeader(0)
+        if term is not None and term != self._term:
+            raise TermChanged(term, self._term)
         entries = [self._append(data) for data in batch]
         self._broadcast_append()
         return [(entry.index, entry.term) for entry in entries]

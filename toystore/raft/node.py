@@ -29,7 +29,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from toystore.deferreds import fire
-from toystore.raft.core import NotLeader, RaftCore
+from toystore.raft.core import NotLeader, RaftCore, TermChanged
 from toystore.raft.messages import ANSWERS, Entry, Message, MessageType, Ready, Role
 
 log = Logger()
@@ -67,6 +67,7 @@ class _Proposal:
     data: Sequence[str]
     done: defer.Deferred
     proposed_at: float
+    term: int | None  # the term the entries were prepared in, if they depend on it
     outcomes: list[Any] = field(init=False)
     unsettled: int = field(init=False)
 
@@ -205,18 +206,20 @@ class RaftNode:
             self._inbox_slots.append(_AnswerSlot(sender, done, deadline))
         return done
 
-    def propose_each(self, data: Sequence[str]) -> defer.Deferred:
+    def propose_each(self, data: Sequence[str], *, term: int | None = None) -> defer.Deferred:
         """Appends an entry for each of ``data``; fires with one outcome per entry, in
         order: the apply result once it is committed and applied here, or a Failure:
-        :class:`NotLeader` on a non-leader, :class:`ProposalDropped` when leadership is lost
-        before the entry applies, :class:`ProposalTimedOut` when it has not applied within
-        the proposal timeout. Entries proposed together cost one waiter, not one each.
+        :class:`NotLeader` on a non-leader, :class:`TermChanged` when ``term`` is given and
+        is no longer the current term when the entries would be appended (none is),
+        :class:`ProposalDropped` when leadership is lost before the entry applies,
+        :class:`ProposalTimedOut` when it has not applied within the proposal timeout.
+        Entries proposed together cost one waiter, not one each.
         """
         done: defer.Deferred = defer.Deferred()
         if not data:
             done.callback([])
             return done
-        self._inbox_proposals.append(_Proposal(data, done, self._clock.seconds()))
+        self._inbox_proposals.append(_Proposal(data, done, self._clock.seconds(), term))
         self._kick()
         return done
 
@@ -318,18 +321,11 @@ class RaftNode:
         for _ in range(ticks):
             core.tick()
         proposals, self._inbox_proposals = self._inbox_proposals, []
-        if proposals:
-            try:
-                placed = iter(core.propose_batch([data for proposal in proposals for data in proposal.data]))
-            except NotLeader as e:
-                refused = Failure(e)
-                for proposal in proposals:
-                    proposal.fail(refused)
-            else:
-                for proposal in proposals:
-                    for position in range(len(proposal.data)):
-                        index, term = next(placed)
-                        self._proposals[index] = (term, proposal, position)
+        by_term: dict[int | None, list[_Proposal]] = {}
+        for proposal in proposals:
+            by_term.setdefault(proposal.term, []).append(proposal)
+        for term, group in by_term.items():  # in the common case, one group
+            self._propose_group(term, group)
         reads, self._inbox_reads = self._inbox_reads, []
         if reads:
             # Reads that arrived together share one read point and one heartbeat round:
@@ -345,6 +341,21 @@ class RaftNode:
         if self._inbox_transfer is not None:
             core.transfer_leadership(self._inbox_transfer)
             self._inbox_transfer = None
+
+    def _propose_group(self, term: int | None, proposals: list[_Proposal]) -> None:
+        """Appends the entries of ``proposals``, all prepared in ``term``, as one batch."""
+        try:
+            placed = iter(self.core.propose_batch([data for proposal in proposals for data in proposal.data],
+                                                  term=term))
+        except (NotLeader, TermChanged) as e:
+            refused = Failure(e)
+            for proposal in proposals:
+                proposal.fail(refused)
+            return
+        for proposal in proposals:
+            for position in range(len(proposal.data)):
+                index, entry_term = next(placed)
+                self._proposals[index] = (entry_term, proposal, position)
 
     async def _run_one(self, ready: Ready) -> None:
         results = [self._apply_entry(entry) for entry in ready.committed_entries]
