@@ -126,10 +126,12 @@ class LocalCluster:
             self.processes[name] = Process(name, self._argv(name), self.log_dir / f"{name}.log")
 
     def _plan_proxy(self) -> None:
-        """One link per (source, replica) pair: from every other replica and from the frontend."""
+        """One link per (source, replica) pair, from every other replica and from the frontend,
+        and one from each replica to the catalog."""
         order_names = [f"order-{i}" for i in self.replica_ids]
         pairs = [(source, destination) for destination in order_names
                  for source in ["frontend"] + order_names if source != destination]
+        pairs += [(source, "catalog") for source in order_names]
         ports = free_ports(len(pairs) + 1)
         self.ports["proxy"] = ports[0]
         for (source, destination), port in zip(pairs, ports[1:]):
@@ -163,9 +165,12 @@ class LocalCluster:
 
     def replica_url_from(self, source: str, replica_id: int) -> str:
         """How process ``source`` reaches replica ``replica_id``: through its link when proxied."""
-        destination = f"order-{replica_id}"
+        return self.url_from(source, f"order-{replica_id}")
+
+    def url_from(self, source: str, destination: str) -> str:
+        """How process ``source`` reaches process ``destination``: through its link when proxied."""
         link = self.links.get(link_name(source, destination))
-        return f"http://{self.config.interface}:{link.listen_port}" if link else self.replica_url(replica_id)
+        return f"http://{self.config.interface}:{link.listen_port}" if link else self.url(destination)
 
     def environment(self, name: str | None = None) -> dict[str, str]:
         """The environment process ``name`` starts with (None: as seen from outside, unproxied)."""
@@ -173,7 +178,7 @@ class LocalCluster:
         source_root = str(Path(toystore.__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (source_root, env.get("PYTHONPATH")) if p)
         env["TOYSTORE_CLUSTER_TOKEN"] = self.config.token
-        env["TOYSTORE_CATALOG_URL"] = self.catalog_url
+        env["TOYSTORE_CATALOG_URL"] = self.catalog_url if name is None else self.url_from(name, "catalog")
         env["TOYSTORE_FRONTEND_URL"] = self.frontend_url
         urls = {i: self.replica_url(i) if name is None else self.replica_url_from(name, i) for i in self.replica_ids}
         env["TOYSTORE_ORDER_REPLICAS"] = ",".join(f"{i}={url}" for i, url in urls.items())

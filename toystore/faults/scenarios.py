@@ -216,6 +216,26 @@ def _churn(cluster: LocalCluster, nemesis: Nemesis, fault_deadline: float, inter
     return {"faults": applied}
 
 
+def _slow_catalog_leader_pause(cluster: LocalCluster, nemesis: Nemesis, fault_deadline: float) -> dict[str, Any]:
+    """The catalog's answers to the replicas take 2 to 4 s while the leader is paused and
+    resumed: reservations made in one term are answered in a later one, perhaps after a
+    newer leader released them, and perhaps when their sender leads again (the frontend
+    hands leadership back to the highest id). No reservation may become an order then."""
+    _warmup(fault_deadline)
+    round_trip_ms = nemesis.rng.randint(2000, 4000)
+    for replica_id in cluster.replica_ids:  # a link's delay applies each way
+        nemesis.delay(nemesis.replica(replica_id), "catalog", round_trip_ms // 2)
+    time.sleep(0.5)
+    leader = nemesis.wait_leader()
+    paused = nemesis.pause(nemesis.replica(leader))
+    time.sleep(nemesis.rng.uniform(1.5, 3.0))
+    resumed = nemesis.resume(nemesis.replica(leader))
+    _sleep_until(max(resumed.at + round_trip_ms / 1000, fault_deadline))
+    nemesis.heal_network()
+    return {"paused_leader": leader, "paused_at": paused.at, "resumed_at": resumed.at,
+            "catalog_round_trip_ms": round_trip_ms}
+
+
 def _catalog_kill(cluster: LocalCluster, nemesis: Nemesis, fault_deadline: float) -> dict[str, Any]:
     _warmup(fault_deadline)
     killed = nemesis.kill("catalog")
@@ -234,8 +254,9 @@ FAULTS: dict[str, Faults] = {
     "rapid-leader-kills": _rapid_leader_kills,
     "churn": _churn,
     "catalog-kill": _catalog_kill,
+    "slow-catalog-leader-pause": _slow_catalog_leader_pause,
 }
-NEEDS_PROXY = frozenset({"leader-partition"})  # churn uses network faults only when proxied
+NEEDS_PROXY = frozenset({"leader-partition", "slow-catalog-leader-pause"})  # churn uses network faults only when proxied
 
 
 def scenario(name: str, cluster: LocalCluster, nemesis: Nemesis, workload: Workload, duration: float,
