@@ -19,7 +19,7 @@ from tests.test_raft_replica import FakeCatalog
 from toystore.db import Database, connect
 from toystore.http import ApiError
 from toystore.order.api import OrderApi
-from toystore.order.primary_backup import PrimaryBackupReplica
+from toystore.order.primary_backup import ALONE_AFTER, PrimaryBackupReplica
 from toystore.order.state import Order, OrderStateMachine
 from toystore.order.store import SCHEMA, ReplicaStore
 
@@ -136,6 +136,7 @@ def cluster(tmp_path: Path) -> Cluster:
     c = Cluster(tmp_path)
     for i in REPLICAS:
         c.boot(i)
+    c.run(1.1)  # those booted before their peers retry their sync
     c.set_leader(3)
     return c
 
@@ -150,7 +151,8 @@ def test_the_leader_numbers_orders_densely_and_every_follower_holds_them(cluster
     assert cluster.catalog.stock == 95
     assert all(cluster.catalog.settled[f"k{i}"] == "confirm" for i in range(5))
     assert leader.status() == {"id": 3, "role": "leader", "term": 0, "leader_id": 3, "commit_index": 5,
-                               "last_index": 5, "replication": "primary-backup"}
+                               "last_index": 5, "replication": "primary-backup", "caught_up": True,
+                               "conflict": False}
     assert cluster.replicas[1].status()["role"] == "follower"
 
 
@@ -260,10 +262,11 @@ def test_a_new_leader_first_pulls_the_longest_history_from_its_peers(cluster: Cl
     assert [(o.number, o.name) for o in cluster.replicas[1].orders.since(-1)] == [(0, "Tux"), (1, "Tux")]
 
 
-def test_a_returning_leader_with_a_lost_order_keeps_it_and_applies_nothing_conflicting(cluster: Cluster) -> None:
+def test_a_returning_leader_moves_its_lost_order_aside_and_adopts_the_leaders_history(cluster: Cluster) -> None:
     cluster.network.down.update({"r1", "r2"})
     cluster.order(cluster.replicas[3], "lost")  # durable and acknowledged on 3 only
     cluster.settle()
+    assert "lost" not in cluster.catalog.settled  # no follower holds it: its reservation stays held
     cluster.crash(3)
     cluster.network.down -= {"r1", "r2"}
     cluster.set_leader(2)
@@ -271,15 +274,17 @@ def test_a_returning_leader_with_a_lost_order_keeps_it_and_applies_nothing_confl
     cluster.settle()
     assert cluster.held(2) == cluster.held(1) == [(0, "other")]
     returned = cluster.boot(3)
-    cluster.set_leader(2)
     cluster.order(cluster.replicas[2], "next")
     cluster.run(1.1)
-    assert cluster.held(2) == cluster.held(1) == [(0, "other"), (1, "next")]
-    assert cluster.held(3) == [(0, "lost")]  # it noticed the fork and applied nothing after it
+    assert cluster.held(3) == cluster.held(2) == cluster.held(1) == [(0, "other"), (1, "next")]
+    assert returned.status()["caught_up"] and not returned.status()["conflict"]
+    assert [(m.order.number, m.order.request_id, m.reservation) for m in result_of(
+        defer.ensureDeferred(returned._aside.listing(-1, 10)))] == [(0, "lost", "released")]
+    assert cluster.catalog.settled["lost"] == "release" and cluster.catalog.stock == 98
     cluster.set_leader(3)
-    refused = cluster.order(returned, "k9")
+    placed = cluster.order(returned, "k9")
     cluster.settle()
-    assert refused[0].value.code == 503
+    assert placed[0].number == 2
 
 
 @pytest.mark.parametrize("body", [
@@ -318,6 +323,9 @@ def test_a_follower_answers_a_push_only_once_the_orders_are_durable(tmp_path: Pa
     store = ReplicaStore(Database(connect(tmp_path / "order-1.sqlite3", SCHEMA), clock, runner=gated))
     replica = PrimaryBackupReplica(1, OrderStateMachine(), store, FakeCatalog(), Network(), REPLICAS,
                                    clock=clock, token=TOKEN)  # type: ignore[arg-type]
+    replica.start()
+    clock.pump([1.0] * int(ALONE_AFTER + 1))  # no peer answers: it serves what it holds
+    assert replica.ready
     answered: list[Any] = []
     push = {"orders": [{"number": 0, "request_id": "a", "name": "Tux", "quantity": 1}]}
     defer.ensureDeferred(replica.receive_peer("replicate_order", push)).addBoth(answered.append)
@@ -326,3 +334,4 @@ def test_a_follower_answers_a_push_only_once_the_orders_are_durable(tmp_path: Pa
     write.callback(blocking())
     assert answered == [{}]
     assert [o.request_id for o in store.load_at_start().orders] == ["a"]
+    replica.stop()

@@ -28,10 +28,13 @@ from toystore.http import (
     run_parsed,
     api_root,
 )
-from toystore.order.replica import OrderReplica
+from toystore.order.history import MAX_ORDER_NUMBER, page_of
+from toystore.order.replica import MovesAside, OrderReplica
 from toystore.order.state import Order, OrderCommand
 
-MAX_ORDER_NUMBER = 2**62
+# Orders per /orders_since answer at most, and when no limit is asked: answers stay bounded
+# (about 8 MiB), and callers that read a short history in one answer still get it whole.
+MAX_PAGE = 100_000
 
 log = Logger()
 
@@ -68,6 +71,17 @@ def _after_argument(request: IRequest) -> int:
     if text == "-1":
         return -1
     return _order_number(text)
+
+
+def _limit_argument(request: IRequest) -> int:
+    """``limit`` of a paged listing: 1 to :data:`MAX_PAGE`, which is also the default."""
+    values = request.args.get(b"limit")
+    if not values:
+        return MAX_PAGE
+    text = values[0].decode("utf-8", "replace")
+    if not text.isdigit() or not text.isascii() or not 1 <= int(text) <= MAX_PAGE:
+        raise ApiError(400, f"'limit' must be a whole number from 1 to {MAX_PAGE}.")
+    return int(text)
 
 
 class OrderApi:
@@ -124,9 +138,23 @@ class OrderApi:
     @app.route("/orders_since", methods=["GET"])
     async def orders_since(self, request: IRequest) -> bytes:
         require_token(request, self._token)
-        after = _after_argument(request)
+        after, limit = _after_argument(request), _limit_argument(request)
+        orders = self._replica.orders
+        page = page_of(orders, after, limit)
         # Replicas catching up need the request ids too, to keep retries idempotent after a failover.
-        return json_response(request, {"orders": [o.replicated() for o in self._replica.orders.since(after)]})
+        return json_response(request, {"orders": [o.replicated() for o in page],
+                                       "more": (page[-1].number if page else after) < orders.latest_number,
+                                       "latest": orders.latest_number})
+
+    @app.route("/moved_aside", methods=["GET"])
+    async def moved_aside(self, request: IRequest) -> bytes:
+        """Primary-backup: the orders this replica moved aside from a forked history, oldest
+        first, paged by ``after`` (their ``seq``) and ``limit``."""
+        require_token(request, self._token)
+        if not isinstance(self._replica, MovesAside):
+            raise ApiError(404, "This replica runs Raft, which never moves orders aside.")
+        after, limit = _after_argument(request), _limit_argument(request)
+        return json_response(request, {"orders": await self._replica.moved_aside(after, limit)})
 
     @app.route("/set_leader", methods=["POST"])
     async def set_leader(self, request: IRequest) -> bytes:
@@ -135,8 +163,8 @@ class OrderApi:
         self._replica.set_leader(replica_id)
         return json_response(request, {"accepted": True})
 
-    @app.route("/<any(append_entries,request_vote,commit_entries,truncate_log,timeout_now,replicate_order):rpc>",
-               methods=["POST"])
+    @app.route("/<any(append_entries,request_vote,commit_entries,truncate_log,timeout_now,replicate_order,"
+               "release_reservations):rpc>", methods=["POST"])
     async def peer_message(self, request: IRequest, rpc: str) -> bytes:
         require_token(request, self._token)
         answer = await self._replica.receive_peer(rpc, read_json_object(request, MAX_PEER_BODY_BYTES))

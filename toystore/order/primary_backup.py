@@ -1,16 +1,24 @@
 """The order service replicated primary-backup (the spec's parts 1-4).
 
-The frontend names the leader (``POST /set_leader``, the highest responsive id). The
-leader reserves stock, assigns the next dense number, makes the order durable, pushes
-it to every follower (``POST /replicate_order``) and then answers. Followers apply
-pushed orders in number order and pull what they miss from the leader
-(``/latest_order_no``, ``/orders_since``). A replica named leader first pulls the
-longest history any peer holds. docs/replication.md explains the window in which an
-acknowledged order can be lost, and what a replica does when histories conflict.
+The frontend names the leader (``POST /set_leader``, the highest id among the replicas
+that say they are caught up). The leader reserves stock, assigns the next dense number,
+makes the order durable, pushes it to every follower (``POST /replicate_order``) and then
+answers. Followers apply pushed orders in number order and pull what they miss from the
+leader (``/latest_order_no``, pages of ``/orders_since``).
+
+No replica serves, leads or takes pushes before it has caught up: at start, on being
+named leader and after its history is seen to conflict, it pulls from the current leader
+(or, when none leads, from the peer holding the most orders) until it holds that history.
+A forked tail (orders a leader made durable and died before pushing) is moved aside
+(:mod:`toystore.order.moved_aside`) and the leader's history adopted; the current leader
+then releases those orders' reservations unless it holds the same request. Failed pulls
+are retried every second. docs/replication.md says which acknowledged orders this mode
+can lose.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 from twisted.internet import defer
@@ -20,8 +28,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from toystore.deferreds import SingleFlight
-from toystore.http import ApiError, JsonClient, fetch_json, require_positive_int, require_string
+from toystore.http import MAX_BATCH_ITEMS, ApiError, JsonClient, fetch_json, require_batch
 from toystore.order.catalog_client import CatalogClient
+from toystore.order.history import ForkSearch, Page, page_of, parse_replicated_orders
+from toystore.order.moved_aside import PENDING, MovedAsideStore
 from toystore.order.replica import not_leader, place_one_by_one, unavailable
 from toystore.order.state import Order, OrderCommand, OrderStateMachine
 from toystore.order.store import Changes, ReplicaStore
@@ -30,29 +40,47 @@ log = Logger()
 
 RAFT_ENDPOINTS = frozenset({"append_entries", "request_vote", "commit_entries", "truncate_log", "timeout_now"})
 PEER_TIMEOUT = 1.0        # a follower that does not answer a push by then is noted as behind
-CATCH_UP_INTERVAL = 1.0   # how often followers pull and the leader re-probes followers it noted
+PAGE_TIMEOUT = 5.0        # one page of PULL_PAGE orders
+CATCH_UP_INTERVAL = 1.0   # how often followers pull, the leader re-probes followers it noted, failed syncs retry
 MAX_BATCH = 1000          # orders per /replicate_order push
-MAX_ORDER_NUMBER = 2**62
+PULL_PAGE = 1000          # orders per /orders_since page a puller asks for
+ALONE_AFTER = 10.0        # with no peer answering for this long, a replica serves the history it holds
 
 
-def parse_replicated_orders(body: Mapping[str, Any]) -> list[Order]:
-    """The orders of a ``/replicate_order`` body, in number order; ApiError(400) on any bad one."""
-    items = body.get("orders")
-    if not isinstance(items, list) or not items:
-        raise ApiError(400, "'orders' must be a non-empty list of orders.")
-    orders = []
-    for item in items:
-        if not isinstance(item, dict):
-            raise ApiError(400, "Every order must be an object with number, request_id, name and quantity.")
-        number = item.get("number")
-        if type(number) is not int or not 0 <= number <= MAX_ORDER_NUMBER:
-            raise ApiError(400, "'number' must be a whole number from 0.")
-        orders.append(Order(number, require_string(item, "request_id"), require_string(item, "name"),
-                            require_positive_int(item, "quantity")))
-    numbers = [o.number for o in orders]
-    if numbers != list(range(numbers[0], numbers[0] + len(numbers))):
-        raise ApiError(400, "The orders of one push must have consecutive numbers.")
-    return orders
+class Forked(Exception):
+    """A pull met an order that differs from this replica's; the next sync finds the fork."""
+
+
+@dataclass(frozen=True)
+class PeerView:
+    """What a peer's ``/health_check`` says that a sync needs."""
+
+    leads: bool
+    caught_up: bool
+    latest: int
+
+    @classmethod
+    def from_payload(cls, peer: int, payload: Mapping[str, Any]) -> "PeerView | None":
+        data = payload.get("data")
+        if not isinstance(data, dict) or type(data.get("last_index")) is not int:
+            return None
+        return cls(data.get("role") == "leader" and data.get("leader_id") == peer, data.get("caught_up") is True,
+                   data["last_index"] - 1)
+
+
+def choose_source(views: Mapping[int, PeerView], leading: bool, latest: int) -> int | None:
+    """The peer whose history a syncing replica adopts, None when it need pull nothing.
+
+    A follower adopts the current leader's history, even a shorter one: what it holds beyond
+    it was never replicated. A new leader, or a replica when nobody leads, pulls from the
+    peer holding the most orders, if that peer holds more than it does.
+    """
+    if not leading:
+        leaders = [peer for peer, view in views.items() if view.leads and view.caught_up]
+        if leaders:
+            return max(leaders)
+    ahead = [(view.latest, peer) for peer, view in views.items() if view.latest > latest]
+    return max(ahead)[1] if ahead else None
 
 
 class PrimaryBackupReplica:
@@ -62,14 +90,16 @@ class PrimaryBackupReplica:
     :param peers_client: HTTP client for the other replicas.
     :param replicas: ``{id: URL}`` of every replica, this one included.
     :param token: the cluster token for peer requests, None with ``--insecure``.
+    :param aside: where forked-off orders are kept; by default a table in ``store``'s database.
     """
 
     def __init__(self, node_id: int, orders: OrderStateMachine, store: ReplicaStore, catalog: CatalogClient,
                  peers_client: JsonClient, replicas: Mapping[int, str], *, clock: IReactorTime,
-                 token: str | None) -> None:
+                 token: str | None, aside: MovedAsideStore | None = None) -> None:
         self.id = node_id
         self.orders = orders
         self._store = store
+        self._aside = aside if aside is not None else MovedAsideStore.beside(store)
         self._catalog = catalog
         self._client = peers_client
         self._replicas = dict(replicas)
@@ -77,24 +107,30 @@ class PrimaryBackupReplica:
         self._clock = clock
         self._token = token
         self.leader_id: int | None = None
-        # Until the first pull from the peers is done (at start, on becoming leader), no orders are taken.
+        # Caught up: False until a sync with the peers is done (at start, on becoming leader, after a conflict).
         self.ready = False
+        self._conflict: int | None = None  # the number at which a peer's order differed, until resolved
+        self._alone_since: float | None = None
         self._attempts: SingleFlight[str, Order] = SingleFlight()
+        self._releasing: set[str] = set()  # request ids whose old reservation the leader is releasing
+        self._unsettled = True  # moved-aside orders may wait for their reservation to be settled
+        # Orders acknowledged while no follower took them: confirmed at the catalog once one holds them.
+        self._unconfirmed: list[Order] = []
         # Per follower: the highest number it acknowledged (None: not known), and whether it missed a push.
         self._acked: dict[int, int | None] = dict.fromkeys(self._peers)
         self._behind: set[int] = set()
         self._push_locks = {i: defer.DeferredLock() for i in self._peers}
         self._pull_lock = defer.DeferredLock()
-        self._conflicts: set[int] = set()
         self._loop = LoopingCall(self._tick_logged)
         self._loop.clock = clock
 
     # -- lifecycle ------------------------------------------------------------------
 
     def start(self) -> defer.Deferred:
-        """Pulls from the peers (this replica may have been down), then catches up every second."""
+        """Syncs with the peers (this replica may have been down), then catches up every second;
+        a sync that fails is retried by the loop."""
         self._loop.start(CATCH_UP_INTERVAL, now=False)
-        return defer.ensureDeferred(self._pull_then_ready())
+        return self._background(self._sync())
 
     def stop(self) -> None:
         if self._loop.running:
@@ -113,8 +149,8 @@ class PrimaryBackupReplica:
             raise not_leader(self.leader_id, self._replicas)
         if not self.ready:
             raise unavailable("This replica became leader and is still catching up; retry shortly.")
-        if self._conflicts:
-            raise unavailable("This replica's history conflicts with a peer's; it takes no orders until resolved.")
+        if request_id in self._releasing:
+            raise unavailable("An earlier reservation of this request is being released; retry shortly.")
         return await self._attempts.run(request_id, lambda: self._commit_order(request_id, name, quantity))
 
     async def place_orders(self, commands: Sequence[OrderCommand]) -> list[Order | Failure]:
@@ -132,7 +168,13 @@ class PrimaryBackupReplica:
         except Exception as e:
             log.error("Order {number} is numbered but could not be made durable: {error}", number=order.number, error=e)
             raise unavailable("The order could not be made durable; retry with the same Idempotency-Key.") from None
-        await defer.DeferredList([defer.ensureDeferred(self._push(peer, order.number)) for peer in self._peers])
+        held = await defer.gatherResults([defer.ensureDeferred(self._push(peer, order.number))
+                                          for peer in self._peers])
+        if self._peers and not any(held):
+            # Only this replica holds it: if it dies now, the order is moved aside on its return and its
+            # reservation released, which the catalog refuses once confirmed.
+            self._unconfirmed.append(order)
+            return order
         status = await self._catalog.settle("confirm", request_id, 0)
         if status != 200:
             log.warn("The catalog answered {status} confirming {request_id}", status=status, request_id=request_id)
@@ -145,24 +187,27 @@ class PrimaryBackupReplica:
 
     # -- pushing to followers -------------------------------------------------------
 
-    async def _push(self, peer: int, up_to: int) -> None:
-        """Sends ``peer`` the orders it lacks up to ``up_to``; one push per follower at a time, in order."""
+    async def _push(self, peer: int, up_to: int) -> bool:
+        """Sends ``peer`` the orders it lacks up to ``up_to``; one push per follower at a time, in order.
+
+        :return: whether the peer holds them now."""
         if peer in self._behind:
-            return  # noted: the loop probes it and catches it up, so orders need not wait on it
+            return False  # noted: the loop probes it and catches it up, so orders need not wait on it
         async with self._push_locks[peer]:
             if peer in self._behind:
-                return  # an earlier push to it failed while this one waited
+                return False  # an earlier push to it failed while this one waited
             acked = self._acked[peer]
             start = up_to if acked is None else acked + 1
             while start <= up_to:
                 # Each batch repeats the order before it, so a follower whose history forked notices.
                 first = max(start - 1, 0)
-                batch = [o.replicated() for o in self.orders.since(first - 1)[:min(MAX_BATCH, up_to - first + 1)]]
+                batch = [o.replicated() for o in page_of(self.orders, first - 1, min(MAX_BATCH, up_to - first + 1))]
                 if not await self._send(peer, batch):
                     self._behind.add(peer)
-                    return
+                    return False
                 start = batch[-1]["number"] + 1
                 self._acked[peer] = start - 1
+            return True
 
     async def _send(self, peer: int, batch: list[dict[str, Any]]) -> bool:
         try:
@@ -177,24 +222,42 @@ class PrimaryBackupReplica:
         return status == 200
 
     async def _probe_behind(self) -> None:
-        """The leader brings noted followers up to date from what they report holding."""
+        """The leader brings noted followers up to date once they say they are caught up."""
         for peer in sorted(self._behind):
-            latest = await self._latest_of(peer)
-            if latest is None:
+            view = await self._view_of(peer)
+            if view is None or not view.caught_up:
                 continue
-            self._acked[peer] = latest
+            self._acked[peer] = view.latest
             self._behind.discard(peer)
-            log.info("Replica {peer} answers again at order {latest}; catching it up", peer=peer, latest=latest)
-            await self._push(peer, self.orders.latest_number)
+            log.info("Replica {peer} answers again at order {latest}; catching it up", peer=peer, latest=view.latest)
+            if await self._push(peer, self.orders.latest_number):
+                await self._confirm_held_by(self._acked[peer])
+
+    async def _confirm_held_by(self, acked: int | None) -> None:
+        """Confirms the reservations of the orders a follower now holds."""
+        done = [o for o in self._unconfirmed if acked is not None and o.number <= acked]
+        if done:
+            self._unconfirmed = [o for o in self._unconfirmed if o not in done]
+            await self._catalog.settle_each("confirm", [o.request_id for o in done], 0)
 
     # -- receiving ------------------------------------------------------------------
 
     async def receive_peer(self, endpoint: str, body: Mapping[str, Any]) -> dict[str, Any]:
         if endpoint in RAFT_ENDPOINTS:
             raise ApiError(404, f"Replica {self.id} runs primary-backup; Raft endpoints are off.")
+        if endpoint == "release_reservations":
+            ids = require_batch(body, "request_ids")
+            if not all(isinstance(i, str) and i for i in ids):
+                raise ApiError(400, "'request_ids' must be a list of non-empty strings.")
+            return {"outcomes": await self.release_unplaced(ids)}
         if endpoint != "replicate_order":
             raise ApiError(404, f"There is no peer endpoint /{endpoint}.")
-        incoming = parse_replicated_orders(body)
+        incoming = parse_replicated_orders(body.get("orders"))
+        if not incoming:
+            raise ApiError(400, "'orders' must be a non-empty list of orders.")
+        if not self.ready:
+            # Pushes could overtake the answers of its own pulls; the leader pushes again once it is caught up.
+            raise unavailable(f"Replica {self.id} is catching up and takes no pushes until it has.")
         complete, new = self._apply(incoming)
         if not complete:
             log.info("Orders from {first} leave a gap after {latest}; pulling the missing ones",
@@ -202,6 +265,8 @@ class PrimaryBackupReplica:
             self._background(self._catch_up())
         # The leader hears back only once the orders are durable here.
         await self._save(new)
+        if self._conflict is not None:
+            raise ApiError(409, f"Order {self._conflict} differs from this replica's; it is catching up.")
         return {}
 
     def _apply(self, incoming: Iterable[Order]) -> tuple[bool, list[Order]]:
@@ -209,33 +274,31 @@ class PrimaryBackupReplica:
 
         :return: False on a gap, and the orders applied, which the caller makes durable."""
         new: list[Order] = []
-        gap = False
         for order in incoming:
             mine = self.orders.get(order.number)
             if mine is not None:
-                self._check_same(mine, order)
-            elif order.number == self.orders.latest_number + 1 and not self._conflicts:
+                if mine != order:
+                    self._conflicted(mine, order)
+                    break
+            elif order.number == self.orders.latest_number + 1 and self._conflict is None:
                 applied = self.orders.apply(OrderCommand(order.request_id, order.name, order.quantity))
                 if applied.order.number != order.number:
-                    self._conflict(applied.order, order)
+                    self._conflicted(applied.order, order)
                     break
                 new.append(applied.order)
             else:
-                gap = not self._conflicts
-                break
-        return not gap, new
+                return self._conflict is not None, new
+        return True, new
 
-    def _check_same(self, mine: Order, theirs: Order) -> None:
-        if mine != theirs:
-            self._conflict(mine, theirs)
-
-    def _conflict(self, mine: Order, theirs: Order) -> None:
-        """Histories forked (an order acknowledged by a leader that died before pushing it). This replica keeps
-        its durable orders and stops applying others' from here: an operator decides (docs/replication.md)."""
-        if mine.number not in self._conflicts:
-            self._conflicts.add(mine.number)
-            log.error("Conflicting order {number}: this replica holds {mine}, a peer holds {theirs}; keeping ours "
-                      "and applying no later orders", number=mine.number, mine=mine, theirs=theirs)
+    def _conflicted(self, mine: Order, theirs: Order) -> None:
+        """Histories forked (a leader died holding orders it never pushed): this replica stops
+        serving and applying, and syncs with the current leader, which resolves the fork."""
+        if self._conflict is None:
+            log.error("Conflicting order {number}: this replica holds {mine}, a peer holds {theirs}; catching up "
+                      "with the leader's history", number=mine.number, mine=mine, theirs=theirs)
+            self._conflict = mine.number
+            self.ready = False
+            self._background(self._sync())
 
     async def _save(self, new: list[Order]) -> None:
         if new:
@@ -243,9 +306,10 @@ class PrimaryBackupReplica:
 
     # -- pulling --------------------------------------------------------------------
 
-    async def _call(self, peer: int, method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
+    async def _call(self, peer: int, method: str, path: str, body: Any = None,
+                    timeout: float = PEER_TIMEOUT) -> tuple[int, dict[str, Any]]:
         return await fetch_json(self._client, method, self._peers[peer] + path, reactor=self._clock,
-                                timeout=PEER_TIMEOUT, token=self._token, body=body)
+                                timeout=timeout, token=self._token, body=body)
 
     async def _latest_of(self, peer: int) -> int | None:
         """The peer's latest order number, None when it does not answer."""
@@ -256,41 +320,172 @@ class PrimaryBackupReplica:
         latest = body.get("data", {}).get("latest_order_no") if status == 200 else None
         return latest if type(latest) is int else None
 
-    async def _pull_from(self, peer: int) -> None:
-        after = max(self.orders.latest_number - 1, -1)  # one order of overlap, to notice a forked history
-        status, body = await self._call(peer, "GET", f"/orders_since?after={after}")
-        if status != 200:
-            raise ValueError(f"replica {peer} answered {status} to /orders_since")
-        orders = parse_replicated_orders(body["data"]) if body["data"]["orders"] else []
-        if orders:
-            await self._save(self._apply(orders)[1])
-            log.info("Caught up from replica {peer} to order {latest}", peer=peer, latest=self.orders.latest_number)
-
-    async def _catch_up(self, only: int | None = None) -> None:
-        """Pulls from ``only`` or, when None, from the peer holding the most orders."""
-        if self._conflicts:
-            return  # this replica applies no more orders until an operator resolves the fork
-        async with self._pull_lock:
-            candidates = [only] if only is not None else sorted(self._peers)
-            latest = await defer.gatherResults([defer.ensureDeferred(self._latest_of(p)) for p in candidates])
-            best = max(((n, p) for n, p in zip(latest, candidates) if n is not None), default=None)
-            if best is not None and best[0] > self.orders.latest_number:
-                await self._pull_from(best[1])
-
-    async def _pull_then_ready(self) -> None:
+    async def _view_of(self, peer: int) -> PeerView | None:
+        """What the peer's health check says, None when it does not answer."""
         try:
-            await self._catch_up()
-        except Exception as e:
-            log.warn("Pulling orders from the peers failed ({error}); serving what this replica holds", error=e)
-        self.ready = True
+            status, body = await self._call(peer, "GET", "/health_check")
+        except Exception:
+            return None
+        return PeerView.from_payload(peer, body) if status == 200 else None
+
+    async def _page(self, peer: int, after: int) -> Page:
+        status, body = await self._call(peer, "GET", f"/orders_since?after={after}&limit={PULL_PAGE}",
+                                        timeout=PAGE_TIMEOUT)
+        if status != 200 or not isinstance(body.get("data"), dict):
+            raise ValueError(f"replica {peer} answered {status} to /orders_since")
+        return Page.from_payload(body["data"], after)
+
+    async def _pull_forward(self, peer: int) -> None:
+        """Pulls the orders after this replica's latest from ``peer``, a page at a time, until none remain.
+
+        :raises Forked: when an order differs (the sync that :meth:`_conflicted` starts resolves it)."""
+        while True:
+            page = await self._page(peer, self.orders.latest_number)
+            new = self._apply(page.orders)[1]
+            await self._save(new)
+            if self._conflict is not None:
+                raise Forked(f"replica {peer} holds a different order {self._conflict}")
+            if new:
+                log.info("Caught up from replica {peer} to order {latest}", peer=peer, latest=self.orders.latest_number)
+            if not page.more:
+                return
+
+    async def _catch_up(self) -> None:
+        """A caught-up follower pulls what the leader holds beyond it."""
+        leader = self.leader_id
+        if leader is None or leader == self.id or not self.ready:
+            return
+        async with self._pull_lock:
+            latest = await self._latest_of(leader)
+            if self.ready and latest is not None and latest > self.orders.latest_number:
+                await self._pull_forward(leader)
+
+    async def _sync(self) -> None:
+        """Makes this replica hold the current leader's history (or, when none leads or this one
+        was just named, the longest a peer holds) before it serves, leads or takes pushes."""
+        async with self._pull_lock:
+            if self.ready:
+                return
+            leading = self.leader_id == self.id
+            if leading:
+                await self._claim_leadership()
+            answers = await defer.gatherResults([defer.ensureDeferred(self._view_of(p)) for p in sorted(self._peers)])
+            views = {p: v for p, v in zip(sorted(self._peers), answers) if v is not None}
+            if self._peers and not views and not self._alone_too_long():
+                raise RuntimeError("no peer answered; this replica waits to catch up before it serves")
+            source = choose_source(views, leading, self.orders.latest_number)
+            if source is not None:
+                if self.leader_id is None and views[source].leads:
+                    log.info("Replica {leader} leads, its peers say", leader=source)
+                    self.leader_id = source  # so that this one pulls from it and settles with it
+                await self._adopt(source)
+            self._conflict = None
+            self.ready = True
+            log.info("Replica {id} is caught up at order {latest}", id=self.id, latest=self.orders.latest_number)
+
+    def _alone_too_long(self) -> bool:
+        now = self._clock.seconds()
+        if self._alone_since is None:
+            self._alone_since = now
+        if now - self._alone_since < ALONE_AFTER:
+            return False
+        log.warn("No peer answered for {seconds} s; serving the {count} orders this replica holds",
+                 seconds=ALONE_AFTER, count=self.orders.latest_number + 1)
+        self._alone_since = None
+        return True
+
+    async def _claim_leadership(self) -> None:
+        """Tells the peers that this replica leads, so that a previous leader numbers no more
+        orders before this one has pulled the ones it did."""
+        await defer.DeferredList([defer.ensureDeferred(self._call(p, "POST", "/set_leader", {"id": self.id}))
+                                  for p in sorted(self._peers)], consumeErrors=True)
+
+    async def _adopt(self, peer: int) -> None:
+        """Finds where this history leaves ``peer``'s, moves aside what lies past it, then pulls the rest."""
+        search = ForkSearch(self.orders, PULL_PAGE)
+        while not search.done:
+            search.feed(await self._page(peer, search.next_after))
+        if search.fork is not None and search.fork <= self.orders.latest_number:
+            await self._move_aside(search.fork, peer)
+        self._conflict = None
+        await self._pull_forward(peer)
+
+    async def _move_aside(self, fork: int, peer: int) -> None:
+        tail = page_of(self.orders, fork - 1, self.orders.latest_number - fork + 1)
+        self.orders = OrderStateMachine(page_of(self.orders, -1, fork))
+        for order in tail:
+            log.error("Order {number} ({request_id}: {quantity} {name}) was never replicated; replica {peer} "
+                      "holds another history, so it is moved aside (GET /moved_aside)", number=order.number,
+                      request_id=order.request_id, quantity=order.quantity, name=order.name, peer=peer)
+        await self._aside.move(tail, self._clock.seconds())
+        self._unsettled = True
+
+    # -- moved-aside reservations ---------------------------------------------------
+
+    async def release_unplaced(self, request_ids: Sequence[str]) -> dict[str, str]:
+        """On the leader: releases the reservations of these moved-aside requests unless this
+        history holds the request (its order keeps the reservation) or is placing it now.
+
+        :return: per request id, what became of its reservation (``pending``: ask again)."""
+        if self.leader_id != self.id:
+            raise not_leader(self.leader_id, self._replicas)
+        if not self.ready:
+            raise unavailable("This replica became leader and is still catching up; retry shortly.")
+        outcomes: dict[str, str] = {}
+        free: list[str] = []
+        for request_id in dict.fromkeys(request_ids):
+            order = self.orders.for_request(request_id)
+            if order is not None:
+                outcomes[request_id] = f"kept for order {order.number}"
+            elif request_id in self._attempts or request_id in self._releasing:
+                outcomes[request_id] = PENDING
+            else:
+                free.append(request_id)
+        self._releasing.update(free)
+        try:
+            statuses = await self._catalog.settle_each("release", free, 0) if free else []
+        finally:
+            self._releasing.difference_update(free)
+        for request_id, status in zip(free, statuses):
+            outcomes[request_id] = {200: "released", 404: "no reservation at the catalog",
+                                    409: "confirmed at the catalog; not released"}.get(status, PENDING)
+        return outcomes
+
+    async def _settle_moved_aside(self) -> None:
+        """Has the leader settle the reservations of this replica's moved-aside orders."""
+        if not self._unsettled or not self.ready or self.leader_id is None:
+            return
+        pending = await self._aside.pending(MAX_BATCH_ITEMS)
+        if not pending:
+            self._unsettled = False
+            return
+        request_ids = [m.order.request_id for m in pending]
+        if self.leader_id == self.id:
+            outcomes = await self.release_unplaced(request_ids)
+        else:
+            status, body = await self._call(self.leader_id, "POST", "/release_reservations",
+                                            {"request_ids": request_ids})
+            outcomes = body.get("data", {}).get("outcomes") if status == 200 else None
+            if not isinstance(outcomes, dict):
+                raise ValueError(f"the leader answered {status} to /release_reservations")
+        settled = {r: o for r, o in outcomes.items() if r in request_ids and isinstance(o, str) and o != PENDING}
+        for moved in pending:
+            if moved.order.request_id in settled:
+                log.info("Moved-aside order {number} ({request_id}): reservation {outcome}", number=moved.order.number,
+                         request_id=moved.order.request_id, outcome=settled[moved.order.request_id])
+        await self._aside.record(settled)
+
+    async def moved_aside(self, after: int, limit: int) -> list[dict[str, Any]]:
+        """The orders moved aside here, for ``GET /moved_aside``."""
+        return [m.as_json() for m in await self._aside.listing(after, limit)]
 
     # -- cluster --------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        held = len(self.orders.since(-1))
+        held = self.orders.latest_number + 1
         return {"id": self.id, "role": "leader" if self.leader_id == self.id else "follower", "term": 0,
                 "leader_id": self.leader_id, "commit_index": held, "last_index": held,
-                "replication": "primary-backup"}
+                "replication": "primary-backup", "caught_up": self.ready, "conflict": self._conflict is not None}
 
     def set_leader(self, replica_id: int) -> None:
         if replica_id not in self._replicas:
@@ -305,13 +500,14 @@ class PrimaryBackupReplica:
             self.ready = False
             self._acked = dict.fromkeys(self._peers)
             self._behind.clear()
-            self._background(self._pull_then_ready())
+            self._background(self._sync())
         elif replica_id != self.id:
-            self._background(self._catch_up(replica_id))
+            self._background(self._catch_up())
 
-    def _background(self, work: Any) -> None:
+    def _background(self, work: Any) -> defer.Deferred:
         d = defer.ensureDeferred(work)
         d.addErrback(lambda f: log.warn("Replication work failed: {error}", error=f.getErrorMessage()))
+        return d
 
     def _tick_logged(self) -> defer.Deferred:
         d = defer.ensureDeferred(self._tick())
@@ -319,7 +515,11 @@ class PrimaryBackupReplica:
         return d
 
     async def _tick(self) -> None:
+        if not self.ready:
+            await self._sync()
+            return
         if self.leader_id == self.id:
             await self._probe_behind()
-        elif self.leader_id is not None:
-            await self._catch_up(self.leader_id)
+        else:
+            await self._catch_up()
+        await self._settle_moved_aside()

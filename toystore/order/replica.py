@@ -6,7 +6,7 @@ the storage and the order state machine are shared.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.python.failure import Failure
@@ -42,6 +42,14 @@ class OrderReplica(Protocol):
         """A replication RPC from another replica (raises ApiError(400) on bad input); the
         sender's answer waits for it, so a mode can answer only once durable. Returns what
         the answer carries besides ``accepted``."""
+
+
+@runtime_checkable
+class MovesAside(Protocol):
+    """A mode that can move orders aside from a forked history (primary-backup)."""
+
+    async def moved_aside(self, after: int, limit: int) -> list[dict[str, Any]]:
+        """Those moved aside, as JSON, with a sequence number above ``after``, at most ``limit``."""
 
 
 def not_leader(leader_id: int | None, replicas: Mapping[int, str]) -> ApiError:
