@@ -3,9 +3,9 @@
 Three layers: pure decisions (:func:`choose_leader`, :class:`Preference`, :func:`classify`)
 that the tests drive with plain values; :class:`LeaderTracker`, which polls every replica's
 ``/health_check`` on the injected clock, keeps the current leader and announces the
-frontend's preference (``/set_leader``, the highest live id); and :class:`LeaderCaller`,
-which sends one request to the leader and retries through 421 hints, 503s, refused
-connections and timeouts until a time budget runs out.
+frontend's preference (``/set_leader``, the highest live id that says it is caught up);
+and :class:`LeaderCaller`, which sends one request to the leader and retries through 421
+hints, 503s, refused connections and timeouts until a time budget runs out.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ class HealthReport:
     role: str
     term: int
     leader_id: int | None
+    caught_up: bool = True  # primary-backup says so; a Raft replica's log is caught up by its election
 
     @classmethod
     def from_payload(cls, replica_id: int, payload: Mapping[str, Any]) -> HealthReport | None:
@@ -49,7 +50,7 @@ class HealthReport:
             return None
         if leader_id is not None and type(leader_id) is not int:
             return None
-        return cls(replica_id, role, term, leader_id or None)
+        return cls(replica_id, role, term, leader_id or None, data.get("caught_up", True) is True)
 
 
 def choose_leader(reports: Iterable[HealthReport]) -> int | None:
@@ -249,7 +250,9 @@ class LeaderTracker:
     async def check(self) -> None:
         """One round: probe every replica, adopt the leader, announce the preference if due."""
         reports = await self._probes.run("probe", self._probe)
-        wanted = self._preference.observe(reports.keys(), self._leader_id, self._clock.seconds())
+        # A replica that is still catching up would lead with a short or forked history.
+        eligible = [ident for ident, report in reports.items() if report.caught_up]
+        wanted = self._preference.observe(eligible, self._leader_id, self._clock.seconds())
         if wanted is not None:
             await self._announce(wanted, sorted(reports))
 
