@@ -51,10 +51,15 @@ class Network:
 
         self.paused = False
         self._waiting: list[tuple[defer.Deferred, str, str, dict[str, Any]]] = []
+        self.failing: set[str] = set()  # paths (e.g. "/orders_since") whose requests time out
+        self.log: list[tuple[str, str]] = []  # (method, url) of every request that went through
 
     def request(self, method: str, url: str, **kwargs: Any) -> defer.Deferred:
         if urlparse(url).hostname in self.down:
             return defer.fail(ConnectionRefusedError())
+        if urlparse(url).path in self.failing:
+            return defer.fail(defer.TimeoutError())
+        self.log.append((method, url))
         if self.paused:
             waiting: defer.Deferred = defer.Deferred()
             self._waiting.append((waiting, method, url, kwargs))
@@ -111,6 +116,12 @@ class Cluster:
         outcome: list[Any] = []
         defer.ensureDeferred(replica.place_order(key, "Tux", quantity)).addCallbacks(outcome.append, outcome.append)
         return outcome
+
+    def place_all(self, i: int, keys: list[str]) -> None:
+        """Orders each key at replica ``i`` and lets every push and answer through."""
+        for key in keys:
+            self.order(self.replicas[i], key)
+        self.settle()
 
     def held(self, i: int) -> list[tuple[int, str]]:
         return [(o.number, o.request_id) for o in self.replicas[i].orders.since(-1)]
@@ -217,9 +228,7 @@ def test_a_push_after_a_gap_makes_the_follower_pull_the_rest(cluster: Cluster) -
 
 def test_a_replica_that_starts_behind_catches_up_before_it_serves(cluster: Cluster) -> None:
     cluster.crash(1)
-    for i in range(4):
-        cluster.order(cluster.replicas[3], f"k{i}")
-    cluster.settle()
+    cluster.place_all(3, [f"k{i}" for i in range(4)])
     cluster.network.down.discard("r1")
     store = ReplicaStore(Database(connect(cluster.tmp_path / "order-1.sqlite3", SCHEMA), cluster.clock))
     replica = PrimaryBackupReplica(1, OrderStateMachine(store.load_at_start().orders), store, cluster.catalog,
