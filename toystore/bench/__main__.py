@@ -46,6 +46,8 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
                              "the last shows what the cluster can take when latency is no object)")
     parser.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto",
                         help="load generator for reads and orders (auto: wrk when installed)")
+    parser.add_argument("--replication", choices=["raft", "primary-backup"], default="raft",
+                        help="replication mode of the order replicas; primary-backup adds the restart-under-load point")
     parser.add_argument("--quick", action="store_true", help="a short smoke run: a few seconds per figure")
     parser.add_argument("--out", type=Path, default=Path("."), help="folder for the JSON (default: here)")
     parser.add_argument("--json", default="bench-results.json", help="JSON file name inside --out")
@@ -78,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings(data_dir=data_dir, seconds=args.seconds, kills=args.kills,
                         catchup_orders=args.catchup_orders, db_delay=args.db_delay,
                         get_concurrency=args.get_concurrency, order_concurrency=args.order_clients,
-                        generator=generator, quick=args.quick)
+                        generator=generator, quick=args.quick, replication=args.replication)
 
     def on_sigterm(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt

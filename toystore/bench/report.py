@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from toystore.bench.restart import CONCURRENCY as RESTART_CONCURRENCY
+
 
 @dataclass
 class Row:
@@ -61,6 +63,12 @@ def table_rows(report: dict[str, Any]) -> list[Row]:
     if "catchup_s" in f:
         rows.append(Row(f"catch-up of {f['catchup_orders']:,} missed orders", f"{f['catchup_s']:.2f} s",
                         f"from restart of the process; {f['catchup_after_answering_s']:.2f} s after it first answered"))
+    if "restart_after_over_before" in f:
+        rows.append(Row(f"kill -9 and restart of the leader, {RESTART_CONCURRENCY} connections",
+                        f"after/before {f['restart_after_over_before']:.2f}",
+                        f"orders/s: {f['restart_before_per_s']:,.0f} before, {f['restart_down_per_s']:,.0f} down, "
+                        f"{f['restart_rejoin_per_s']:,.0f} rejoining, {f['restart_after_per_s']:,.0f} after; "
+                        f"caught up {f['restart_caught_up_s']:.1f} s after the restart"))
     return rows
 
 

@@ -23,12 +23,14 @@ from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
 from toystore.bench.loadgen import Job, LoadResult, combine, find_wrk, median, run_python_load, run_wrk
+from toystore.bench.restart import restart_under_load
 from toystore.cluster import ClusterConfig, LocalCluster, free_ports, http_json
 
 CACHED_PRODUCT = "Tux"
 ORDERED_PRODUCT = "Whale"
 FAILOVER_PRODUCT = "Fox"
 CATCHUP_PRODUCT = "Lego"
+RESTART_PRODUCT = "Dolphin"
 INITIAL_STOCK = 10_000_000  # never runs out, so every order is a committed order
 READ_WINDOWS = 3  # cached windows, each between two baseline windows
 
@@ -53,6 +55,7 @@ class Settings:
     order_concurrency: tuple[int, ...] = (1, 16, 64)
     generator: str = "python"
     quick: bool = False
+    replication: str = "raft"
 
 
 class Bench:
@@ -83,6 +86,9 @@ class Bench:
                 self._failover(cluster)
             with self._stage("catchup"):
                 self._catchup(cluster)
+            if self.settings.replication == "primary-backup":
+                with self._stage("restart_under_load"):
+                    self._restart_under_load(cluster)
         self.durations["total"] = round(time.monotonic() - began, 2)
         return self.report()
 
@@ -93,7 +99,8 @@ class Bench:
             "settings": {"seconds_per_point": s.seconds, "kills": s.kills, "catchup_orders": s.catchup_orders,
                          "db_delay": s.db_delay, "get_concurrency": s.get_concurrency,
                          "order_concurrency": list(s.order_concurrency), "quick": s.quick,
-                         "read_generator": s.generator, "order_generator": s.generator},
+                         "read_generator": s.generator, "order_generator": s.generator,
+                         "replication": s.replication},
             "figures": self.figures,
             "checks": self.checks,
             "details": self.details,
@@ -113,7 +120,7 @@ class Bench:
     def _cluster(self, name: str, cache_size: int) -> Iterator[LocalCluster]:
         config = ClusterConfig(data_dir=self.settings.data_dir / name, replicas=3, cache_size=cache_size,
                                db_delay=self.settings.db_delay, initial_stock=INITIAL_STOCK,
-                               restock_interval=0.0)
+                               restock_interval=0.0, replication=self.settings.replication)
         cluster = LocalCluster(config)
         try:
             began = time.monotonic()
@@ -272,6 +279,18 @@ class Bench:
                                    "orders_load": asdict(result)}
         self.say(f"catch-up of {result.ok_total} orders: {done_at - started_at:.2f} s from restart "
                  f"({done_at - answered_at:.2f} s after it first answered)")
+
+    # -- restart under load -------------------------------------------------------------
+
+    def _restart_under_load(self, cluster: LocalCluster) -> None:
+        wait_converged(cluster, preference_wait=0.0 if self.settings.quick else 12.0)
+        before = latest_order_number(cluster)
+        point = restart_under_load(cluster, order_job(cluster, RESTART_PRODUCT), self.settings.seconds, self.say)
+        wait_converged(cluster)
+        self.figures.update(point["figures"])
+        self.checks["restart_under_load"] = point["check"]
+        self.details["restart_under_load"] = {**point["details"], "orders_committed":
+                                              settled_latest_order_number(cluster) - before}
 
 
 def window_ratios(cached_runs: list[LoadResult], baseline_runs: list[LoadResult]) -> list[float]:
