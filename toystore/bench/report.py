@@ -86,7 +86,7 @@ def render(report: dict[str, Any]) -> str:
     header = (f"Machine: {m['cores']} cores, Python {m['python']}, {m['platform']}; load average at start "
               f"{', '.join(str(x) for x in m['load_average'])}.\n"
               f"Reads by {m['read_load_generator']}; orders by {m['order_load_generator']}.\n"
-              f"{s['seconds_per_point']} s per load point, --db-delay {s['db_delay']}, 3 Raft replicas; "
+              f"{s['seconds_per_point']} s per load point, --db-delay {s['db_delay']}, 3 {'primary-backup' if s.get('replication') == 'primary-backup' else 'Raft'} replicas; "
               f"whole run {d.get('total', 0):.0f} s"
               + "".join(f"; {stage.replace('_', ' ')} {seconds:.0f} s" for stage, seconds in d.items() if stage != "total")
               + ".\nThe machine is shared: compare figures within one run (ratios), not across runs.")
