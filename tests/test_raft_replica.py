@@ -140,7 +140,7 @@ class Cluster:
         core = RaftCore(i, sorted(REPLICAS), hard_state=state.hard_state, entries=state.entries,
                         applied=state.applied, rng=random.Random(i))
         node = RaftNode(core, clock=self.clock, transport=self.network.transport(i),
-                        apply_entry=replica.apply_entry, persist=replica.persist_cycle, timing=TIMING)
+                        state_machine=replica, storage=replica, timing=TIMING)
         replica.attach(node)
         self.network.nodes[i] = node
         self.replicas[i] = replica

@@ -61,7 +61,7 @@ def run_action(cluster: Cluster, action: Action, serial: itertools.count[int]) -
         cluster.network.drop_rate = args[0]
     elif kind == "delay":
         cluster.network.delay = (0, args[0])
-        cluster.network.reorder = args[1]
+        cluster.network.shuffle = args[1]
     elif kind == "transfer":
         leader = cluster.leader()
         if leader is not None:
@@ -77,7 +77,7 @@ def heal_everything(cluster: Cluster) -> None:
     cluster.network.heal()
     cluster.network.drop_rate = 0.0
     cluster.network.delay = (0, 0)
-    cluster.network.reorder = False
+    cluster.network.shuffle = False
     cluster.network.long_delay_rate = 0.0
     for node_id in cluster.ids:
         if not cluster.is_up(node_id):

@@ -68,7 +68,7 @@ class RaftReplica:
         ), clock=clock)
 
     def attach(self, node: RaftNode) -> None:
-        """The node is built with :meth:`apply_entry` and :meth:`persist_cycle` as its callbacks."""
+        """The node is built with this replica as its state machine and its storage."""
         self.node = node
 
     @property
@@ -76,9 +76,9 @@ class RaftReplica:
         assert self.node is not None
         return self.node.core
 
-    # -- the node's callbacks -------------------------------------------------------
+    # -- the node's state machine and storage (toystore.raft.statemachine) ------------
 
-    def apply_entry(self, entry: Entry) -> Applied | None:
+    def apply(self, entry: Entry) -> Applied | None:
         if not entry.data:
             return None  # a leader's no-op
         try:
@@ -91,7 +91,7 @@ class RaftReplica:
             return None
         return self.orders.apply(command)
 
-    async def persist_cycle(self, ready: Ready, results: Sequence[Applied | None]) -> None:
+    async def persist(self, ready: Ready, results: Sequence[Applied | None]) -> None:
         new_orders = [r.order for r in results if r is not None and r.created]
         applied = ready.committed_entries[-1].index if ready.committed_entries else None
         if ready.hard_state is None and not ready.entries and applied is None:

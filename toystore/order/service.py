@@ -93,8 +93,8 @@ def build_raft_replica(*, reactor: Any, node_id: int, replicas: Mapping[int, str
     # Answers that peers send back go to the node, which is built over this transport.
     transport = HttpTransport(parts.http_client, peers, clock=reactor, token=token,
                               on_answer=lambda answer: node.receive(answer))
-    node = RaftNode(core, clock=reactor, transport=transport, apply_entry=replica.apply_entry,
-                    persist=replica.persist_cycle, timing=timing, proposal_timeout=ORDER_TIMEOUT)
+    node = RaftNode(core, clock=reactor, transport=transport, state_machine=replica,
+                    storage=replica, timing=timing, proposal_timeout=ORDER_TIMEOUT)
     replica.attach(node)
     log.info("Order replica {id} (raft) restored term {term}, {entries} log entries, {orders} orders",
              id=node_id, term=state.hard_state.term, entries=len(state.entries), orders=len(state.orders))

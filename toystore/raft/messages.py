@@ -212,12 +212,12 @@ class ReadState:
 
 @dataclass(frozen=True, slots=True)
 class Ready:
-    """Work for the node, to be done in this order: persist, send, apply, advance.
+    """Work for the node, to be done in this sequence: persist, send, apply, advance.
 
     :param hard_state: to persist; ``None`` when unchanged.
     :param entries: to persist; when ``entries[0].index`` is not past the last
         persisted index, storage first deletes every entry from ``entries[0].index`` on.
-    :param committed_entries: to apply, in order, after persisting.
+    :param committed_entries: to apply, in log sequence, after persisting.
     :param messages: to send only once ``hard_state`` and ``entries`` are durable.
     :param read_states: confirmed ReadIndex requests.
     :param soft_state: the new role and leader; ``None`` when unchanged.

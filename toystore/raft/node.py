@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Callable, Awaitable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 from toystore.deferreds import fire
 from toystore.raft.core import NotLeader, RaftCore, TermChanged
 from toystore.raft.messages import ANSWERS, Entry, Message, MessageType, Ready, Role
+from toystore.raft.statemachine import StateMachine, Storage
 
 log = Logger()
 
@@ -49,19 +50,12 @@ class Transport(Protocol):
     def send(self, message: Message) -> None: ...
 
 
-# Applies one committed entry in memory and returns what its proposer hears.
-ApplyEntry = Callable[[Entry], Any]
-# Makes a cycle durable: the Ready's hard state and entries, and what applying its
-# committed entries produced (as returned by ApplyEntry, in order).
-PersistCycle = Callable[[Ready, Sequence[Any]], Awaitable[None]]
-
-
 _LEADER_BROADCASTS = frozenset({MessageType.APPEND, MessageType.HEARTBEAT})
 
 
 @dataclass
 class _Proposal:
-    """Entries proposed together: ``done`` fires with one outcome per entry, in order, once
+    """Entries proposed together: ``done`` fires with one outcome per entry, in sequence, once
     each has applied here (its apply result) or failed (a Failure in its place)."""
 
     data: Sequence[str]
@@ -119,8 +113,8 @@ class RaftNode:
     :param core: the consensus core, restored from durable state.
     :param clock: every timer runs on it.
     :param transport: sends a message to a peer (one-way; losses are Raft's business).
-    :param apply_entry: the state machine, applied in log order.
-    :param persist: durable write of one cycle.
+    :param state_machine: what the log replicates; committed entries are applied to it.
+    :param storage: durable write of one cycle.
     :param answer_wait: how long a peer's request (:meth:`exchange`) waits for its answers
         to be durable before it is answered without them.
     :param proposal_timeout: seconds after which a proposal not yet committed here fails
@@ -128,13 +122,13 @@ class RaftNode:
     """
 
     def __init__(self, core: RaftCore, *, clock: IReactorTime, transport: Transport,
-                 apply_entry: ApplyEntry, persist: PersistCycle, timing: Timing = Timing(),
+                 state_machine: StateMachine, storage: Storage, timing: Timing = Timing(),
                  proposal_timeout: float = 5.0, answer_wait: float = 0.02) -> None:
         self.core = core
         self._clock = clock
         self._transport = transport
-        self._apply_entry = apply_entry
-        self._persist = persist
+        self._state_machine = state_machine
+        self._storage = storage
         self._timing = timing
         self._proposal_timeout = proposal_timeout
         self._answer_wait = answer_wait
@@ -149,7 +143,7 @@ class RaftNode:
         self._cycling = False
         self._persisting = False
         self._stopped = False
-        # index -> (term, proposal, position in it); in index order, so also oldest first.
+        # index -> (term, proposal, position in it); by ascending index, so also oldest first.
         self._proposals: dict[int, tuple[int, _Proposal, int]] = {}
         self._reads: dict[str, list[defer.Deferred]] = {}
         self._reads_waiting_apply: list[tuple[int, defer.Deferred]] = []
@@ -208,7 +202,7 @@ class RaftNode:
 
     def propose_each(self, data: Sequence[str], *, term: int | None = None) -> defer.Deferred:
         """Appends an entry for each of ``data``; fires with one outcome per entry, in
-        order: the apply result once it is committed and applied here, or a Failure:
+        sequence: the apply result once it is committed and applied here, or a Failure:
         :class:`NotLeader` on a non-leader, :class:`TermChanged` when ``term`` is given and
         is no longer the current term when the entries would be appended (none is),
         :class:`ProposalDropped` when leadership is lost before the entry applies,
@@ -358,15 +352,15 @@ class RaftNode:
                 self._proposals[index] = (entry_term, proposal, position)
 
     async def _run_one(self, ready: Ready) -> None:
-        results = [self._apply_entry(entry) for entry in ready.committed_entries]
+        results = [self._state_machine.apply(entry) for entry in ready.committed_entries]
         early, after_persist = self._split_messages(ready)
         for message in early:
             self._send(message)
         self._persisting = True
         try:
-            written = defer.ensureDeferred(self._persist(ready, results))
+            written = defer.ensureDeferred(self._storage.persist(ready, results))
             # Committed entries are durable on a majority already: their proposers hear while
-            # this node's own write (new entries, applied orders) is on disk, and their work
+            # this node's own write (new entries, what applying them produced) is on disk, and their work
             # overlaps it. Proposals that committed in this cycle succeed even if the node
             # steps down in it.
             for entry, result in zip(ready.committed_entries, results):

@@ -15,7 +15,7 @@ class _Request:
 
 @dataclass
 class PendingReads:
-    """ReadIndex requests in arrival order, each with the peers that acknowledged it.
+    """ReadIndex requests as they arrived, each with the peers that acknowledged it.
 
     :param quorum: how many acknowledgements (the leader's own included) confirm a read.
     """

@@ -1,6 +1,6 @@
 """A deterministic simulated cluster of :class:`~toystore.raft.core.RaftCore` instances.
 
-Time is a tick counter; the network drops, delays, reorders and partitions messages;
+Time is a tick counter; the network drops, delays, shuffles and partitions messages;
 nodes crash (keeping only what their Ready persisted, and what they applied) and
 restart. Each node is driven the way the real node drives its core: persist the
 Ready's hard state and entries, then send its messages, then apply its committed
@@ -54,8 +54,8 @@ class SimStorage:
 class SimNode:
     """One simulated server: its disk, its state machine's history, and its core when up.
 
-    :param applied: every entry applied, in order (the state machine survives crashes,
-        as the store's applied orders do).
+    :param applied: every entry applied, in log sequence (the state machine survives
+        crashes, as a real host's durable state does).
     """
 
     id: int
@@ -68,7 +68,7 @@ class SimNode:
 
 
 class SimNetwork:
-    """Delivers messages after a delay, maybe reordered, dropped or cut by a partition.
+    """Delivers messages after a delay, maybe shuffled, dropped or cut by a partition.
 
     Nodes carry a group label and only nodes with the same label reach each other;
     label 0 is the "connected" majority side that tests watch.
@@ -80,14 +80,14 @@ class SimNetwork:
         self.drop_rate = 0.0
         #: Delivery delay in ticks, drawn uniformly from this inclusive range.
         self.delay = (0, 0)
-        #: Shuffle messages due at the same tick instead of keeping send order.
-        self.reorder = False
-        #: Probability that a message is held back much longer (6.824's long reordering).
+        #: Shuffle messages due at the same tick instead of keeping the sending sequence.
+        self.shuffle = False
+        #: Probability that a message is held back much longer (6.824's long delays).
         self.long_delay_rate = 0.0
         self.long_delay = (4, 2 * TICKS_PER_SECOND)
         self._labels: dict[int, int] = {}
         self._isolated = itertools.count(-1, -1)
-        # (due tick, order within the tick, unique sequence number, message): a heap.
+        # (due tick, rank within the tick, unique sequence number, message): a heap.
         self._queue: list[tuple[int, float, int, Message]] = []
         self._sequence = itertools.count()
         #: How many messages of each type nodes sent (lost ones included).
@@ -121,10 +121,10 @@ class SimNetwork:
         self._labels = {}
 
     def set_unreliable(self, unreliable: bool) -> None:
-        """Lose 10% of messages and delay and reorder the rest a little (6.824's unreliable net)."""
+        """Lose 10% of messages and delay and shuffle the rest a little (6.824's unreliable net)."""
         self.drop_rate = 0.1 if unreliable else 0.0
         self.delay = (0, 2) if unreliable else (0, 0)
-        self.reorder = unreliable
+        self.shuffle = unreliable
 
     def send(self, message: Message, now: int) -> None:
         """Queue ``message``, unless it is lost or its receiver is unreachable."""
@@ -134,8 +134,8 @@ class SimNetwork:
         late = self.long_delay_rate and self._rng.random() < self.long_delay_rate
         due = now + self._rng.randint(*(self.long_delay if late else self.delay))
         sequence = next(self._sequence)
-        order = self._rng.random() if self.reorder else sequence
-        heapq.heappush(self._queue, (due, order, sequence, message))
+        rank = self._rng.random() if self.shuffle else sequence
+        heapq.heappush(self._queue, (due, rank, sequence, message))
 
     def drop_from(self, node: int) -> None:
         """Lose every message ``node`` sent that is still in flight (it crashed mid-send)."""

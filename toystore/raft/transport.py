@@ -1,6 +1,6 @@
-"""Raft messages over HTTP: one ordered stream of POSTs per peer (DESIGN.md endpoints).
+"""Raft messages over HTTP: one sequential stream of POSTs per peer (DESIGN.md endpoints).
 
-Raft tolerates reordering, but pays for it: an append that overtakes its predecessor
+Raft tolerates messages that overtake each other, but pays for it: an append that overtakes its predecessor
 is rejected, and the leader falls back to probing that follower until the next
 heartbeat. Independent POSTs over a connection pool overtake each other all the time
 under load, so each peer gets one POST in flight at a time, carrying every message
@@ -51,7 +51,7 @@ ACCEPTED: Mapping[str, frozenset[MessageType]] = {
 
 
 class HttpTransport:
-    """Sends each message to its peer's endpoint, in order per peer.
+    """Sends each message to its peer's endpoint, one after another per peer.
 
     :param peers: ``{id: base URL}`` of the other replicas.
     :param on_answer: takes each answer a peer sent back (the node's ``receive``).
