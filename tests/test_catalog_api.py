@@ -3,6 +3,8 @@ every frontend before a buy answers."""
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import json
 from pathlib import Path
 from typing import Any
@@ -209,7 +211,7 @@ def test_buy_short_stock_changes_nothing(h: Harness) -> None:
     message = assert_error(h.call("POST", "/buy_qty", {**BUY, "quantity": 101}), 409)
     assert "Not enough" in message
     assert h.ledger() == before
-    assert h.call("GET", "/reservations")[1] == {"data": {"reservations": []}}
+    assert h.call("GET", "/reservations")[1] == {"data": {"reservations": [], "next": None}}
 
 
 @pytest.mark.parametrize("body", [
@@ -333,13 +335,30 @@ def test_reservations(h: Harness) -> None:
     h.clock.advance(5)
     code, body = h.call("GET", "/reservations?state=held&older_than=10")
     assert (code, body) == (200, {"data": {"reservations": [
-        {"request_id": "r1", "name": "Tux", "quantity": 2, "state": "held", "term": 1, "age": 25.0}]}})
+        {"request_id": "r1", "name": "Tux", "quantity": 2, "state": "held", "term": 1, "age": 25.0}], "next": None}})
     assert [r["request_id"] for r in h.call("GET", "/reservations")[1]["data"]["reservations"]] == ["r1", "r2"]
-    assert h.call("GET", "/reservations?state=held&older_than=30")[1] == {"data": {"reservations": []}}
+    assert h.call("GET", "/reservations?state=held&older_than=30")[1] == {"data": {"reservations": [], "next": None}}
+
+
+def test_reservations_come_in_pages_oldest_first(h: Harness) -> None:
+    for i in range(7):
+        h.call("POST", "/buy_qty", {**BUY, "quantity": 1, "request_id": f"r{i}"})
+        h.clock.advance(1)
+    h.call("POST", "/confirm", {"request_id": "r3", "term": 1})
+    seen, query = [], "/reservations?state=held&limit=2"
+    while True:
+        page = h.call("GET", query)[1]["data"]
+        assert len(page["reservations"]) <= 2
+        seen += [r["request_id"] for r in page["reservations"]]
+        if page["next"] is None:
+            break
+        query = f"/reservations?state=held&limit=2&after={quote(page['next'])}"
+    assert seen == ["r0", "r1", "r2", "r4", "r5", "r6"]
 
 
 @pytest.mark.parametrize("query", ["state=lost", "state=", "older_than=-1", "older_than=abc", "older_than=nan",
-                                   "older_than=inf", "state=%FF"])
+                                   "older_than=inf", "state=%FF", "limit=0", "limit=1025", "limit=-3", "limit=x",
+                                   "after=nonsense", "after=inf,r1", "after="])
 def test_reservations_bad_query_is_400(h: Harness, query: str) -> None:
     assert_error(h.call("GET", f"/reservations?{query}"), 400)
 

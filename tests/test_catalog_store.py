@@ -3,6 +3,7 @@ and stock conservation. Runs inline on SQLite files, no reactor."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any, Callable, Coroutine
 
@@ -60,7 +61,7 @@ def test_query_unknown_toy(store: CatalogStore) -> None:
 def test_buy_takes_stock_and_holds_a_reservation(store: CatalogStore) -> None:
     assert run(store.buy("r1", "Tux", 3, term=2)) == Bought("r1", "Tux", 3, 97)
     assert quantity(store, "Tux") == 97
-    [held] = run(store.reservations("held"))
+    [held] = run(store.reservations("held")).reservations
     assert (held.request_id, held.name, held.quantity, held.state, held.term) == ("r1", "Tux", 3, "held", 2)
     assert run(store.ledger())["highest_term"] == 2
 
@@ -70,13 +71,13 @@ def test_short_stock_changes_nothing_and_records_nothing(tmp_path: Path) -> None
     error = refused(store.buy("r1", "Tux", 3, term=5), Conflict)
     assert "Not enough Tux" in error.message
     assert quantity(store, "Tux") == 2
-    assert run(store.reservations()) == []
+    assert run(store.reservations()).reservations == []
     assert run(store.ledger())["highest_term"] == 0
 
 
 def test_buy_unknown_toy(store: CatalogStore) -> None:
     refused(store.buy("r1", "Unicorn", 1), NotFound)
-    assert run(store.reservations()) == []
+    assert run(store.reservations()).reservations == []
 
 
 def test_retry_answers_the_same_and_takes_stock_once(store: CatalogStore) -> None:
@@ -102,7 +103,7 @@ def test_release_restores_stock_and_is_idempotent(store: CatalogStore) -> None:
     assert quantity(store, "Tux") == 100
     assert run(store.release("r1", 0)) == "Tux"
     assert quantity(store, "Tux") == 100
-    [released] = run(store.reservations("released"))
+    [released] = run(store.reservations("released")).reservations
     assert released.request_id == "r1"
 
 
@@ -116,7 +117,7 @@ def test_release_fenced_by_a_lower_term(store: CatalogStore) -> None:
     error = refused(store.release("r1", 3), Conflict)
     assert "fenced" in error.message
     assert quantity(store, "Tux") == 97
-    assert [r.state for r in run(store.reservations())] == ["held", "held"]
+    assert [r.state for r in run(store.reservations()).reservations] == ["held", "held"]
     run(store.release("r1", 4))
     assert quantity(store, "Tux") == 100
 
@@ -125,7 +126,7 @@ def test_confirm(store: CatalogStore) -> None:
     run(store.buy("r1", "Tux", 3))
     run(store.confirm("r1", 7))
     run(store.confirm("r1", 7))
-    assert [r.state for r in run(store.reservations())] == ["confirmed"]
+    assert [r.state for r in run(store.reservations()).reservations] == ["confirmed"]
     assert run(store.ledger())["highest_term"] == 7
     refused(store.release("r1", 7), Conflict)
     assert quantity(store, "Tux") == 97
@@ -136,7 +137,7 @@ def test_confirm_after_release_is_refused(store: CatalogStore) -> None:
     run(store.buy("r1", "Tux", 3))
     run(store.release("r1", 0))
     refused(store.confirm("r1", 0), Conflict)
-    assert [r.state for r in run(store.reservations())] == ["released"]
+    assert [r.state for r in run(store.reservations()).reservations] == ["released"]
 
 
 def test_rehold_after_release(store: CatalogStore, clock: Clock) -> None:
@@ -144,7 +145,7 @@ def test_rehold_after_release(store: CatalogStore, clock: Clock) -> None:
     run(store.release("r1", 2))
     clock.advance(5)
     assert run(store.buy("r1", "Tux", 3, term=2)) == Bought("r1", "Tux", 3, 97)
-    [held] = run(store.reservations("held"))
+    [held] = run(store.reservations("held")).reservations
     assert (held.term, held.age) == (2, 0.0)
 
 
@@ -163,7 +164,7 @@ def test_rehold_needs_stock(tmp_path: Path) -> None:
     run(store.buy("r2", "Tux", 2))
     refused(store.buy("r1", "Tux", 3), Conflict)
     assert quantity(store, "Tux") == 1
-    assert {r.request_id: r.state for r in run(store.reservations())} == {"r1": "released", "r2": "held"}
+    assert {r.request_id: r.state for r in run(store.reservations()).reservations} == {"r1": "released", "r2": "held"}
 
 
 def test_reservations_filter_by_state_and_age(store: CatalogStore, clock: Clock) -> None:
@@ -171,9 +172,9 @@ def test_reservations_filter_by_state_and_age(store: CatalogStore, clock: Clock)
     clock.advance(30)
     run(store.buy("new", "Tux", 1))
     clock.advance(1)
-    assert [(r.request_id, r.age) for r in run(store.reservations("held", older_than=10))] == [("old", 31.0)]
-    assert [r.request_id for r in run(store.reservations("held"))] == ["old", "new"]
-    assert run(store.reservations("confirmed")) == []
+    assert [(r.request_id, r.age) for r in run(store.reservations("held", older_than=10)).reservations] == [("old", 31.0)]
+    assert [r.request_id for r in run(store.reservations("held")).reservations] == ["old", "new"]
+    assert run(store.reservations("confirmed")).reservations == []
 
 
 def test_restock_only_sold_out_toys_and_ledger_totals(tmp_path: Path) -> None:
@@ -239,12 +240,31 @@ def test_stock_is_conserved_over_any_sequence(ops: list[tuple[Any, ...]]) -> Non
 
         ledger = run(store.ledger())
         kept: dict[str, int] = {}
-        for r in run(store.reservations()):
+        counts = dict.fromkeys(["held", "confirmed", "released"], 0)
+        for r in run(store.reservations()).reservations:
+            counts[r.state] += 1
             if r.state != "released":
                 kept[r.name] = kept.get(r.name, 0) + r.quantity
+        assert ledger["reservations"] == counts  # the counts the triggers keep
         for name, toy in ledger["toys"].items():
             assert toy["quantity"] >= 0
             assert toy["quantity"] + kept.get(name, 0) == toy["initial"] + toy["restocked"]
+
+
+def test_a_catalog_from_before_the_counts_counts_its_reservations_at_start(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite3"
+    store = make_store(path, initial_stock=8)
+    for i in range(3):
+        run(store.buy(f"r{i}", "Tux", 1))
+    run(store.confirm("r0", 1))
+    conn = sqlite3.connect(path)
+    conn.executescript("DROP TRIGGER reservation_added; DROP TRIGGER reservation_moved;"
+                       " DROP TRIGGER reservation_removed; DROP TABLE reservation_counts;")
+    conn.close()
+    reopened = make_store(path, initial_stock=8)
+    assert run(reopened.ledger())["reservations"] == {"held": 2, "confirmed": 1, "released": 0}
+    run(reopened.release("r1", 1))
+    assert run(reopened.ledger())["reservations"] == {"held": 1, "confirmed": 1, "released": 1}
 
 
 def _outcome(result: Any) -> Any:
@@ -252,7 +272,7 @@ def _outcome(result: Any) -> Any:
 
 
 def _state(store: CatalogStore) -> tuple[Any, ...]:
-    return run(store.ledger()), sorted((r.request_id, r.name, r.quantity, r.state, r.term) for r in run(store.reservations()))
+    return run(store.ledger()), sorted((r.request_id, r.name, r.quantity, r.state, r.term) for r in run(store.reservations()).reservations)
 
 
 buys = st.tuples(st.integers(0, 5).map(lambda n: f"r{n}"), st.sampled_from(["Tux", "Fox", "Unicorn"]),

@@ -27,9 +27,10 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
 from toystore.catalog.invalidation import Invalidator
-from toystore.catalog.store import STATES, Bought, CatalogError, CatalogStore, Conflict, NotFound, as_json
+from toystore.catalog.store import STATES, Bought, CatalogError, CatalogStore, Conflict, Cursor, NotFound, as_json
 from toystore.http import (
     MAX_BATCH_BODY_BYTES,
+    MAX_BATCH_ITEMS,
     ApiError,
     api_root,
     batch_failure,
@@ -123,6 +124,16 @@ def _query_arg(request: IRequest, name: str) -> str | None:
         return values[0].decode("utf-8")
     except UnicodeDecodeError:
         raise ApiError(400, f"'{name}' is not valid UTF-8.") from None
+
+
+def _limit(text: str | None) -> int:
+    """A listing's page size: 1 to :data:`MAX_BATCH_ITEMS` (the default), so that a page can be
+    settled in one batch call."""
+    if text is None:
+        return MAX_BATCH_ITEMS
+    if not text.isdigit() or not 1 <= int(text) <= MAX_BATCH_ITEMS:
+        raise ApiError(400, f"'limit' must be a whole number from 1 to {MAX_BATCH_ITEMS}.")
+    return int(text)
 
 
 class CatalogApi:
@@ -223,8 +234,15 @@ class CatalogApi:
             older_than = math.nan
         if not (math.isfinite(older_than) and older_than >= 0):
             raise ApiError(400, "'older_than' must be a number of seconds >= 0.")
-        found = await self._store.reservations(state, older_than)
-        return json_response(request, {"reservations": [as_json(r) for r in found]})
+        limit = _limit(_query_arg(request, "limit"))
+        after_text = _query_arg(request, "after")
+        try:
+            after = Cursor.decode(after_text) if after_text is not None else None
+        except ValueError:
+            raise ApiError(400, "'after' must be the 'next' cursor of an earlier page.") from None
+        page = await self._store.reservations(state, older_than, limit, after)
+        return json_response(request, {"reservations": [as_json(r) for r in page.reservations],
+                                       "next": page.next.encode() if page.next else None})
 
     @app.route("/restock", methods=["POST"])
     async def restock(self, request: IRequest) -> bytes:

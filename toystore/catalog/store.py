@@ -9,6 +9,7 @@ Raft term seen fences releases from deposed leaders.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,22 @@ def schema(initial_stock: int) -> str:
         released_term INTEGER
     );
     CREATE INDEX IF NOT EXISTS reservations_by_state ON reservations (state, created);
+    -- Reservations per state, kept by triggers: counting the table grows with every order ever.
+    CREATE TABLE IF NOT EXISTS reservation_counts (state TEXT PRIMARY KEY, count INTEGER NOT NULL);
+    INSERT OR IGNORE INTO reservation_counts (state, count)
+        SELECT column1, (SELECT COUNT(*) FROM reservations WHERE state = column1)
+        FROM (VALUES ('held'), ('confirmed'), ('released'));
+    CREATE TRIGGER IF NOT EXISTS reservation_added AFTER INSERT ON reservations BEGIN
+        UPDATE reservation_counts SET count = count + 1 WHERE state = NEW.state;
+    END;
+    CREATE TRIGGER IF NOT EXISTS reservation_moved AFTER UPDATE OF state ON reservations
+        WHEN OLD.state != NEW.state BEGIN
+        UPDATE reservation_counts SET count = count - 1 WHERE state = OLD.state;
+        UPDATE reservation_counts SET count = count + 1 WHERE state = NEW.state;
+    END;
+    CREATE TRIGGER IF NOT EXISTS reservation_removed AFTER DELETE ON reservations BEGIN
+        UPDATE reservation_counts SET count = count - 1 WHERE state = OLD.state;
+    END;
     CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
     INSERT OR IGNORE INTO meta (key, value) VALUES ('highest_term', 0);
     INSERT INTO toys (name, price, quantity, initial)
@@ -127,6 +144,34 @@ class Reservation:
     age: float
 
 
+@dataclass(frozen=True)
+class Cursor:
+    """Where a listing of reservations goes on: just past this one (they are in this order)."""
+
+    created: float
+    request_id: str
+
+    def encode(self) -> str:
+        return f"{self.created!r},{self.request_id}"
+
+    @staticmethod
+    def decode(text: str) -> Cursor:
+        """:raises ValueError: not a cursor that :meth:`encode` wrote."""
+        created, comma, request_id = text.partition(",")
+        value = float(created)
+        if not comma or not math.isfinite(value):
+            raise ValueError(f"not a reservation cursor: {text!r}")
+        return Cursor(value, request_id)
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a listing of reservations."""
+
+    reservations: list[Reservation]
+    next: Cursor | None
+
+
 def _highest_term(conn: sqlite3.Connection) -> int:
     return conn.execute("SELECT value FROM meta WHERE key = 'highest_term'").fetchone()[0]
 
@@ -166,7 +211,11 @@ def _buy_each(reservations: Sequence[tuple[str, str, int, int]], now: float,
     if held:
         conn.executemany("UPDATE toys SET quantity = ? WHERE name = ?",
                          [(stock[name], name) for name in {row[1] for row in held.values()}])
-        conn.executemany(f"INSERT OR REPLACE INTO reservations ({_RESERVATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        # An upsert, not INSERT OR REPLACE: a replaced row would not fire the counting triggers.
+        conn.executemany(f"INSERT INTO reservations ({_RESERVATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                         " ON CONFLICT (request_id) DO UPDATE SET name = excluded.name, quantity = excluded.quantity,"
+                         " state = excluded.state, term = excluded.term, created = excluded.created,"
+                         " remaining = excluded.remaining, released_term = excluded.released_term",
                          held.values())
     if highest_term is not None:
         _see_term(conn, highest_term)
@@ -316,17 +365,29 @@ class CatalogStore:
         """:meth:`confirm` for each request id, in one write."""
         return await self._db.write(partial(_confirm_each, request_ids, term))
 
-    async def reservations(self, state: str | None = None, older_than: float = 0.0) -> list[Reservation]:
-        """Reservations (in one state, if given) at least ``older_than`` seconds old, oldest first."""
+    async def reservations(self, state: str | None = None, older_than: float = 0.0, limit: int | None = None,
+                           after: Cursor | None = None) -> Page:
+        """Reservations (in one state, if given) at least ``older_than`` seconds old, oldest
+        first: at most ``limit`` of them, from just past ``after``. The page's ``next`` is where
+        the next page starts, None once this one is the last."""
         now = self._clock.seconds()
+        where = ["created <= ?"]
+        arguments: list[Any] = [now - older_than]
+        if state is not None:
+            where.append("state = ?")
+            arguments.append(state)
+        if after is not None:
+            where.append("(created, request_id) > (?, ?)")
+            arguments += [after.created, after.request_id]
+        arguments.append(-1 if limit is None else limit)
 
-        def work(conn: sqlite3.Connection) -> list[Reservation]:
+        def work(conn: sqlite3.Connection) -> Page:
             rows = conn.execute(
                 "SELECT request_id, name, quantity, state, term, created FROM reservations"
-                " WHERE (? IS NULL OR state = ?) AND created <= ? ORDER BY created, request_id",
-                (state, state, now - older_than),
-            ).fetchall()
-            return [Reservation(r[0], r[1], r[2], r[3], r[4], max(0.0, now - r[5])) for r in rows]
+                f" WHERE {' AND '.join(where)} ORDER BY created, request_id LIMIT ?", arguments).fetchall()
+            found = [Reservation(r[0], r[1], r[2], r[3], r[4], max(0.0, now - r[5])) for r in rows]
+            full = limit is not None and len(rows) == limit
+            return Page(found, Cursor(rows[-1][5], rows[-1][0]) if full else None)
 
         return await self._db.read(work)
 
@@ -350,7 +411,9 @@ class CatalogStore:
         return await self._db.write(work)
 
     async def ledger(self) -> dict[str, Any]:
-        """Everything an invariant checker needs (the ``GET /ledger`` shape)."""
+        """Everything an invariant checker needs (the ``GET /ledger`` shape), and the age of
+        the oldest held reservation (the saga's backlog). Its cost does not grow with history."""
+        now = self._clock.seconds()
 
         def work(conn: sqlite3.Connection) -> dict[str, Any]:
             toys = {
@@ -358,8 +421,11 @@ class CatalogStore:
                 for row in conn.execute("SELECT name, price, quantity, initial, restocked FROM toys ORDER BY name")
             }
             counts = dict.fromkeys(STATES, 0)
-            counts.update(conn.execute("SELECT state, COUNT(*) FROM reservations GROUP BY state").fetchall())
-            return {"toys": toys, "reservations": counts, "highest_term": _highest_term(conn)}
+            counts.update(conn.execute("SELECT state, count FROM reservation_counts").fetchall())
+            (oldest,) = conn.execute("SELECT MIN(created) FROM reservations WHERE state = ?", (HELD,)).fetchone()
+            oldest_age = 0.0 if oldest is None else max(0.0, now - oldest)
+            return {"toys": toys, "reservations": counts, "oldest_held_age": round(oldest_age, 3),
+                    "highest_term": _highest_term(conn)}
 
         return await self._db.read(work)
 
