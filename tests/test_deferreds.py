@@ -128,6 +128,30 @@ def test_calls_submitted_together_stay_in_one_batch_and_share_one_waiter() -> No
     assert (single, together) == (["a"], [["b", "c", "d"]])
 
 
+def test_calls_submitted_together_beyond_max_batch_are_cut_to_what_the_receiver_takes() -> None:
+    clock, peer = Clock(), RecordingPeer()
+    coalescer = Coalescer(peer.send, clock, max_batch=2)
+    together = results([coalescer.submit_each("k", [1, 2, 3, 4, 5])])
+    clock.advance(0)
+    assert [items for _, items in peer.batches] == [[1, 2], [3, 4], [5]]
+    for answer, items in zip(peer.answers, ([["a", "b"], ["c", "d"], ["e"]])):
+        answer.callback(items)
+    clock.advance(0)
+    assert together == [["a", "b", "c", "d", "e"]]
+
+
+def test_a_failed_piece_of_calls_submitted_together_fails_their_waiter_with_its_error() -> None:
+    clock, peer = Clock(), RecordingPeer()
+    coalescer = Coalescer(peer.send, clock, max_batch=2)
+    together = results([coalescer.submit_each("k", [1, 2, 3])])
+    clock.advance(0)
+    peer.answers[0].callback(["a", "b"])
+    peer.answers[1].errback(ConnectionRefusedError("down"))
+    clock.advance(0)
+    (outcome,) = together
+    assert outcome.check(ConnectionRefusedError)
+
+
 @pytest.mark.parametrize("answer", [ConnectionRefusedError("down"), ["only one"]])
 def test_a_failed_batch_or_a_wrong_count_of_results_fails_every_call(answer: Any) -> None:
     clock, peer = Clock(), RecordingPeer()

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Coroutine, Generic, Hashable, Sequence, TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, FirstError, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
@@ -96,6 +96,14 @@ class SingleFlight(Generic[K, V]):
         return outcomes
 
 
+def _joined(pieces: list[list[Any]]) -> list[Any]:
+    return [outcome for piece in pieces for outcome in piece]
+
+
+def _first_error(failure: Failure) -> Failure:
+    return failure.value.subFailure if failure.check(FirstError) else failure
+
+
 def _the_only(outcomes: list[Any]) -> Any:
     (outcome,) = outcomes
     return outcome
@@ -122,8 +130,9 @@ class Coalescer(Generic[K, Item, V]):
     :param send: sends one batch for a key; fires with one result per item, in order.
         When it fails, every call in the batch fails with its error, and so do the calls
         waiting behind it: they were bound for the same peer, and fail over with it.
-    :param max_batch: a larger group leaves as several batches, side by side; calls
-        submitted together (:meth:`submit_each`) stay in one.
+    :param max_batch: no batch is larger: a larger group leaves as several batches, side
+        by side, and calls submitted together (:meth:`submit_each`) are cut into pieces of
+        at most this many. It must not exceed what the receiver takes in one request.
     """
 
     def __init__(self, send: Callable[[K, list[Item]], Awaitable[Sequence[V]]], clock: IReactorTime,
@@ -142,7 +151,14 @@ class Coalescer(Generic[K, Item, V]):
 
     def submit_each(self, key: K, items: list[Item]) -> Deferred[list[V]]:
         """Queue several calls that travel together: one waiter for them all, which fires
-        with their results in order (:meth:`submit` for each, at the cost of one)."""
+        with their results in order (:meth:`submit` for each, at the cost of one).
+
+        More than ``max_batch`` of them travel as several batches; if one of those fails,
+        the waiter fails with its error, though the others may have been worked."""
+        if len(items) > self._max_batch:
+            pieces = [self.submit_each(key, items[start:start + self._max_batch])
+                      for start in range(0, len(items), self._max_batch)]
+            return gatherResults(pieces, consumeErrors=True).addCallbacks(_joined, _first_error)
         calls = _Calls(items, Deferred())
         group = self._pending.get(key)
         if group is None:
