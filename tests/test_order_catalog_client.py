@@ -73,8 +73,9 @@ class ShortAnswer(Resource):
 class Setup:
     """A CatalogClient on the catalog of a :class:`Harness` (or on ``resource``), through a recorder."""
 
-    def __init__(self, tmp_path: Path, resource: IResource | None = None, token: str = TOKEN) -> None:
-        self.catalog = Harness(tmp_path, FakeFrontend())
+    def __init__(self, tmp_path: Path, resource: IResource | None = None, token: str = TOKEN,
+                 initial_stock: int = 100) -> None:
+        self.catalog = Harness(tmp_path, FakeFrontend(), initial_stock=initial_stock)
         self.recorder = Recorder(resource or self.catalog.api.resource())
         self.stub = StubTreq(self.recorder)
         self.client = CatalogClient(self.stub, "http://catalog.test", clock=self.catalog.clock, token=token)

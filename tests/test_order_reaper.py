@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
@@ -11,8 +15,8 @@ from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from test_order_catalog_client import Setup
-from toystore.http import ApiError
-from toystore.order.catalog_client import Reservation
+from toystore.http import MAX_BATCH_ITEMS, ApiError
+from toystore.order.catalog_client import HeldPage, Reservation
 from toystore.order.reaper import LeaderView, ReservationReaper, Verdict, judge
 
 _case = SynchronousTestCase()
@@ -31,12 +35,12 @@ class FakeCatalog:
     statuses: dict[str, int] = field(default_factory=dict)
     unreachable: set[str] = field(default_factory=set)
 
-    async def held_reservations(self, older_than: float) -> list[Reservation]:
+    async def held_reservations(self, older_than: float, *, limit: int, after: str | None = None) -> HeldPage:
         if self.listing_gate is not None:
             await self.listing_gate
         if self.fail_listing:
             raise ApiError(503, "catalog down")
-        return list(self.held)
+        return HeldPage(list(self.held), None)
 
     async def settle_each(self, action: str, request_ids: list[str], term: int) -> list[int]:
         self.calls.extend((action, request_id, term) for request_id in request_ids)
@@ -162,3 +166,126 @@ def test_a_round_is_one_listing_and_one_batch_per_action(tmp_path: Path) -> None
     assert (reaper.confirmed, reaper.released) == (1, 2)
     assert s.catalog.stock() == 98
     assert s.catalog.ledger()["reservations"] == {"held": 1, "confirmed": 1, "released": 2}
+
+
+def _round(s: Setup, reaper: ReservationReaper) -> None:
+    done = defer.ensureDeferred(reaper.run_once())
+    while not done.called:
+        s.pump()
+    assert _case.successResultOf(done) is None
+
+
+def test_a_backlog_of_5000_is_settled_in_bounded_rounds_within_the_catalogs_limits(tmp_path: Path) -> None:
+    s = Setup(tmp_path, initial_stock=1000)
+    toys = sorted(s.catalog.ledger()["toys"])
+    ids = [f"r{n}" for n in range(5000)]
+    for start in range(0, len(ids), 1000):
+        code, _ = s.catalog.call("POST", "/buy_qty", {"reservations": [
+            {"name": toys[n % len(toys)], "quantity": 1, "request_id": ids[n], "term": 1}
+            for n in range(start, start + 1000)]})
+        assert code == 200
+    s.catalog.clock.advance(5.0)
+    reaper = ReservationReaper(s.client, _view(committed=set(ids[::2])), clock=s.catalog.clock)
+    listings_per_round = []
+    for _ in range(2):  # 4 pages of 1024 a round
+        before = len(s.recorder.requests)
+        _round(s, reaper)
+        listings_per_round.append(sum(method == "GET" for method, _, _ in s.recorder.requests[before:]))
+    assert listings_per_round == [4, 1]
+    assert s.catalog.ledger()["reservations"] == {"held": 0, "confirmed": 2500, "released": 2500}
+    assert reaper.counts() == {"confirmed": 2500, "released": 2500, "refused": 0, "failed": 0}
+    assert max(len(body["request_ids"]) for _, body in s.posts()) <= MAX_BATCH_ITEMS
+    assert sum(toy["quantity"] for toy in s.catalog.ledger()["toys"].values()) == 1000 * len(toys) - 2500
+
+
+def test_a_refusal_is_logged_with_the_catalogs_reason_and_retried_next_round(tmp_path: Path) -> None:
+    s = Setup(tmp_path)
+    s.catalog.call("POST", "/buy_qty", {"name": "Tux", "quantity": 1, "request_id": "lost", "term": 1})
+    s.catalog.call("POST", "/buy_qty", {"name": "Tux", "quantity": 1, "request_id": "other", "term": 9})
+    s.catalog.call("POST", "/release", {"request_id": "other", "term": 9})  # a later leader spoke
+    s.catalog.clock.advance(5.0)
+    term = [7]
+    view = LeaderView(can_judge=lambda: True, term=lambda: term[0], committed=lambda _: False,
+                      in_flight=lambda _: False)
+    reaper = ReservationReaper(s.client, view, clock=s.catalog.clock)
+    with capturedLogs() as events:
+        _round(s, reaper)
+    (warning,) = [e for e in events if e["log_level"] == LogLevel.warn]
+    assert (warning["count"], warning["action"]) == (1, "release")
+    assert "fenced by a newer term" in warning["message"]
+    assert reaper.counts() == {"confirmed": 0, "released": 0, "refused": 1, "failed": 0}
+    assert s.catalog.ledger()["reservations"]["held"] == 1
+    term[0] = 9  # this replica leads again, in the term that raised the fence
+    _round(s, reaper)
+    assert s.catalog.ledger()["reservations"] == {"held": 0, "confirmed": 0, "released": 2}
+    assert reaper.released == 1
+
+
+@dataclass
+class LimitedCatalog:
+    """Held reservations that the reaper settles, with the catalog's limits: a listing page
+    of at most ``limit``, settle calls of at most ``limit`` ids (400 beyond, as the catalog
+    answers), and the calls listed in ``failing`` (by count) lost on the way."""
+
+    limit: int
+    state: dict[str, str]
+    failing: set[int]
+    transitions: dict[str, list[str]] = field(default_factory=dict)
+    calls: int = 0
+
+    def _call(self) -> None:
+        self.calls += 1
+        if self.calls in self.failing:
+            raise ApiError(503, "catalog down")
+
+    async def held_reservations(self, older_than: float, *, limit: int, after: str | None = None) -> HeldPage:
+        assert limit <= self.limit
+        self._call()
+        held = [rid for rid in sorted(self.state) if self.state[rid] == "held" and (after is None or rid > after)]
+        page = held[:limit]
+        return HeldPage([Reservation(rid, "Tux", 1, 5.0) for rid in page], page[-1] if len(page) == limit else None)
+
+    async def settle_each(self, action: str, request_ids: list[str], term: int) -> list[int]:
+        if len(request_ids) > self.limit:
+            return [400] * len(request_ids)
+        self._call()
+        statuses = []
+        for rid in request_ids:
+            final = "confirmed" if action == "confirm" else "released"
+            if self.state[rid] == "held":
+                self.state[rid] = final
+                self.transitions.setdefault(rid, []).append(final)
+            statuses.append(200 if self.state[rid] == final else 409)
+        return statuses
+
+
+@settings(max_examples=60, deadline=None)
+@given(backlog=st.integers(0, 400), limit=st.integers(1, 64), pages_per_round=st.integers(1, 5),
+       data=st.data())
+def test_any_backlog_ends_settled_exactly_once_each_in_the_right_way(backlog: int, limit: int,
+                                                                     pages_per_round: int, data: Any) -> None:
+    ids = [f"r{n:04d}" for n in range(backlog)]
+    committed = set(data.draw(st.lists(st.sampled_from(ids), unique=True)) if ids else [])
+    in_flight = set(data.draw(st.lists(st.sampled_from(ids), unique=True)) if ids else []) - committed
+    failing = set(data.draw(st.lists(st.integers(1, 40), unique=True)))
+    catalog = LimitedCatalog(limit, dict.fromkeys(ids, "held"), failing)
+    view = LeaderView(can_judge=lambda: True, term=lambda: 3, committed=committed.__contains__,
+                      in_flight=in_flight.__contains__)
+    reaper = ReservationReaper(catalog, view, clock=Clock(), page_size=limit, pages_per_round=pages_per_round)  # type: ignore[arg-type]
+    # Full rounds settle limit * pages_per_round each; the first three may be slowed by
+    # the requests still in flight, and each lost call costs at most one round.
+    bound = 3 + -(-backlog // (limit * pages_per_round)) + len(failing)
+    rounds_needed = 0
+    while "held" in catalog.state.values():
+        calls_before = catalog.calls
+        defer.ensureDeferred(reaper.run_once()).addErrback(lambda f: f.trap(ApiError))  # the listing was lost
+        # A round reads at most pages_per_round pages and settles each in two calls.
+        assert catalog.calls - calls_before <= 3 * pages_per_round
+        rounds_needed += 1
+        assert rounds_needed <= bound, "settlement is slower than its pages allow"
+        if rounds_needed == 3:
+            in_flight.clear()  # their proposals committed or failed by now
+    assert {rid: moves for rid, moves in catalog.transitions.items()} == {
+        rid: ["confirmed" if rid in committed else "released"] for rid in ids}
+    assert reaper.confirmed == len(committed)
+    assert reaper.released == backlog - len(committed)

@@ -14,7 +14,7 @@ from twisted.internet.task import Clock
 
 from toystore.db import Database, connect
 from toystore.http import ApiError
-from toystore.order.catalog_client import Reservation
+from toystore.order.catalog_client import HeldPage, Reservation
 from toystore.order.raft_replica import ORDER_TIMEOUT, RaftReplica
 from toystore.order.state import OrderCommand, OrderStateMachine
 from toystore.order.store import SCHEMA, ReplicaStore
@@ -71,8 +71,9 @@ class FakeCatalog:
         while self.held_answers:
             self.held_answers.pop(0).callback(None)
 
-    async def held_reservations(self, older_than: float) -> list[Reservation]:
-        return [Reservation(r, "Tux", q, 10.0) for r, q in self.held.items() if r not in self.settled]
+    async def held_reservations(self, older_than: float, *, limit: int, after: str | None = None) -> HeldPage:
+        held = [Reservation(r, "Tux", q, 10.0) for r, q in self.held.items() if r not in self.settled]
+        return HeldPage(held, None)
 
     async def settle(self, action: str, request_id: str, term: int) -> int:
         (status,) = await self.settle_each(action, [request_id], term)

@@ -29,7 +29,8 @@ class FakeLedger:
         if request.getHeader(b"authorization") != f"Bearer {TOKEN}".encode():
             request.setResponseCode(401)
             return json.dumps({"error": {"code": 401, "message": "token"}}).encode()
-        return json.dumps({"data": {"toys": self.toys, "reservations": {}, "highest_term": 0}}).encode()
+        return json.dumps({"data": {"toys": self.toys, "reservations": {"held": 4, "confirmed": 9, "released": 1},
+                                    "oldest_held_age": 1.5, "highest_term": 0}}).encode()
 
 
 def with_ledger() -> Frontend:
@@ -60,6 +61,7 @@ def test_status_json_shows_toys_and_replicas() -> None:
     assert data["toys"] == [{"name": "Tux", "price": 15.99, "quantity": 97},
                             {"name": "Whale", "price": 24.99, "quantity": 0}]
     assert data["catalog_reachable"] is True
+    assert data["reservations"] == {"held": 4, "oldest_held_age": 1.5}
     assert data["frontend_leader_id"] == 2
     assert [(r["id"], r["reachable"], r["role"], r["term"], r["leader_id"]) for r in data["replicas"]] == [
         (1, True, "follower", 5, 2), (2, True, "leader", 5, 2), (3, True, "follower", 5, 2)]
@@ -75,7 +77,7 @@ def test_status_json_reports_unreachable_peers_instead_of_failing() -> None:
     code, _, body = frontend.call("GET", "/status.json", advance=2.0)
     assert code == 200
     data = body["data"]
-    assert (data["toys"], data["catalog_reachable"]) == ([], False)
+    assert (data["toys"], data["catalog_reachable"], data["reservations"]) == ([], False, None)
     assert [(r["id"], r["reachable"], r["role"]) for r in data["replicas"]] == [
         (1, True, "leader"), (2, False, None), (3, False, None)]
 
@@ -89,6 +91,6 @@ def test_root_serves_the_page_with_its_polling_script() -> None:
     page = body.decode("utf-8")
     assert page.startswith("<!DOCTYPE html>")
     assert 'fetch("status.json"' in page and "setTimeout(poll" in page
-    assert 'id="toys"' in page and 'id="replicas"' in page
+    assert 'id="toys"' in page and 'id="replicas"' in page and 'id="backlog"' in page
     assert "<link" not in page and "src=" not in page  # no external assets
     assert TOKEN not in page

@@ -253,6 +253,13 @@ class ReplicaCollector(Collector):
         for name in ROLES:
             role.add_metric([name], 1 if status.get("role") == name else 0)
         yield role
+        if "settlement" in status:
+            settled = CounterMetricFamily("toystore_replica_settled_reservations",
+                                          "Held reservations this replica settled, by outcome: confirmed, released, "
+                                          "refused (the catalog said no) or failed (no answer).", labels=["outcome"])
+            for outcome, count in status["settlement"].items():
+                settled.add_metric([outcome], count)
+            yield settled
 
 
 def raft_status(node: RaftNode) -> dict[str, Any]:
@@ -313,7 +320,12 @@ class CatalogCollector(Collector):
                                          labels=["state"])
         for state, count in sorted(self._ledger["reservations"].items()):
             reservations.add_metric([state], count)
-        yield from (stock, price, restocked, reservations)
+        held = GaugeMetricFamily("toystore_reservations_held", "Reservations held, not yet confirmed or released "
+                                 "(the saga's backlog).", self._ledger["reservations"].get("held", 0))
+        oldest = GaugeMetricFamily("toystore_reservations_oldest_held_age_seconds",
+                                   "Age of the oldest held reservation (0 when none is held).",
+                                   self._ledger.get("oldest_held_age", 0.0))
+        yield from (stock, price, restocked, reservations, held, oldest)
 
 
 class CountsPushes(Protocol):

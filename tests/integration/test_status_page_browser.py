@@ -1,6 +1,6 @@
 """The frontend's status page in a real browser: headless Chromium (Debian's ``chromium``)
 loads ``GET /`` from a real cluster, runs its polling script, and the rendered DOM shows the
-ten toys and three replicas, one of them leading. Skipped where chromium is not installed."""
+ten toys, the saga's backlog and three replicas, one of them leading. Skipped where chromium is not installed."""
 
 from __future__ import annotations
 
@@ -27,11 +27,14 @@ class Rows(HTMLParser):
         self.toys: dict[str, str] = {}
         self.replicas: dict[str, str] = {}
         self.updated = False
+        self.held: str | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         found = dict(attrs)
         if tag == "body" and found.get("data-updated") == "yes":
             self.updated = True
+        if found.get("id") == "backlog":
+            self.held = found.get("data-held")
         if tag != "tr":
             return
         if found.get("data-toy") is not None:
@@ -59,6 +62,7 @@ def test_the_status_page_shows_toys_and_replicas_in_chromium(
     assert sorted(rows.toys) == sorted(["Tux", "Whale", "Elephant", "Dolphin", "Fox", "Python", "Lego",
                                         "Monopoly", "Frisbee", "Marbles"])
     assert set(rows.toys.values()) == {"40"}
+    assert rows.held == "0"  # no order yet, so no reservation held
     assert sorted(rows.replicas) == ["1", "2", "3"]
     # Which one leads may move (the frontend prefers the highest id), but one does.
     assert sorted(rows.replicas.values()) == ["follower", "follower", "leader"]

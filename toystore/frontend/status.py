@@ -45,6 +45,17 @@ def _toys(payload: Mapping[str, Any]) -> list[dict[str, Any]] | None:
     return rows
 
 
+def _backlog(payload: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The saga's backlog from the ledger, ``{"held", "oldest_held_age"}``; None when malformed."""
+    data = payload.get("data")
+    counts = data.get("reservations") if isinstance(data, dict) else None
+    held = counts.get("held") if isinstance(counts, dict) else None
+    oldest = data.get("oldest_held_age") if isinstance(data, dict) else None
+    if type(held) is not int or not isinstance(oldest, (int, float)):
+        return None
+    return {"held": held, "oldest_held_age": oldest}
+
+
 def _replica(replica_id: int, status: int | None, payload: Mapping[str, Any]) -> dict[str, Any]:
     """One replica's row: its health fields when it answered in the documented shape."""
     data = payload.get("data")
@@ -79,8 +90,8 @@ class StatusReport:
         return status_page()
 
     async def snapshot(self, frontend_leader: int | None) -> dict[str, Any]:
-        """``{"toys", "catalog_reachable", "replicas", "frontend_leader_id", "time"}``; an
-        unreachable peer is reported as such, never as a failure of the whole page."""
+        """``{"toys", "catalog_reachable", "reservations", "replicas", "frontend_leader_id",
+        "time"}``; an unreachable peer is reported as such, never as a failure of the whole page."""
         catalog = Deferred.fromCoroutine(self._get(f"{self._catalog_url}/ledger"))
         replicas = [Deferred.fromCoroutine(self._get(f"{url}/health_check")) for _, url in sorted(self._replicas.items())]
         answers = await gatherResults([catalog, *replicas])
@@ -88,6 +99,7 @@ class StatusReport:
         return {
             "toys": toys or [],
             "catalog_reachable": toys is not None,
+            "reservations": _backlog(answers[0][1]) if toys is not None else None,
             "replicas": [_replica(replica_id, status, payload)
                          for replica_id, (status, payload) in zip(sorted(self._replicas), answers[1:])],
             "frontend_leader_id": frontend_leader,

@@ -188,7 +188,7 @@ class RaftReplica:
 
     def status(self) -> dict[str, Any]:
         assert self.node is not None
-        return {**self.node.status(), "replication": "raft"}
+        return {**self.node.status(), "replication": "raft", "settlement": self.reaper.counts()}
 
     def set_leader(self, replica_id: int) -> None:
         if self._core.role is Role.LEADER and replica_id != self.id and replica_id in self._replicas:
