@@ -3,34 +3,19 @@ catch-up, a load run across a failover, and the old leader's restart under load.
 
 from __future__ import annotations
 
-import http.client
-import itertools
 import json
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import urlsplit
 
+from tests.integration.orderload import OrderLoad, orders_on
 from tests.integration.test_store_end_to_end import run_load_client
 from toystore.cluster import LocalCluster, http_json
 
 
 def _order(cluster: LocalCluster, name: str, quantity: int) -> tuple[int, dict[str, Any]]:
     return http_json("POST", cluster.frontend_url + "/orders", body={"name": name, "quantity": quantity}, timeout=15)
-
-
-def _orders_on(cluster: LocalCluster, replica_id: int) -> list[dict[str, Any]]:
-    """Every order the replica holds, read a bounded page at a time."""
-    orders: list[dict[str, Any]] = []
-    while True:
-        status, body = cluster.get(f"order-{replica_id}", f"/orders_since?after={len(orders) - 1}&limit=5000",
-                                   timeout=10)
-        assert status == 200, body
-        orders += body["data"]["orders"]
-        if not body["data"]["more"]:
-            return orders
 
 
 def _start(start_cluster: Callable[..., LocalCluster]) -> LocalCluster:
@@ -50,8 +35,8 @@ def test_leader_kill_fails_over_and_the_old_leader_catches_up(start_cluster: Cal
     cluster.start_process("order-3")
     cluster.wait_for(lambda: cluster.health(3) is not None and cluster.health(3)["commit_index"] == 10, 15,
                      "replica 3 caught up")
-    assert _orders_on(cluster, 3) == _orders_on(cluster, 2) == _orders_on(cluster, 1)
-    assert len(_orders_on(cluster, 1)) == 10
+    assert orders_on(cluster, 3) == orders_on(cluster, 2) == orders_on(cluster, 1)
+    assert len(orders_on(cluster, 1)) == 10
     # The frontend prefers the highest id again; numbering goes on from the caught-up history.
     cluster.wait_for(lambda: cluster.leader() == 3, 10, "replica 3 leading again")
     assert _order(cluster, "Lego", 1)[1] == {"data": {"order_number": 10}}
@@ -81,53 +66,8 @@ def test_a_load_run_across_a_leader_kill_finds_every_order_intact(start_cluster:
     report = reports[0]
     assert report["integrity"]["failures"] == 0
     assert report["integrity"]["checked"] == report["orders"]["placed"] > 0
-    held = [_orders_on(cluster, i) for i in (1, 2)]
+    held = [orders_on(cluster, i) for i in (1, 2)]
     assert held[0] == held[1]
-
-
-@dataclass
-class OrderLoad:
-    """``connections`` threads placing orders through the frontend, each with its own key, on
-    keep-alive connections; it records when each order was acknowledged and its number."""
-
-    frontend_url: str
-    connections: int
-    acknowledged: list[tuple[float, str, int]] = field(default_factory=list)  # (when, key, number)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _threads: list[threading.Thread] = field(default_factory=list)
-    _keys: Any = field(default_factory=itertools.count)
-
-    def __enter__(self) -> "OrderLoad":
-        for _ in range(self.connections):
-            self._threads.append(threading.Thread(target=self._run, daemon=True))
-            self._threads[-1].start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(30)
-
-    def _run(self) -> None:
-        address = urlsplit(self.frontend_url)
-        connection = http.client.HTTPConnection(address.hostname, address.port, timeout=15)
-        body = json.dumps({"name": "Tux", "quantity": 1})
-        while not self._stop.is_set():
-            key = f"load-{next(self._keys)}"
-            try:
-                connection.request("POST", "/orders", body, {"Content-Type": "application/json",
-                                                             "Idempotency-Key": key})
-                response = connection.getresponse()
-                answer = json.loads(response.read())
-            except (OSError, http.client.HTTPException, ValueError):
-                connection.close()
-                continue
-            if response.status == 200:
-                self.acknowledged.append((time.monotonic(), key, answer["data"]["order_number"]))
-
-    def rate(self, start: float, end: float) -> float:
-        """Orders acknowledged per second between two moments."""
-        return sum(start <= when < end for when, _, _ in self.acknowledged) / (end - start)
 
 
 def test_the_old_leader_restarted_under_load_rejoins_and_the_store_keeps_its_rate(
@@ -157,10 +97,10 @@ def test_the_old_leader_restarted_under_load_rejoins_and_the_store_keeps_its_rat
 
     stopped = time.monotonic()
     cluster.wait_for(lambda: len({cluster.health(i)["commit_index"] for i in (1, 2, 3)}) == 1
-                     and len({json.dumps(_orders_on(cluster, i)) for i in (1, 2, 3)}) == 1, 10,
+                     and len({json.dumps(orders_on(cluster, i)) for i in (1, 2, 3)}) == 1, 10,
                      "the replicas converged", interval=0.5)
     print(f"converged {time.monotonic() - stopped:.1f} s after the load stopped")
-    history = {o["number"]: o["request_id"] for o in _orders_on(cluster, 1)}
+    history = {o["number"]: o["request_id"] for o in orders_on(cluster, 1)}
     assert sorted(history) == list(range(len(history)))
     # Replicas 1 and 2 were up throughout, so no acknowledged order may be lost.
     lost = [(key, number) for _, key, number in load.acknowledged if history.get(number) != key]
