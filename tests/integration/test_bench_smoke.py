@@ -18,6 +18,8 @@ EXPECTED_FIGURES = [
     *(f"orders_c{c}_{what}" for c in (1, 16, 64) for what in ("per_s", "p50_ms", "p99_ms")),
     "failover_median_s", "failover_min_s", "failover_max_s",
     "catchup_s", "catchup_after_answering_s", "catchup_orders",
+    "group_restart_before_per_s", "group_restart_after_per_s", "group_restart_after_over_before",
+    "group_restart_back_s",
 ]
 
 

@@ -69,6 +69,13 @@ def table_rows(report: dict[str, Any]) -> list[Row]:
                         f"orders/s: {f['restart_before_per_s']:,.0f} before, {f['restart_down_per_s']:,.0f} down, "
                         f"{f['restart_rejoin_per_s']:,.0f} rejoining, {f['restart_after_per_s']:,.0f} after; "
                         f"caught up {f['restart_caught_up_s']:.1f} s after the restart"))
+    if "group_restart_after_over_before" in f:
+        rows.append(Row(f"kill -9 and restart of the whole order group, {RESTART_CONCURRENCY} connections",
+                        f"after/before {f['group_restart_after_over_before']:.2f}",
+                        f"orders/s: {f['group_restart_before_per_s']:,.0f} before, "
+                        f"{f['group_restart_after_per_s']:,.0f} after; back {f['group_restart_back_s']:.1f} s after "
+                        f"the restart; held reservations {f['group_restart_held_before']:,} before, "
+                        f"{f['group_restart_held_at_kill']:,} at the kill, {f['group_restart_held_after']:,} after"))
     return rows
 
 

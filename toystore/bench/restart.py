@@ -1,18 +1,27 @@
-"""The bench's restart fault point: orders/s before a kill -9 of the leader, while it is
-down, while it restarts and rejoins, and after, in one run (issue 23: in primary-backup
-mode the old leader's return once cut the rate from hundreds of orders/s to a handful)."""
+"""The bench's restart fault points, each in one run under load.
+
+- Primary-backup: orders/s before a kill -9 of the leader, while it is down, while it
+  restarts and rejoins, and after (issue 23: the old leader's return once cut the rate from
+  hundreds of orders/s to a handful).
+- Raft: orders/s in the window before a kill -9 of the whole order group and in the window
+  after it is back, and the catalog's held backlog in both (issue 22: after such a restart
+  the reaper once stopped settling for good, and the rate fell with the growing backlog).
+"""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from typing import Any, Callable
 
 from toystore.bench.loadgen import Job, LoadResult, run_python_load
-from toystore.cluster import LocalCluster
+from toystore.cluster import LocalCluster, http_json
 
 CONCURRENCY = 64
 MAX_DROP = 0.2  # after the restart, at most this fraction below the rate before the kill
+GROUP_MAX_DROP = 0.1  # the same, for the restart of the whole Raft group
+GROUP_WINDOW = 12.0  # seconds of each window of the group restart, at least
 
 
 def _caught_up(cluster: LocalCluster, replica_id: int) -> bool:
@@ -54,4 +63,70 @@ def restart_under_load(cluster: LocalCluster, job: Job, seconds: float, say: Cal
                   "failed": {name: result.errors for name, result in windows.items()}},
         "details": {name: {"ok_per_second": result.ok_per_second, "p50_ms": result.p50_ms, "p99_ms": result.p99_ms,
                            "errors": result.errors} for name, result in windows.items()},
+    }
+
+
+def _held(cluster: LocalCluster) -> dict[str, Any]:
+    """The catalog's held backlog: ``{"held", "oldest_held_age"}``."""
+    status, body = cluster.get("catalog", "/ledger", timeout=10)
+    if status != 200:
+        raise RuntimeError(f"the catalog's ledger answered {status}")
+    return {"held": body["data"]["reservations"]["held"], "oldest_held_age": body["data"]["oldest_held_age"]}
+
+
+def _acknowledged(job: Job) -> bool:
+    try:
+        status, _ = http_json(job.method, job.url, body=json.loads(job.body or b"null"), timeout=5)
+    except OSError:
+        return False
+    return status == 200
+
+
+def _load_then_held(cluster: LocalCluster, job: Job, seconds: float) -> tuple[LoadResult, dict[str, Any]]:
+    """A load window, and the held backlog read just before its end (while orders still flow)."""
+    backlog: list[dict[str, Any]] = []
+    reader = threading.Timer(seconds - 0.5, lambda: backlog.append(_held(cluster)))
+    reader.start()
+    result = run_python_load(job, concurrency=CONCURRENCY, seconds=seconds)
+    reader.join()
+    return result, backlog[0]
+
+
+def group_restart_under_load(cluster: LocalCluster, job: Job, seconds: float,
+                             say: Callable[[str], None]) -> dict[str, Any]:
+    """A window of load, a kill -9 of every order replica, their restart, and a second window
+    once the store answers orders again; each window lasts ``seconds`` (at least
+    :data:`GROUP_WINDOW`, unless shorter is asked for a smoke run).
+
+    :return: ``figures``, ``check`` (after within :data:`GROUP_MAX_DROP` of before, and the held
+        backlog no more than its steady size again) and ``details``."""
+    cluster.wait_for(cluster.leader, 30, "an order leader")
+    before, held_before = _load_then_held(cluster, job, seconds)
+    for replica_id in cluster.replica_ids:
+        cluster.kill(f"order-{replica_id}")
+    held_at_kill = _held(cluster)["held"]
+    restarted = time.monotonic()
+    for replica_id in cluster.replica_ids:
+        cluster.start_process(f"order-{replica_id}")
+    cluster.wait_for(lambda: _acknowledged(job), 60, "an order acknowledged after the restart", interval=0.05)
+    back = time.monotonic() - restarted
+    after, held_after = _load_then_held(cluster, job, seconds)
+    ratio = after.ok_per_second / before.ok_per_second if before.ok_per_second else 0.0
+    # Steady: what a couple of seconds of orders hold until the reaper may judge them, give or take.
+    backlog_steady = held_after["held"] <= 1.5 * held_before["held"] + 100
+    say(f"restart of the whole order group under load: {before.ok_per_second:,.0f} orders/s before, "
+        f"{after.ok_per_second:,.0f} after ({ratio:.2f} of before); back {back:.1f} s after the restart; "
+        f"held reservations {held_before['held']:,} before, {held_at_kill:,} at the kill, {held_after['held']:,} after")
+    return {
+        "figures": {"group_restart_before_per_s": round(before.ok_per_second, 1),
+                    "group_restart_after_per_s": round(after.ok_per_second, 1),
+                    "group_restart_after_over_before": round(ratio, 3), "group_restart_back_s": round(back, 2),
+                    "group_restart_held_before": held_before["held"], "group_restart_held_at_kill": held_at_kill,
+                    "group_restart_held_after": held_after["held"]},
+        "check": {"passed": ratio >= 1 - GROUP_MAX_DROP and backlog_steady, "after_over_before": round(ratio, 3),
+                  "max_drop": GROUP_MAX_DROP, "backlog_steady": backlog_steady,
+                  "failed": {"before": before.errors, "after": after.errors}},
+        "details": {name: {"ok_per_second": result.ok_per_second, "p50_ms": result.p50_ms, "p99_ms": result.p99_ms,
+                           "errors": result.errors, **backlog}
+                    for name, result, backlog in (("before", before, held_before), ("after", after, held_after))},
     }
