@@ -7,6 +7,7 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs
 
 from toystore.raft.messages import Entry, Message, MessageType
 from toystore.raft.transport import HttpTransport
@@ -92,9 +93,28 @@ def test_messages_for_unknown_peers_or_past_the_queue_bound_are_dropped() -> Non
     transport = HttpTransport(client, {2: "http://r2"}, clock=Clock(), token=None, max_queued=2,  # type: ignore[arg-type]
                               on_answer=lambda _: None)
     transport.send(_append(1, to=9))
-    for index in range(1, 5):
-        transport.send(_append(index))
-    assert transport.dropped == 2  # one unknown peer; one past the bound (one was already sent)
+    with capturedLogs() as events:
+        for index in range(1, 6):
+            transport.send(_append(index))
+    assert transport.dropped == 3  # one unknown peer; two past the bound (one was already sent)
+    # Said once while the queue stays full, not once per message.
+    assert [e["peer"] for e in events if e["log_level"] == LogLevel.warn] == [2]
+
+
+def test_a_post_carries_at_most_its_budget_of_entry_data_and_the_rest_follows_in_order() -> None:
+    client = HeldClient()
+    transport = HttpTransport(client, {2: "http://r2"}, clock=Clock(), token="t",  # type: ignore[arg-type]
+                              on_answer=[].append, max_entry_bytes=10)
+    transport.send(_heartbeat())  # holds the stream, so that the appends queue behind it
+    big = [Message(MessageType.APPEND, 1, 2, 3, log_term=3, index=i, entries=(Entry(i + 1, 3, "abcd"),))
+           for i in range(5)]
+    for message in big:
+        transport.send(message)
+    sizes = []
+    while client.posts:
+        client.answer(0)
+        sizes += [[m["index"] for m in batch] for _, batch, _ in client.posts]
+    assert sizes == [[0, 1], [2, 3], [4]]
 
 
 def test_answers_in_a_response_reach_the_node_and_nothing_else_does() -> None:

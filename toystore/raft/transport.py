@@ -57,13 +57,16 @@ class HttpTransport:
     :param on_answer: takes each answer a peer sent back (the node's ``receive``).
     :param timeout: per POST; longer than a heartbeat, shorter than an election.
     :param max_batch: messages per POST.
+    :param max_entry_bytes: entry data per POST (a message with more still goes, alone): a
+        follower far behind is sent tens of appends of 512 entries at once, and one POST of
+        them all took longer to work than ``timeout``, failed and was sent again.
     :param max_queued: messages waiting per peer before new ones are dropped (a peer
         that stopped answering).
     """
 
     def __init__(self, client: JsonClient, peers: Mapping[int, str], *, clock: IReactorTime,
                  token: str | None, on_answer: Callable[[Message], None], timeout: float = 0.5,
-                 max_batch: int = 256, max_queued: int = 4096) -> None:
+                 max_batch: int = 256, max_entry_bytes: int = 1 << 20, max_queued: int = 4096) -> None:
         self._client = client
         self._on_answer = on_answer
         self._peers = dict(peers)
@@ -71,17 +74,27 @@ class HttpTransport:
         self._token = token
         self._timeout = timeout
         self._max_batch = max_batch
+        self._max_entry_bytes = max_entry_bytes
         self._max_queued = max_queued
         self._queues: dict[int, deque[Message]] = {peer: deque() for peer in self._peers}
         self._sending: set[int] = set()
+        self._overflowing: set[int] = set()  # peers whose full queue is dropping messages
         self.dropped = 0
         self.posts = 0
 
     def send(self, message: Message) -> None:
         queue = self._queues.get(message.to)
-        if queue is None or len(queue) >= self._max_queued:
+        if queue is None:
             self.dropped += 1
             return
+        if len(queue) >= self._max_queued:
+            self.dropped += 1
+            if message.to not in self._overflowing:
+                self._overflowing.add(message.to)
+                log.warn("Raft messages to {peer} are dropped: {queued} wait for a POST to it", peer=message.to,
+                         queued=len(queue))
+            return
+        self._overflowing.discard(message.to)
         queue.append(message)
         if message.to not in self._sending:
             self._sending.add(message.to)
@@ -92,8 +105,12 @@ class HttpTransport:
         try:
             while queue:
                 endpoint = ENDPOINTS[queue[0].type]
-                batch = []
+                batch = [queue.popleft()]
+                entry_bytes = _entry_bytes(batch[0])
                 while queue and len(batch) < self._max_batch and ENDPOINTS[queue[0].type] == endpoint:
+                    entry_bytes += _entry_bytes(queue[0])
+                    if entry_bytes > self._max_entry_bytes:
+                        break
                     batch.append(queue.popleft())
                 try:
                     await self._post(peer, f"{self._peers[peer]}/{endpoint}", batch)
@@ -113,6 +130,10 @@ class HttpTransport:
             return
         for answer in _answers(body, peer, url):
             self._on_answer(answer)
+
+
+def _entry_bytes(message: Message) -> int:
+    return sum(len(entry.data) for entry in message.entries)
 
 
 def _answers(body: Mapping[str, Any], peer: int, url: str) -> list[Message]:
