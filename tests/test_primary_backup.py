@@ -19,6 +19,7 @@ from tests.test_raft_replica import FakeCatalog
 from toystore.db import Database, connect
 from toystore.http import ApiError
 from toystore.order.api import OrderApi
+from toystore.order.moved_aside import MovedAsideStore
 from toystore.order.primary_backup import ALONE_AFTER, PrimaryBackupReplica
 from toystore.order.state import Order, OrderStateMachine
 from toystore.order.store import SCHEMA, ReplicaStore
@@ -83,9 +84,11 @@ class Cluster:
         self.replicas: dict[int, PrimaryBackupReplica] = {}
 
     def boot(self, i: int) -> PrimaryBackupReplica:
-        store = ReplicaStore(Database(connect(self.tmp_path / f"order-{i}.sqlite3", SCHEMA), self.clock))
+        db = Database(connect(self.tmp_path / f"order-{i}.sqlite3", SCHEMA), self.clock)
+        store = ReplicaStore(db)
         replica = PrimaryBackupReplica(i, OrderStateMachine(store.load_at_start().orders), store, self.catalog,
-                                       self.network, REPLICAS, clock=self.clock, token=TOKEN)  # type: ignore[arg-type]
+                                       self.network, REPLICAS, clock=self.clock, token=TOKEN,  # type: ignore[arg-type]
+                                       aside=MovedAsideStore(db))
         self.network.hosts.apis[f"r{i}"] = OrderApi(replica, TOKEN).app.resource()
         self.network.down.discard(f"r{i}")
         self.replicas[i] = replica
@@ -230,9 +233,11 @@ def test_a_replica_that_starts_behind_catches_up_before_it_serves(cluster: Clust
     cluster.crash(1)
     cluster.place_all(3, [f"k{i}" for i in range(4)])
     cluster.network.down.discard("r1")
-    store = ReplicaStore(Database(connect(cluster.tmp_path / "order-1.sqlite3", SCHEMA), cluster.clock))
+    db = Database(connect(cluster.tmp_path / "order-1.sqlite3", SCHEMA), cluster.clock)
+    store = ReplicaStore(db)
     replica = PrimaryBackupReplica(1, OrderStateMachine(store.load_at_start().orders), store, cluster.catalog,
-                                   cluster.network, REPLICAS, clock=cluster.clock, token=TOKEN)  # type: ignore[arg-type]
+                                   cluster.network, REPLICAS, clock=cluster.clock, token=TOKEN,  # type: ignore[arg-type]
+                                   aside=MovedAsideStore(db))
     cluster.network.paused = True
     started = replica.start()
     read: list[Any] = []
@@ -329,9 +334,10 @@ def test_a_follower_answers_a_push_only_once_the_orders_are_durable(tmp_path: Pa
         return d
 
     clock = Clock()
-    store = ReplicaStore(Database(connect(tmp_path / "order-1.sqlite3", SCHEMA), clock, runner=gated))
+    db = Database(connect(tmp_path / "order-1.sqlite3", SCHEMA), clock, runner=gated)
+    store = ReplicaStore(db)
     replica = PrimaryBackupReplica(1, OrderStateMachine(), store, FakeCatalog(), Network(), REPLICAS,
-                                   clock=clock, token=TOKEN)  # type: ignore[arg-type]
+                                   clock=clock, token=TOKEN, aside=MovedAsideStore(db))  # type: ignore[arg-type]
     replica.start()
     clock.pump([1.0] * int(ALONE_AFTER + 1))  # no peer answers: it serves what it holds
     assert replica.ready

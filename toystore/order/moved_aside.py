@@ -14,7 +14,6 @@ from typing import Any, Sequence
 
 from toystore.db import Database
 from toystore.order.state import Order
-from toystore.order.store import ReplicaStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS moved_aside (
@@ -60,17 +59,15 @@ def _move(conn: sqlite3.Connection, orders: Sequence[Order], now: float) -> None
 
 
 class MovedAsideStore:
-    """The ``moved_aside`` table next to the replica's orders, in the same database."""
+    """The ``moved_aside`` table next to the replica's orders.
+
+    :param db: the database the replica's :class:`~toystore.order.store.ReplicaStore` uses,
+        so that moving orders aside and removing them from the history are one transaction.
+    """
 
     def __init__(self, db: Database) -> None:
         self._db = db
         db.read_at_start(lambda conn: conn.executescript(SCHEMA))
-
-    @classmethod
-    def beside(cls, store: ReplicaStore) -> "MovedAsideStore":
-        """The table in ``store``'s database, so that moving orders aside and removing them
-        from the history are one transaction."""
-        return cls(store._db)  # the replica's assembly (order/service.py) does not hand the database over
 
     async def pending(self, limit: int) -> list[MovedAside]:
         """The oldest whose reservation is not settled yet (also from a previous run)."""

@@ -90,16 +90,16 @@ class PrimaryBackupReplica:
     :param peers_client: HTTP client for the other replicas.
     :param replicas: ``{id: URL}`` of every replica, this one included.
     :param token: the cluster token for peer requests, None with ``--insecure``.
-    :param aside: where forked-off orders are kept; by default a table in ``store``'s database.
+    :param aside: where forked-off orders are kept: a table in ``store``'s database.
     """
 
     def __init__(self, node_id: int, orders: OrderStateMachine, store: ReplicaStore, catalog: CatalogClient,
                  peers_client: JsonClient, replicas: Mapping[int, str], *, clock: IReactorTime,
-                 token: str | None, aside: MovedAsideStore | None = None) -> None:
+                 token: str | None, aside: MovedAsideStore) -> None:
         self.id = node_id
         self.orders = orders
         self._store = store
-        self._aside = aside if aside is not None else MovedAsideStore.beside(store)
+        self._aside = aside
         self._catalog = catalog
         self._client = peers_client
         self._replicas = dict(replicas)

@@ -16,6 +16,7 @@ from toystore.http import HTTPPoolService, JsonClient, QuietSite, make_internal_
 from toystore.metrics import order_metrics
 from toystore.order.api import OrderApi
 from toystore.order.catalog_client import CatalogClient
+from toystore.order.moved_aside import MovedAsideStore
 from toystore.order.primary_backup import PrimaryBackupReplica
 from toystore.order.raft_replica import ORDER_TIMEOUT, RaftReplica
 from toystore.order.state import OrderStateMachine
@@ -107,6 +108,6 @@ def build_primary_backup_replica(*, reactor: Any, node_id: int, replicas: Mappin
     """One primary-backup order replica listening on ``interface:port``, its files in ``data_dir/order-N``."""
     parts = _open_parts(reactor, node_id, catalog_url, data_dir, token, db_delay)
     replica = PrimaryBackupReplica(node_id, parts.orders, parts.store, parts.catalog, parts.http_client, replicas,
-                                   clock=reactor, token=token)
+                                   clock=reactor, token=token, aside=MovedAsideStore(parts.db))
     log.info("Order replica {id} (primary-backup) restored {orders} orders", id=node_id, orders=len(parts.state.orders))
     return _serve(reactor, replica, parts, token, interface, port)
