@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 
 from toystore.faults import workload
 
 LEDGER = {"toys": {}, "reservations": {"held": 0}}
+HISTORY = [{"number": n, "request_id": f"k{n}", "name": "Tux", "quantity": 1} for n in range(5)]
 
 
 class FakeCluster:
@@ -24,6 +26,7 @@ class FakeCluster:
     def __init__(self, lagging: range) -> None:
         self.lagging = lagging
         self.checks = 0
+        self.paths: list[str] = []  # the /orders_since pages asked for
 
     def health(self, replica_id: int, timeout: float = 2.0) -> dict[str, Any]:
         if replica_id != 1:
@@ -36,7 +39,11 @@ class FakeCluster:
             return 200, {"data": LEDGER}
         if path.startswith("/latest_order_no"):
             return 200, {"data": {"latest_order_no": 4}}
-        return 200, {"data": {"orders": []}}
+        self.paths.append(path)
+        query = parse_qs(urlparse(path).query)
+        after, limit = int(query["after"][0]), int(query["limit"][0])
+        page = HISTORY[after + 1:after + 1 + limit]
+        return 200, {"data": {"orders": page, "more": (page[-1]["number"] if page else after) < 4, "latest": 4}}
 
 
 @pytest.fixture(autouse=True)
@@ -60,3 +67,12 @@ def test_a_divergence_that_lasts_is_reported_once_the_settle_time_is_over() -> N
 def test_no_settle_time_takes_the_first_reading() -> None:
     state = workload.snapshot(FakeCluster(lagging=range(1, 2)), settle_timeout=0)  # type: ignore[arg-type]
     assert state.replicas[1].commit_index == 9
+
+
+def test_the_snapshot_reads_each_history_a_page_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(workload, "SNAPSHOT_PAGE", 2)
+    cluster = FakeCluster(lagging=range(0))
+    state = workload.snapshot(cluster, settle_timeout=0)  # type: ignore[arg-type]
+    assert all(replica.orders == HISTORY for replica in state.replicas.values())
+    # Each page goes on after the last order of the one before, until no more follow.
+    assert cluster.paths == [f"/orders_since?after={after}&limit=2" for after in (-1, 1, 3)] * 3

@@ -20,6 +20,7 @@ from toystore.faults.checkers import ClusterState, ReplicaState
 from toystore.faults.history import HistoryRecorder, Operation, OperationKind, outcome_for_status
 
 DEFAULT_TOYS = ("Tux", "Whale", "Fox", "Lego")
+SNAPSHOT_PAGE = 5000  # orders per /orders_since answer the final snapshot asks for
 
 
 @dataclass(frozen=True)
@@ -232,19 +233,36 @@ def snapshot(cluster: LocalCluster, settle_timeout: float = 20.0) -> ClusterStat
             return state
 
 
+def _read_orders(cluster: LocalCluster, name: str) -> tuple[int, list[dict[str, Any]]]:
+    """Every order the replica holds, a bounded page at a time until it says no ``more``
+    follow, so that any history size can be read.
+
+    :returns: 200 and the orders, or the status of the first page that was not answered.
+    """
+    orders: list[dict[str, Any]] = []
+    while True:
+        after = orders[-1]["number"] if orders else -1
+        status, body = cluster.get(name, f"/orders_since?after={after}&limit={SNAPSHOT_PAGE}", timeout=10)
+        if status != 200:
+            return status, []
+        page = body["data"]["orders"]
+        orders += page
+        if not page or not body["data"]["more"]:
+            return status, orders
+
+
 def _read_state(cluster: LocalCluster) -> ClusterState:
     replicas = {}
     for i in cluster.replica_ids:
         name = f"order-{i}"
         try:
-            status, orders = cluster.get(name, "/orders_since?after=-1", timeout=10)
+            status, orders = _read_orders(cluster, name)
             health = cluster.health(i, timeout=5)
             latest_status, latest = cluster.get(name, "/latest_order_no")
         except OSError:
             status, health = 0, None
         if status == 200 and health is not None and latest_status == 200:
-            replicas[i] = ReplicaState(list(orders["data"]["orders"]), int(health["commit_index"]),
-                                       int(latest["data"]["latest_order_no"]))
+            replicas[i] = ReplicaState(orders, int(health["commit_index"]), int(latest["data"]["latest_order_no"]))
         else:
             replicas[i] = ReplicaState([], -1, -1)
     status, ledger = http_json("GET", cluster.catalog_url + "/ledger", token=cluster.config.token, timeout=10)
