@@ -328,11 +328,12 @@ def test_catalog_internal_endpoints_need_the_token(catalog: CatalogHarness, logg
 ORDER_ROUTES = (("GET", "/health"), ("GET", "/health_check"), ("POST", "/order"), ("GET", "/orders/{}"),
                 ("GET", "/latest_order_no"), ("GET", "/orders_since"), ("POST", "/set_leader"),
                 ("POST", "/append_entries"), ("POST", "/request_vote"), ("POST", "/commit_entries"),
-                ("POST", "/truncate_log"), ("POST", "/timeout_now"))
+                ("POST", "/truncate_log"), ("POST", "/timeout_now"), ("GET", "/moved_aside"),
+                ("POST", "/release_reservations"))
 ORDER_INTERNAL = (("GET", "/health_check"), ("POST", "/order"), ("GET", "/orders/0"), ("GET", "/latest_order_no"),
                   ("GET", "/orders_since?after=-1"), ("POST", "/set_leader"), ("POST", "/append_entries"),
                   ("POST", "/request_vote"), ("POST", "/commit_entries"), ("POST", "/truncate_log"),
-                  ("POST", "/timeout_now"))
+                  ("POST", "/timeout_now"), ("GET", "/moved_aside?after=0"), ("POST", "/release_reservations"))
 
 
 class OrderHarness:
