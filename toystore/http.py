@@ -43,6 +43,15 @@ JSON_CONTENT_TYPE = b"application/json"
 # longest names and keys (200 characters, up to 12 bytes each once escaped) fits the body.
 MAX_BATCH_ITEMS = 1024
 MAX_BATCH_BODY_BYTES = 8 * 1024 * 1024
+# Connections the kernel may hold, handshake done, until the reactor accepts them. Clients
+# open theirs in bursts (the bench starts 256 at once), and Twisted's default of 50 let the
+# queue overflow: Linux then drops the SYN, and the client retries it only after 1 s (a
+# p99 of 1.05 s), or, once the queue of half-open ones fills too, answers with SYN cookies
+# that fail when the reactor is a moment late to accept, and resets a connection whose
+# request it already took (the load client counts an unknown outcome). The kernel caps it
+# at net.core.somaxconn (4096 on Linux since 5.4). Every service listens with it: the
+# frontend takes the clients' bursts, and the catalog and the replicas their peers' pools.
+LISTEN_BACKLOG = 1024
 
 log = Logger()
 

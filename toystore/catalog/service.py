@@ -17,7 +17,7 @@ from toystore.catalog.api import CatalogApi
 from toystore.catalog.invalidation import Invalidator
 from toystore.catalog.store import DATABASE_FILE, CatalogStore, schema
 from toystore.db import Database, DatabaseService
-from toystore.http import HTTPPoolService, QuietSite, make_internal_client
+from toystore.http import LISTEN_BACKLOG, HTTPPoolService, QuietSite, make_internal_client
 from toystore.metrics import catalog_metrics
 from toystore.runtime import GarbageCollectorTuning
 
@@ -95,7 +95,8 @@ def make_catalog_service(
         ("database", DatabaseService(db)),
         ("http-pool", HTTPPoolService(http_pool)),
         ("gc", GarbageCollectorTuning()),
-        ("api", TCPServer(port, QuietSite(metrics.wrap(api.resource(), CatalogApi.app)), interface=interface)),
+        ("api", TCPServer(port, QuietSite(metrics.wrap(api.resource(), CatalogApi.app)), backlog=LISTEN_BACKLOG,
+                                interface=interface)),
         ("restock", RestockService(store, invalidator, reactor, restock_interval, restock_to)),
     ]
     for name, part in parts:

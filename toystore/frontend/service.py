@@ -13,18 +13,9 @@ from twisted.internet.interfaces import IReactorTime
 from toystore.frontend.api import FrontendApi, Product
 from toystore.frontend.cache import LruCache
 from toystore.frontend.leader import LeaderCaller, LeaderTracker
-from toystore.http import HTTPPoolService, QuietSite, api_root, make_internal_client
+from toystore.http import LISTEN_BACKLOG, HTTPPoolService, QuietSite, api_root, make_internal_client
 from toystore.metrics import frontend_metrics
 from toystore.runtime import GarbageCollectorTuning
-
-# Connections the kernel may hold, handshake done, until the reactor accepts them. Clients
-# open theirs in bursts (the bench starts 256 at once), and Twisted's default of 50 let the
-# queue overflow: Linux then drops the SYN, and the client retries it only after 1 s (a
-# p99 of 1.05 s), or, once the queue of half-open ones fills too, answers with SYN cookies
-# that fail when the reactor is a moment late to accept, and resets a connection whose
-# request it already took (the load client counts an unknown outcome). The kernel caps it
-# at net.core.somaxconn (4096 on Linux since 5.4).
-LISTEN_BACKLOG = 1024
 
 
 class FrontendService(MultiService):

@@ -12,7 +12,7 @@ from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
 
 from toystore.db import Database, DatabaseService
-from toystore.http import HTTPPoolService, JsonClient, QuietSite, make_internal_client
+from toystore.http import LISTEN_BACKLOG, HTTPPoolService, JsonClient, QuietSite, make_internal_client
 from toystore.metrics import order_metrics
 from toystore.order.api import OrderApi
 from toystore.order.catalog_client import CatalogClient
@@ -69,14 +69,15 @@ def _open_parts(reactor: Any, node_id: int, catalog_url: str, data_dir: Path, to
                         CatalogClient(http_client, catalog_url, clock=reactor, token=token), http_pool, db)
 
 
-def _serve(reactor: Any, replica: RaftReplica | PrimaryBackupReplica, parts: ReplicaParts, token: str | None, interface: str, port: int) -> OrderReplicaService:
+def _serve(reactor: Any, replica: RaftReplica | PrimaryBackupReplica, parts: ReplicaParts, token: str | None,
+           interface: str, port: int, transport: HttpTransport | None = None) -> OrderReplicaService:
     top = OrderReplicaService(replica)
     GarbageCollectorTuning().setServiceParent(top)
     DatabaseService(parts.db).setServiceParent(top)
     HTTPPoolService(parts.http_pool).setServiceParent(top)
-    metrics = order_metrics(reactor, parts.db, replica)
+    metrics = order_metrics(reactor, parts.db, replica, transport)
     site = QuietSite(metrics.wrap(OrderApi(replica, token).resource(), OrderApi.app))
-    internet.TCPServer(port, site, interface=interface).setServiceParent(top)
+    internet.TCPServer(port, site, backlog=LISTEN_BACKLOG, interface=interface).setServiceParent(top)
     return top
 
 
@@ -99,7 +100,7 @@ def build_raft_replica(*, reactor: Any, node_id: int, replicas: Mapping[int, str
     replica.attach(node)
     log.info("Order replica {id} (raft) restored term {term}, {entries} log entries, {orders} orders",
              id=node_id, term=state.hard_state.term, entries=len(state.entries), orders=len(state.orders))
-    return _serve(reactor, replica, parts, token, interface, port)
+    return _serve(reactor, replica, parts, token, interface, port, transport)
 
 
 def build_primary_backup_replica(*, reactor: Any, node_id: int, replicas: Mapping[int, str], catalog_url: str,
