@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from klein import Klein
@@ -26,6 +27,7 @@ from toystore.metrics import (
     LeaderCollector,
     ReplicaCollector,
     ServiceMetrics,
+    TransportCollector,
     UNMATCHED,
     raft_status,
     watch_database,
@@ -256,6 +258,20 @@ def test_replica_collector_reports_the_raft_state() -> None:
     assert value(samples, "toystore_replica_role", role="follower") == 0
 
 
+def test_a_hosts_status_brings_its_settlement_counts_and_the_transport_its_drops() -> None:
+    node = FakeNode()
+    status = {**node.status(), "settlement": {"confirmed": 5, "released": 2, "refused": 1, "failed": 0}}
+    metrics = ServiceMetrics(Clock())
+    watch_raft(metrics, node, lambda: status)  # type: ignore[arg-type]
+    metrics.add(TransportCollector(SimpleNamespace(posts=40, dropped=3)))  # type: ignore[arg-type]
+    samples = exposed(metrics)
+    assert value(samples, "toystore_replica_settled_reservations_total", outcome="confirmed") == 5
+    assert value(samples, "toystore_replica_settled_reservations_total", outcome="refused") == 1
+    assert value(samples, "toystore_replica_applied_index") == 6
+    assert value(samples, "toystore_raft_posts_total") == 40
+    assert value(samples, "toystore_raft_messages_dropped_total") == 3
+
+
 def test_elections_are_counted_from_role_changes() -> None:
     counter = ElectionCounter()
     for role in (Role.FOLLOWER, Role.PRE_CANDIDATE, Role.CANDIDATE, Role.CANDIDATE, Role.FOLLOWER,
@@ -298,5 +314,7 @@ def test_catalog_collector_and_group_commits_from_a_real_store(tmp_path: Path) -
     assert len(samples["toystore_catalog_stock"]) == 10
     assert value(samples, "toystore_catalog_reservations", state="held") == 1
     assert value(samples, "toystore_catalog_reservations", state="released") == 1
+    assert value(samples, "toystore_reservations_held") == 1
+    assert value(samples, "toystore_reservations_oldest_held_age_seconds") == 0.0  # bought at this very time
     assert value(samples, "toystore_db_commit_seconds_count") == db.commits == 3
     assert value(samples, "toystore_db_commit_writes_sum") == 3

@@ -262,9 +262,29 @@ class ReplicaCollector(Collector):
             yield settled
 
 
-def raft_status(node: RaftNode) -> dict[str, Any]:
-    """A Raft node's status with its applied index, for :class:`ReplicaCollector`."""
-    return {**node.status(), "applied_index": node.core.applied_index}
+def raft_status(node: RaftNode, status: Callable[[], Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """A Raft node's status (or its host's ``status``, which holds it) with its applied index,
+    for :class:`ReplicaCollector`."""
+    return {**(status or node.status)(), "applied_index": node.core.applied_index}
+
+
+class CountsPosts(Protocol):
+    posts: int
+    dropped: int
+
+
+class TransportCollector(Collector):
+    """The Raft transport's POSTs and the messages it dropped (a failed POST takes what was
+    queued behind it; a peer that stopped answering fills its queue)."""
+
+    def __init__(self, transport: CountsPosts) -> None:
+        self._transport = transport
+
+    def collect(self) -> Iterable[Metric]:
+        yield CounterMetricFamily("toystore_raft_posts", "POSTs of Raft messages sent to peers.", self._transport.posts)
+        yield CounterMetricFamily("toystore_raft_messages_dropped", "Raft messages to peers dropped before they "
+                                  "were answered: their POST failed, or the peer's queue was full.",
+                                  self._transport.dropped)
 
 
 class ElectionCounter(Collector):
@@ -362,9 +382,10 @@ def watch_database(metrics: ServiceMetrics, db: CommitsDurably) -> None:
     db.commit_listeners.append(committed)
 
 
-def watch_raft(metrics: ServiceMetrics, node: RaftNode) -> None:
-    """A Raft node's state, elections and append latency (proposal to commit, on the leader)."""
-    metrics.add(ReplicaCollector(lambda: raft_status(node)))
+def watch_raft(metrics: ServiceMetrics, node: RaftNode, status: Callable[[], Mapping[str, Any]] | None = None) -> None:
+    """A Raft node's state (from its host's ``status`` when given), elections and append
+    latency (proposal to commit, on the leader)."""
+    metrics.add(ReplicaCollector(lambda: raft_status(node, status)))
     elections = ElectionCounter()
     node.role_listeners.append(elections.role_changed)
     metrics.add(elections)
@@ -393,14 +414,17 @@ def frontend_metrics(clock: IReactorTime, cache: HasCacheStats, tracker: KnowsLe
     return metrics
 
 
-def order_metrics(clock: IReactorTime, db: CommitsDurably, replica: Any) -> ServiceMetrics:
+def order_metrics(clock: IReactorTime, db: CommitsDurably, replica: Any,
+                  transport: CountsPosts | None = None) -> ServiceMetrics:
     """An order replica's metrics: requests, group commits, and its replication state (Raft's
-    elections and append latency too when ``replica.node`` is a :class:`RaftNode`)."""
+    elections, append latency and ``transport`` too when ``replica.node`` is a :class:`RaftNode`)."""
     metrics = ServiceMetrics(clock)
     watch_database(metrics, db)
     node = getattr(replica, "node", None)
     if isinstance(node, RaftNode):
-        watch_raft(metrics, node)
+        watch_raft(metrics, node, replica.status)
     else:
         metrics.add(ReplicaCollector(replica.status))
+    if transport is not None:
+        metrics.add(TransportCollector(transport))
     return metrics
