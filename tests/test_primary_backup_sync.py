@@ -217,3 +217,110 @@ def test_the_moved_aside_orders_are_listed(cluster: Cluster) -> None:
     response = result_of(cluster.network.stub.get("http://r3/moved_aside", headers=AUTH))
     listing = result_of(treq.json_content(response))["data"]["orders"]
     assert [(m["number"], m["request_id"], m["reservation"]) for m in listing] == [(0, "lost", "released")]
+
+
+@pytest.fixture
+def warnings() -> Any:
+    """The text of every warning logged while the test runs."""
+    from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+    seen: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_level") == LogLevel.warn:
+            seen.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    yield seen
+    globalLogPublisher.removeObserver(observe)
+
+
+def test_a_replica_whose_peers_never_answer_is_never_caught_up_nor_chosen(cluster: Cluster,
+                                                                         warnings: list[str]) -> None:
+    """The issue's case: the leader pushed an order to replica 1 only and died, and replica 1 went
+    down too. Replica 2, alone, cannot know that it misses that order: it must not lead."""
+    cluster.place_all(3, ["k0"])
+    cluster.crash(2)
+    acknowledged = cluster.order(cluster.replicas[3], "only-on-1")
+    cluster.settle()
+    assert acknowledged[0].number == 1 and cluster.held(1)[-1] == (1, "only-on-1")
+    cluster.crash(3)
+    cluster.crash(1)
+    alone = cluster.boot(2)
+    tracker = tracker_of(cluster)
+    cluster.network.log.clear()
+    for _ in range(6):
+        cluster.run(5)  # far longer than any wait: it still never serves what it holds
+        check(cluster, tracker)
+        assert not alone.status()["caught_up"]
+    assert tracker.leader_id is None and not any(url.endswith("/set_leader") for _, url in cluster.network.log)
+    assert cluster.held(2) == [(0, "k0")]
+    alone.set_leader(2)  # even if named, it numbers nothing and reads nothing
+    refused = cluster.order(alone, "k9")
+    cluster.run(2)
+    assert refused[0].value.code == 503 and cluster.held(2) == [(0, "k0")]
+    read: list[Any] = []
+    defer.ensureDeferred(alone.read_order(0)).addErrback(read.append)
+    assert read[0].value.code == 503
+    waiting = [w for w in warnings if "waits for a peer" in w]
+    assert 3 <= len(waiting) <= 5, waiting  # said now and then, not every second
+    assert not [w for w in warnings if "failed" in w]
+
+    cluster.boot(1)  # a peer that holds the order answers: replica 2 pulls it, then serves
+    cluster.run(1.1)
+    assert alone.status()["caught_up"] and cluster.held(2) == [(0, "k0"), (1, "only-on-1")]
+    check(cluster, tracker, rounds=4)
+    assert tracker.leader_id == 2
+    cluster.run(1.1)
+    placed = cluster.order(alone, "k9")
+    cluster.settle()
+    assert placed[0].number == 2 and cluster.held(1)[-1] == (2, "k9")
+
+
+def test_a_whole_group_restarted_together_catches_up_and_serves(cluster: Cluster) -> None:
+    """Every replica restarts at once, none caught up: they answer each other's health checks and
+    pages all the same, so each adopts the longest history (here the old leader's forked tail goes)."""
+    fork_the_old_leader(cluster)  # 3 holds [lost]; 1 and 2 hold [other, next]
+    cluster.crash(1)
+    cluster.crash(2)
+    cluster.network.paused = True  # the three start before any request between them gets through
+    cluster.network.down.clear()
+    returned = {i: cluster.boot(i) for i in (1, 2, 3)}
+    assert not any(r.status()["caught_up"] for r in returned.values())
+    cluster.network.resume()
+    cluster.settle()
+    cluster.run(1.1)
+    assert all(r.status()["caught_up"] and not r.status()["conflict"] for r in returned.values())
+    assert cluster.held(1) == cluster.held(2) == cluster.held(3) == [(0, "other"), (1, "next")]
+    assert [(m.order.number, m.order.request_id) for m in result_of(
+        defer.ensureDeferred(returned[3]._aside.listing(-1, 10)))] == [(0, "lost")]
+    tracker = tracker_of(cluster)
+    check(cluster, tracker, rounds=4)
+    assert tracker.leader_id == 3
+    cluster.run(1.1)
+    placed = cluster.order(returned[3], "k9")
+    cluster.settle()
+    assert placed[0].number == 2 and cluster.held(1)[-1] == cluster.held(2)[-1] == (2, "k9")
+
+
+def test_a_single_replica_cluster_serves_at_once(tmp_path: Path) -> None:
+    from tests.test_primary_backup import Network
+    from tests.test_raft_replica import FakeCatalog
+    from twisted.internet.task import Clock
+    from toystore.db import Database, connect
+    from toystore.order.moved_aside import MovedAsideStore
+    from toystore.order.store import SCHEMA, ReplicaStore
+
+    clock, network = Clock(), Network()
+    network.down.clear()
+    db = Database(connect(tmp_path / "order-1.sqlite3", SCHEMA), clock)
+    store, catalog = ReplicaStore(db), FakeCatalog()
+    replica = PrimaryBackupReplica(1, OrderStateMachine(), store, catalog, network,  # type: ignore[arg-type]
+                                   {1: "http://r1"}, clock=clock, token=TOKEN, aside=MovedAsideStore(db))
+    replica.start()
+    assert replica.status()["caught_up"]  # it has no peer that could hold more
+    replica.set_leader(1)
+    placed = result_of(defer.ensureDeferred(replica.place_order("k0", "Tux", 1)))
+    assert placed.number == 0 and catalog.settled["k0"] == "confirm"
+    assert result_of(defer.ensureDeferred(replica.read_order(0))) == placed
+    assert network.log == []
+    replica.stop()

@@ -12,8 +12,11 @@ named leader and after its history is seen to conflict, it pulls from the curren
 A forked tail (orders a leader made durable and died before pushing) is moved aside
 (:mod:`toystore.order.moved_aside`) and the leader's history adopted; the current leader
 then releases those orders' reservations unless it holds the same request. Failed pulls
-are retried every second. docs/replication.md says which acknowledged orders this mode
-can lose.
+are retried every second, never skipped: a replica that no peer answers waits for one
+(alone it cannot know which orders it misses), unless it is the only replica configured.
+Replicas answer ``/health_check`` and ``/orders_since`` while they catch up themselves, so
+a whole group restarted together catches up from the one holding the most orders.
+docs/replication.md says which acknowledged orders this mode can lose.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ PAGE_TIMEOUT = 5.0        # one page of PULL_PAGE orders
 CATCH_UP_INTERVAL = 1.0   # how often followers pull, the leader re-probes followers it noted, failed syncs retry
 MAX_BATCH = 1000          # orders per /replicate_order push
 PULL_PAGE = 1000          # orders per /orders_since page a puller asks for
-ALONE_AFTER = 10.0        # with no peer answering for this long, a replica serves the history it holds
+WAITING_WARN_EVERY = 10.0  # how often a replica that no peer answers says, in its log, that it waits
 
 
 class Forked(Exception):
@@ -110,7 +113,8 @@ class PrimaryBackupReplica:
         # Caught up: False until a sync with the peers is done (at start, on becoming leader, after a conflict).
         self.ready = False
         self._conflict: int | None = None  # the number at which a peer's order differed, until resolved
-        self._alone_since: float | None = None
+        self._waiting_since: float | None = None  # since when no peer answered its sync; None: not waiting
+        self._waiting_warned: float | None = None
         self._attempts: SingleFlight[str, Order] = SingleFlight()
         self._releasing: set[str] = set()  # request ids whose old reservation the leader is releasing
         self._unsettled = True  # moved-aside orders may wait for their reservation to be settled
@@ -371,8 +375,12 @@ class PrimaryBackupReplica:
                 await self._claim_leadership()
             answers = await defer.gatherResults([defer.ensureDeferred(self._view_of(p)) for p in sorted(self._peers)])
             views = {p: v for p, v in zip(sorted(self._peers), answers) if v is not None}
-            if self._peers and not views and not self._alone_too_long():
-                raise RuntimeError("no peer answered; this replica waits to catch up before it serves")
+            if self._peers and not views:
+                # Alone it cannot know which orders it misses (the last leader may have pushed one
+                # only to a replica that is down now): it waits, and the loop asks again each second.
+                self._waiting_for_a_peer()
+                return
+            self._waiting_since = self._waiting_warned = None
             source = choose_source(views, leading, self.orders.latest_number)
             if source is not None:
                 if self.leader_id is None and views[source].leads:
@@ -383,16 +391,16 @@ class PrimaryBackupReplica:
             self.ready = True
             log.info("Replica {id} is caught up at order {latest}", id=self.id, latest=self.orders.latest_number)
 
-    def _alone_too_long(self) -> bool:
+    def _waiting_for_a_peer(self) -> None:
+        """Says in the log, now and then, that no peer answers and this replica does not serve."""
         now = self._clock.seconds()
-        if self._alone_since is None:
-            self._alone_since = now
-        if now - self._alone_since < ALONE_AFTER:
-            return False
-        log.warn("No peer answered for {seconds} s; serving the {count} orders this replica holds",
-                 seconds=ALONE_AFTER, count=self.orders.latest_number + 1)
-        self._alone_since = None
-        return True
+        if self._waiting_since is None:
+            self._waiting_since = now
+        if self._waiting_warned is None or now - self._waiting_warned >= WAITING_WARN_EVERY:
+            self._waiting_warned = now
+            log.warn("Replica {id} waits for a peer to answer before it serves ({seconds:.0f} s so far): alone it "
+                     "cannot know which orders it misses; it holds {count}", id=self.id,
+                     seconds=now - self._waiting_since, count=self.orders.latest_number + 1)
 
     async def _claim_leadership(self) -> None:
         """Tells the peers that this replica leads, so that a previous leader numbers no more
