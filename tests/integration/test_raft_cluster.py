@@ -144,10 +144,10 @@ def test_a_restart_of_the_whole_order_group_under_load_leaves_no_backlog(
     initial = sum(toy["initial"] for toy in _ledger(cluster)["toys"].values())
     heavy: list[LoadResult] = []
     load = threading.Thread(target=lambda: heavy.append(
-        run_python_load(order_job(cluster, "Dolphin"), concurrency=48, seconds=16.0)), daemon=True)
+        run_python_load(order_job(cluster, "Dolphin"), concurrency=48, seconds=13.0)), daemon=True)
     load.start()
     with OrderLoad(cluster.frontend_url, connections=4) as keyed:
-        time.sleep(5.0)
+        time.sleep(3.5)
         for replica_id in cluster.replica_ids:
             cluster.kill(f"order-{replica_id}")
         held_at_kill = _ledger(cluster)["reservations"]["held"]

@@ -83,13 +83,10 @@ def _acknowledged(job: Job) -> bool:
 
 
 def _load_then_held(cluster: LocalCluster, job: Job, seconds: float) -> tuple[LoadResult, dict[str, Any]]:
-    """A load window, and the held backlog read just before its end (while orders still flow)."""
-    backlog: list[dict[str, Any]] = []
-    reader = threading.Timer(seconds - 0.5, lambda: backlog.append(_held(cluster)))
-    reader.start()
+    """A load window, and the held backlog as it ends: the reservations of its last couple of
+    seconds, which the reaper may not judge yet (its steady size at that rate)."""
     result = run_python_load(job, concurrency=CONCURRENCY, seconds=seconds)
-    reader.join()
-    return result, backlog[0]
+    return result, _held(cluster)
 
 
 def group_restart_under_load(cluster: LocalCluster, job: Job, seconds: float,
