@@ -70,3 +70,7 @@ class OrderLoad:
     def rate(self, start: float, end: float) -> float:
         """Orders acknowledged per second between two moments."""
         return sum(start <= when < end for when, _, _ in self.acknowledged) / (end - start)
+
+    def per_second(self, start: float, end: float) -> list[float]:
+        """Orders acknowledged in each whole second from ``start`` (a part second at the end is left out)."""
+        return [self.rate(start + i, start + i + 1.0) for i in range(int(end - start))]
