@@ -4,6 +4,7 @@ transfer and ReadIndex.
 
 Every step of every run is checked by :class:`~toystore.raft.sim.InvariantChecker`;
 failures name the seed (also in the test id) to replay them. Time: 20 ticks = 1 s.
+The scenarios that commit entries run twice: with whole logs, and with compaction.
 """
 
 from __future__ import annotations
@@ -17,6 +18,13 @@ from toystore.raft.sim import TICKS_PER_SECOND, Cluster
 
 ELECTION_TIMEOUT = TICKS_PER_SECOND  # 6.824's RaftElectionTimeout: 1 s
 SEEDS = [1, 2, 3]
+
+
+@pytest.fixture(params=[{}, {"snapshot_every": 5}], ids=["whole-logs", "compacting"])
+def compaction(request: pytest.FixtureRequest) -> dict[str, int]:
+    """How nodes keep their logs: whole, or compacted at a snapshot every 5 applied
+    entries, so that a node back from a fault often needs a snapshot."""
+    return request.param  # type: ignore[no-any-return]
 
 
 def other(cluster: Cluster, node_id: int, offset: int) -> int:
@@ -90,8 +98,8 @@ def test_many_elections(seed: int) -> None:
 
 
 @pytest.mark.parametrize("size", [3, 5])
-def test_basic_agree(size: int) -> None:
-    cluster = Cluster(size, seed=size)
+def test_basic_agree(size: int, compaction: dict[str, int]) -> None:
+    cluster = Cluster(size, seed=size, **compaction)
     cluster.check_one_leader()
     cluster.tick(2)
     previous = cluster.core(cluster.leader() or 0).commit_index
@@ -104,8 +112,8 @@ def test_basic_agree(size: int) -> None:
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_fail_agree(seed: int) -> None:
-    cluster = Cluster(3, seed=seed)
+def test_fail_agree(seed: int, compaction: dict[str, int]) -> None:
+    cluster = Cluster(3, seed=seed, **compaction)
     cluster.one("101", 3)
     follower = other(cluster, cluster.check_one_leader(), 1)
     cluster.network.disconnect(follower)
@@ -124,8 +132,8 @@ def test_fail_agree(seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_fail_no_agree(seed: int) -> None:
-    cluster = Cluster(5, seed=seed)
+def test_fail_no_agree(seed: int, compaction: dict[str, int]) -> None:
+    cluster = Cluster(5, seed=seed, **compaction)
     cluster.one("10", 5)
     leader = cluster.check_one_leader()
     for offset in (1, 2, 3):
@@ -144,8 +152,8 @@ def test_fail_no_agree(seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_concurrent_starts(seed: int) -> None:
-    cluster = Cluster(3, seed=seed)
+def test_concurrent_starts(seed: int, compaction: dict[str, int]) -> None:
+    cluster = Cluster(3, seed=seed, **compaction)
     for _attempt in range(5):
         leader = cluster.check_one_leader()
         term = cluster.core(leader).term
@@ -162,8 +170,8 @@ def test_concurrent_starts(seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_rejoin_of_partitioned_leader(seed: int) -> None:
-    cluster = Cluster(3, seed=seed)
+def test_rejoin_of_partitioned_leader(seed: int, compaction: dict[str, int]) -> None:
+    cluster = Cluster(3, seed=seed, **compaction)
     cluster.one("101", 3)
     leader1 = cluster.check_one_leader()
     cluster.network.disconnect(leader1)
@@ -182,8 +190,8 @@ def test_rejoin_of_partitioned_leader(seed: int) -> None:
 
 
 @pytest.mark.parametrize(("seed", "batch"), [(1, 512), (2, 512), (3, 1), (4, 1)])
-def test_backup_of_many_uncommitted_entries(seed: int, batch: int) -> None:
-    cluster = Cluster(5, seed=seed, max_entries_per_append=batch)
+def test_backup_of_many_uncommitted_entries(seed: int, batch: int, compaction: dict[str, int]) -> None:
+    cluster = Cluster(5, seed=seed, max_entries_per_append=batch, **compaction)
     rng = cluster.rng
     cluster.one("first", 5)
     # Put the leader and one follower in a partition.
@@ -250,8 +258,8 @@ def test_rejoining_old_leader_gets_its_longer_stale_suffix_truncated(seed: int) 
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_persist_across_crash_of_every_node(seed: int) -> None:
-    cluster = Cluster(3, seed=seed)
+def test_persist_across_crash_of_every_node(seed: int, compaction: dict[str, int]) -> None:
+    cluster = Cluster(3, seed=seed, **compaction)
     cluster.one("11", 3)
     for node_id in cluster.ids:
         cluster.crash(node_id)
@@ -276,8 +284,8 @@ def test_persist_across_crash_of_every_node(seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_persist_with_partitions_and_restarts(seed: int) -> None:
-    cluster = Cluster(5, seed=seed)
+def test_persist_with_partitions_and_restarts(seed: int, compaction: dict[str, int]) -> None:
+    cluster = Cluster(5, seed=seed, **compaction)
     index = 1
     for _ in range(5):
         cluster.one(f"{10 + index}", 5)
@@ -301,8 +309,8 @@ def test_persist_with_partitions_and_restarts(seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_persist_partitioned_leader_and_follower_crash(seed: int) -> None:
-    cluster = Cluster(3, seed=seed)
+def test_persist_partitioned_leader_and_follower_crash(seed: int, compaction: dict[str, int]) -> None:
+    cluster = Cluster(3, seed=seed, **compaction)
     cluster.one("101", 3)
     leader = cluster.check_one_leader()
     cluster.network.disconnect(other(cluster, leader, 2))
@@ -317,13 +325,13 @@ def test_persist_partitioned_leader_and_follower_crash(seed: int) -> None:
 
 
 @pytest.mark.parametrize(("seed", "batch"), [(1, 1), (3, 512)])
-def test_figure_8(seed: int, batch: int) -> None:
+def test_figure_8(seed: int, batch: int, compaction: dict[str, int]) -> None:
     """Leaders crash at random moments, often right after accepting an entry; every
     committed entry must survive (the checker verifies it against each new leader).
 
     One entry per APPEND lets a new leader's acknowledgements cover an older term's
     entries apart from its own no-op: the situation of the paper's Figure 8."""
-    cluster = Cluster(5, seed=seed, max_entries_per_append=batch)
+    cluster = Cluster(5, seed=seed, max_entries_per_append=batch, **compaction)
     rng = cluster.rng
     # Reliable but not instantaneous, so that a crash cuts replication half-way.
     cluster.network.delay = (0, 2)
@@ -357,8 +365,8 @@ def test_figure_8(seed: int, batch: int) -> None:
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_unreliable_agree(seed: int) -> None:
-    cluster = Cluster(5, seed=seed)
+def test_unreliable_agree(seed: int, compaction: dict[str, int]) -> None:
+    cluster = Cluster(5, seed=seed, **compaction)
     cluster.network.set_unreliable(True)
     for iteration in range(50):
         for n in range(4):
@@ -369,8 +377,8 @@ def test_unreliable_agree(seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", [1, 2])
-def test_figure_8_unreliable(seed: int) -> None:
-    cluster = Cluster(5, seed=seed)
+def test_figure_8_unreliable(seed: int, compaction: dict[str, int]) -> None:
+    cluster = Cluster(5, seed=seed, **compaction)
     rng = cluster.rng
     cluster.network.set_unreliable(True)
     cluster.one("start", 1)
@@ -406,10 +414,10 @@ def test_figure_8_unreliable(seed: int) -> None:
 
 @pytest.mark.parametrize("unreliable", [False, True])
 @pytest.mark.parametrize("seed", [1, 2])
-def test_churn(seed: int, unreliable: bool) -> None:
+def test_churn(seed: int, unreliable: bool, compaction: dict[str, int]) -> None:
     """Nodes crash, restart and disconnect at random while clients propose; whatever a
     client saw committed is in every node's final log."""
-    cluster = Cluster(5, seed=seed)
+    cluster = Cluster(5, seed=seed, **compaction)
     rng = cluster.rng
     cluster.network.set_unreliable(unreliable)
     pending: dict[int, tuple[str, int]] = {}  # index -> (data, term) awaiting commit
@@ -511,8 +519,8 @@ def test_without_pre_vote_a_rejoining_node_disrupts() -> None:
 
 @pytest.mark.parametrize("size", [3, 5])
 @pytest.mark.parametrize("seed", SEEDS)
-def test_leadership_transfer(size: int, seed: int) -> None:
-    cluster = Cluster(size, seed=seed)
+def test_leadership_transfer(size: int, seed: int, compaction: dict[str, int]) -> None:
+    cluster = Cluster(size, seed=seed, **compaction)
     leader = cluster.check_one_leader()
     term = cluster.core(leader).term
     target = other(cluster, leader, 1)
@@ -543,8 +551,8 @@ def test_leadership_transfer_to_an_unreachable_target_is_abandoned() -> None:
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_read_index_after_a_committed_write(seed: int) -> None:
-    cluster = Cluster(3, seed=seed)
+def test_read_index_after_a_committed_write(seed: int, compaction: dict[str, int]) -> None:
+    cluster = Cluster(3, seed=seed, **compaction)
     cluster.network.set_unreliable(True)
     for n in range(20):
         index = cluster.one(f"w{n}", 1)
@@ -559,9 +567,9 @@ def test_read_index_after_a_committed_write(seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_deposed_leader_serves_no_read(seed: int) -> None:
+def test_deposed_leader_serves_no_read(seed: int, compaction: dict[str, int]) -> None:
     # Without check-quorum the deposed leader keeps believing it leads.
-    cluster = Cluster(5, seed=seed, check_quorum=False)
+    cluster = Cluster(5, seed=seed, check_quorum=False, **compaction)
     old = cluster.check_one_leader()
     cluster.one("a", 5)
     minority = [old, other(cluster, old, 1)]

@@ -8,7 +8,11 @@ Everything is deterministic given the injected ``random.Random``.
 Implemented: leader election with randomized timeouts, pre-vote and check-quorum
 leases (Ongaro's dissertation 9.6), log replication with probe/replicate flow control
 and fast backup, commit of current-term entries only (Figure 8), ReadIndex, leadership
-transfer (3.10) and TRUNCATE of an outdated follower suffix.
+transfer (3.10), TRUNCATE of an outdated follower suffix, and log compaction: the host
+reports the snapshots it made durable (:meth:`RaftCore.compact`), a follower that needs
+entries compacted away is sent a SNAPSHOT, and a follower that receives one hands it to
+its host in ``Ready.snapshot`` (chapter 5; what the snapshot holds, and how its bytes
+travel, is the hosts' business).
 """
 
 from __future__ import annotations
@@ -16,7 +20,17 @@ from __future__ import annotations
 import random
 from typing import Callable, Sequence
 
-from toystore.raft.messages import Entry, HardState, Message, MessageType, Ready, ReadState, Role, SoftState
+from toystore.raft.messages import (
+    Entry,
+    HardState,
+    Message,
+    MessageType,
+    Ready,
+    ReadState,
+    Role,
+    SnapshotMeta,
+    SoftState,
+)
 from toystore.raft.progress import Inflights, Progress, ProgressState
 from toystore.raft.raftlog import RaftLog
 from toystore.raft.readindex import PendingReads
@@ -28,7 +42,7 @@ MAX_INFLIGHT_APPENDS = 64
 
 _RESPONSE_TO_VOTE = {MessageType.VOTE: MessageType.VOTE_RESP, MessageType.PRE_VOTE: MessageType.PRE_VOTE_RESP}
 # Only a leader sends these, so they name the sender as leader of their term.
-_FROM_LEADER = frozenset({MessageType.APPEND, MessageType.HEARTBEAT, MessageType.TRUNCATE})
+_FROM_LEADER = frozenset({MessageType.APPEND, MessageType.HEARTBEAT, MessageType.TRUNCATE, MessageType.SNAPSHOT})
 
 
 class NotLeader(Exception):
@@ -61,8 +75,13 @@ class RaftCore:
     :param node_id: this node's id (>= 1).
     :param peers: every node id of the cluster, this one included.
     :param hard_state: the persisted term, vote and commit index.
-    :param entries: the persisted log, indexes from 1, contiguous.
-    :param applied: entries up to here were applied before a restart.
+    :param snapshot: the latest durable snapshot of the state machine, if any.
+    :param entries: the persisted log, contiguous: from index 1 without a snapshot;
+        otherwise from the compaction point that :meth:`compact` returned (that entry
+        included: its term is what log matching needs there), or from just after the
+        snapshot when the log starts at it (an installed snapshot).
+    :param applied: entries up to here were applied before a restart (at least up to
+        ``snapshot``).
     :param rng: the only source of randomness (election timeouts).
     :param election_ticks: the base election timeout; each wait is drawn from
         ``[election_ticks, 2 * election_ticks)``.
@@ -80,6 +99,7 @@ class RaftCore:
         peers: Sequence[int],
         *,
         hard_state: HardState = HardState(),
+        snapshot: SnapshotMeta | None = None,
         entries: Sequence[Entry] = (),
         applied: int = 0,
         rng: random.Random,
@@ -97,6 +117,8 @@ class RaftCore:
             raise ValueError("max_entries_per_append must be at least 1")
         if hard_state.vote and hard_state.vote not in peers:
             raise ValueError(f"persisted vote for unknown node {hard_state.vote}")
+        if snapshot is not None and not 1 <= snapshot.index <= applied:
+            raise ValueError(f"a snapshot at {snapshot.index} must be in the state machine (applied: {applied})")
         self._id = node_id
         self._others = tuple(sorted(peer for peer in peers if peer != node_id))
         self._quorum = len(peers) // 2 + 1
@@ -109,8 +131,14 @@ class RaftCore:
 
         self._term = hard_state.term
         self._vote = hard_state.vote
+        boundary, tail = _compaction_point(snapshot, entries)
         # An applied entry was committed, even if the commit index on disk lags behind.
-        self._log = RaftLog(entries, commit=max(hard_state.commit, applied), applied=applied)
+        self._log = RaftLog(tail, compacted_index=boundary.index, compacted_term=boundary.term,
+                            commit=max(hard_state.commit, applied), applied=applied)
+        # The snapshot to send a follower that needs entries compacted away.
+        self._snapshot = snapshot
+        # A leader's snapshot that replaced the log, for the host to install.
+        self._snapshot_to_install: SnapshotMeta | None = None
         self._role = Role.FOLLOWER
         self._leader_id = 0
         self._prev_hard_state = hard_state
@@ -173,8 +201,23 @@ class RaftCore:
 
     @property
     def log(self) -> Sequence[Entry]:
-        """The whole log (``log[i - 1]`` has index ``i``); a live view, not a copy."""
+        """The entries held (``log[i - first_index]`` has index ``i``); a live view, not a copy."""
         return self._log.entries
+
+    @property
+    def first_index(self) -> int:
+        """The index of the first entry held: those before it are compacted away."""
+        return self._log.first_index
+
+    @property
+    def log_entries(self) -> int:
+        """How many entries the log holds."""
+        return len(self._log.entries)
+
+    @property
+    def snapshot_index(self) -> int:
+        """The last index of the latest snapshot (made here or installed), 0 when none."""
+        return self._snapshot.index if self._snapshot is not None else 0
 
     # -- inputs ------------------------------------------------------------------------
 
@@ -254,6 +297,39 @@ class RaftCore:
         else:
             self._send_append(target)
 
+    def compact(self, snapshot_index: int, *, keep: int = 0) -> int:
+        """The host made a snapshot of its state machine at ``snapshot_index`` durable.
+
+        It becomes the snapshot sent to followers that need entries before it, and the
+        log is dropped up to ``snapshot_index - keep`` (no further than is durable, never
+        back from where it was), so that a follower at most ``keep`` entries behind the
+        snapshot still catches up by entries. A snapshot older than the latest changes
+        nothing.
+
+        :return: the compaction point: storage may delete the entries before it (the one
+            at it must stay, see the constructor's ``entries``).
+        :raises ValueError: when ``snapshot_index`` is not in ``[1, applied index]``, or
+            ``keep`` is negative.
+        """
+        if keep < 0:
+            raise ValueError(f"keep must not be negative, got {keep}")
+        if not 1 <= snapshot_index <= self._log.applied:
+            raise ValueError(f"a snapshot at {snapshot_index} is not within the applied log (1 to {self._log.applied})")
+        if snapshot_index < self.snapshot_index:
+            return self._log.compacted_index
+        term = self._log.term_at(snapshot_index)
+        assert term is not None, f"snapshot at {snapshot_index}, compacted up to {self._log.compacted_index}"
+        self._snapshot = SnapshotMeta(snapshot_index, term)
+        return self._log.compact(snapshot_index - keep)
+
+    def report_snapshot(self, peer: int, *, failed: bool) -> None:
+        """The host's transfer of this leader's SNAPSHOT to ``peer`` ended: ``failed`` or
+        not, ``peer`` is probed again once a heartbeat answers, which sends the snapshot
+        again if it still needs it. Ignored unless ``peer`` waits for a snapshot."""
+        progress = self._progress.get(peer)  # only a leader tracks its peers
+        if progress is not None and progress.state is ProgressState.SNAPSHOT:
+            progress.snapshot_ended(failed=failed)
+
     def step(self, message: Message) -> None:
         """Handle a message from a peer; wrong-addressed or malformed ones are ignored."""
         if message.to != self._id or message.sender not in self._others:
@@ -279,6 +355,7 @@ class RaftCore:
             or self._read_states
             or self._log.has_unpersisted()
             or self._log.has_to_apply()
+            or self._snapshot_to_install is not None
             or (self._term, self._vote, self._log.commit) != (previous.term, previous.vote, previous.commit)
             or self._soft_state() != self._prev_soft_state
         )
@@ -294,6 +371,7 @@ class RaftCore:
             messages=tuple(self._messages),
             read_states=tuple(self._read_states),
             soft_state=None if soft_state == self._prev_soft_state else soft_state,
+            snapshot=self._snapshot_to_install,
         )
 
     def advance(self, ready: Ready) -> None:
@@ -302,6 +380,8 @@ class RaftCore:
             self._prev_hard_state = ready.hard_state
         if ready.soft_state is not None:
             self._prev_soft_state = ready.soft_state
+        if ready.snapshot is not None:
+            self._snapshot_to_install = None
         del self._messages[: len(ready.messages)]
         del self._read_states[: len(ready.read_states)]
         if ready.committed_entries:
@@ -407,7 +487,9 @@ class RaftCore:
 
     def _answer_stale(self, message: Message) -> None:
         """Tell a sender from a past term about ours when that unblocks it."""
-        if message.type in (MessageType.APPEND, MessageType.HEARTBEAT) and (self._check_quorum or self._pre_vote):
+        if message.type in (MessageType.APPEND, MessageType.HEARTBEAT, MessageType.SNAPSHOT) and (
+            self._check_quorum or self._pre_vote
+        ):
             # A deposed leader whose followers all ignore it might never learn the new
             # term otherwise: pre-vote keeps the new term from reaching it through votes.
             self._send(MessageType.APPEND_RESP, message.sender)
@@ -460,10 +542,16 @@ class RaftCore:
         if message.type is MessageType.APPEND:
             self._handle_append(message)
         elif message.type is MessageType.HEARTBEAT:
-            # commit <= the follower's match index, so it is in our log; min() only
-            # guards against a faulty peer.
+            # commit <= the match index this leader saw us acknowledge in its term, and a
+            # leader's entries stay in our log: it is in our log, unless our disk was lost
+            # (wiped, or replaced) since. Then say so, or the leader would wait forever
+            # for us to acknowledge entries past a match we no longer hold.
+            lost = message.commit > self._log.last_index
             self._log.commit_to(min(message.commit, self._log.last_index))
-            self._send(MessageType.HEARTBEAT_RESP, message.sender, context=message.context)
+            self._send(MessageType.HEARTBEAT_RESP, message.sender, context=message.context,
+                       reject=lost, reject_hint=self._log.last_index if lost else 0)
+        elif message.type is MessageType.SNAPSHOT:
+            self._handle_snapshot(message)
         else:
             self._handle_truncate(message)
 
@@ -494,6 +582,20 @@ class RaftCore:
         log.commit_to(min(message.commit, last_new))
         self._send_append_response(message.sender, index=last_new)
 
+    def _handle_snapshot(self, message: Message) -> None:
+        """Catch up with the leader's snapshot, which ends at (``index``, ``log_term``),
+        and say so as an append would: the leader then sends the entries after it."""
+        log = self._log
+        if message.index <= log.commit:
+            # We hold all that already (and committed entries match any leader's).
+            self._send_append_response(message.sender, index=log.commit)
+            return
+        if not 1 <= message.log_term <= message.term:
+            return
+        if log.restore(message.index, message.log_term):
+            self._snapshot = self._snapshot_to_install = SnapshotMeta(message.index, message.log_term)
+        self._send_append_response(message.sender, index=message.index)
+
     def _handle_truncate(self, message: Message) -> None:
         """Drop older-term entries past the leader's last index.
 
@@ -505,8 +607,9 @@ class RaftCore:
         log = self._log
         keep = max(message.index, log.commit)
         # Terms only grow along the log, so if the last entry is older than the leader's
-        # term, so is every entry past ``keep``.
-        if keep >= 1 and keep < log.last_index and log.last_term < self._term:
+        # term, so is every entry past ``keep``. The entry at ``keep`` carries the
+        # deletion to storage, so it must be one we hold.
+        if log.first_index <= keep < log.last_index and log.last_term < self._term:
             log.truncate_after(keep)
 
     def _send_append_response(self, to: int, *, index: int, **fields: int | bool) -> None:
@@ -567,6 +670,8 @@ class RaftCore:
             self._maybe_send_truncate(message)
         elif message.type is MessageType.HEARTBEAT_RESP:
             progress.recent_active = True
+            if message.reject:
+                progress.lost_entries(message.reject_hint)
             progress.probe_sent = False
             if progress.state is ProgressState.REPLICATE and progress.inflights.full:
                 progress.inflights.free_first()
@@ -590,10 +695,12 @@ class RaftCore:
         if progress.maybe_update(message.index) or (
             progress.match == message.index and progress.state is ProgressState.PROBE
         ):
-            if progress.state is ProgressState.PROBE:
-                progress.become_replicate()
-            else:
+            if progress.state is ProgressState.REPLICATE:
                 progress.inflights.free_up_to(message.index)
+            elif progress.match >= progress.pending_snapshot:
+                # A probe matched (no snapshot is pending then), or the follower has the
+                # snapshot it was sent: the entries after it go by appends.
+                progress.become_replicate()
             if not self._maybe_commit():
                 self._send_commit(peer)
             while self._send_append(peer, allow_empty=False):
@@ -632,12 +739,16 @@ class RaftCore:
             self._send_append(peer, allow_empty=False)
 
     def _send_append(self, peer: int, *, allow_empty: bool = True) -> bool:
-        """Send the entries ``peer`` lacks, unless its flow control says wait. :return: whether sent."""
+        """Send the entries ``peer`` lacks (the snapshot if they are compacted away), unless
+        its flow control says wait. :return: whether sent."""
         progress = self._progress[peer]
         if progress.paused:
             return False
         log = self._log
         previous = progress.next - 1
+        previous_term = log.term_at(previous)
+        if previous_term is None:
+            return self._send_snapshot(peer, progress)
         entries = log.slice(progress.next, progress.next + self._max_entries)
         if not entries and not allow_empty:
             return False
@@ -645,7 +756,7 @@ class RaftCore:
             MessageType.APPEND,
             peer,
             index=previous,
-            log_term=log.term_at(previous) or 0,
+            log_term=previous_term,
             entries=entries,
             commit=log.commit,
         )
@@ -653,6 +764,15 @@ class RaftCore:
         # The follower commits no further than the entries it has just been sent.
         progress.sent_commit = max(progress.sent_commit, min(log.commit, last))
         progress.sent(len(entries), last)
+        return True
+
+    def _send_snapshot(self, peer: int, progress: Progress) -> bool:
+        """Send the latest snapshot to ``peer``, then nothing more until it has it or its
+        transfer ended. :return: True (sent)."""
+        # Entries are compacted only once a snapshot covers them.
+        assert self._snapshot is not None
+        self._send(MessageType.SNAPSHOT, peer, index=self._snapshot.index, log_term=self._snapshot.term)
+        progress.become_snapshot(self._snapshot.index)
         return True
 
     def _send_commit(self, peer: int) -> None:
@@ -688,6 +808,25 @@ class RaftCore:
 
     def _draw_timeout(self) -> int:
         return self._rng.randrange(self._election_ticks, 2 * self._election_ticks)
+
+
+def _compaction_point(snapshot: SnapshotMeta | None, entries: Sequence[Entry]) -> tuple[SnapshotMeta, Sequence[Entry]]:
+    """Split a stored log into its compaction point and the entries after it (see the
+    constructor's ``entries``).
+
+    :raises ValueError: when the entries do not reach the snapshot, or hold another term at it.
+    """
+    if snapshot is None:
+        return SnapshotMeta(0, 0), entries
+    if not entries or entries[0].index > snapshot.index:
+        return snapshot, entries
+    first = entries[0]
+    position = snapshot.index - first.index
+    held = entries[position] if position < len(entries) else None
+    if held is None or (held.index, held.term) != (snapshot.index, snapshot.term):
+        raise ValueError(f"the stored log from {first.index} does not hold the snapshot's last entry "
+                         f"(index {snapshot.index}, term {snapshot.term})")
+    return SnapshotMeta(first.index, first.term), entries[1:]
 
 
 def _well_formed_entries(message: Message) -> bool:

@@ -31,6 +31,7 @@ class MessageType(enum.Enum):
     HEARTBEAT_RESP = "heartbeat_resp"
     TIMEOUT_NOW = "timeout_now"
     TRUNCATE = "truncate"
+    SNAPSHOT = "snapshot"
 
 
 # What a node says only in reply to a peer's message; these ride back on its request.
@@ -95,7 +96,11 @@ class Message:
     - ``VOTE_RESP``/``PRE_VOTE_RESP``: ``reject``.
     - ``HEARTBEAT``: ``commit`` = min(the follower's match index, the leader's commit);
       ``context`` = a pending ReadIndex request, echoed by ``HEARTBEAT_RESP``.
+    - ``HEARTBEAT_RESP``: ``context``; ``reject`` when the responder's log ends before
+      the heartbeat's ``commit`` (it lost its disk), ``reject_hint`` = its last index.
     - ``TRUNCATE``: ``index`` = the leader's last index; older-term entries past it go.
+    - ``SNAPSHOT``: ``index``/``log_term`` = the last entry that the leader's snapshot
+      covers; the snapshot itself travels beside the message (the hosts' business).
     - ``TIMEOUT_NOW``: only ``term``.
     """
 
@@ -195,6 +200,14 @@ class HardState:
 
 
 @dataclass(frozen=True, slots=True)
+class SnapshotMeta:
+    """What the log needs to know of a snapshot: the last entry whose effect it holds."""
+
+    index: int
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
 class SoftState:
     """Volatile state worth reporting (role and known leader; 0 = unknown)."""
 
@@ -214,6 +227,10 @@ class ReadState:
 class Ready:
     """Work for the node, to be done in this sequence: persist, send, apply, advance.
 
+    :param snapshot: a leader's snapshot that replaces the log, ``None`` otherwise. Before
+        anything else, the node restores its state machine from the snapshot it received
+        with these (index, term) and makes it durable in place of its whole stored log;
+        ``entries`` and ``committed_entries`` then follow it.
     :param hard_state: to persist; ``None`` when unchanged.
     :param entries: to persist; when ``entries[0].index`` is not past the last
         persisted index, storage first deletes every entry from ``entries[0].index`` on.
@@ -229,6 +246,7 @@ class Ready:
     messages: tuple[Message, ...]
     read_states: tuple[ReadState, ...]
     soft_state: SoftState | None
+    snapshot: SnapshotMeta | None = None
 
 
 def _fields(value: Any, what: str, *, required: tuple[str, ...], optional: tuple[str, ...]) -> Mapping[str, Any]:

@@ -2,7 +2,8 @@
 
 A follower is probed one append at a time until an append succeeds, then replicated
 optimistically: the leader sends batch after batch without waiting, up to a bounded
-number of unacknowledged appends.
+number of unacknowledged appends. A follower that needs entries the leader compacted
+away is sent the snapshot instead, and nothing else until it has it or its transfer failed.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ class ProgressState(enum.Enum):
 
     PROBE = "probe"
     REPLICATE = "replicate"
+    SNAPSHOT = "snapshot"
 
 
 @dataclass
@@ -60,6 +62,7 @@ class Progress:
     :param recent_active: heard from within the current check-quorum period.
     :param sent_commit: the highest commit index already told to the follower.
     :param answered_lately: answered an append since the last periodic heartbeat.
+    :param pending_snapshot: in snapshot state, the index of the snapshot sent.
     """
 
     match: int
@@ -70,27 +73,45 @@ class Progress:
     recent_active: bool = False
     sent_commit: int = 0
     answered_lately: bool = False
+    pending_snapshot: int = 0
 
     @property
     def paused(self) -> bool:
         """Must the leader hold further appends?"""
         if self.state is ProgressState.PROBE:
             return self.probe_sent
+        if self.state is ProgressState.SNAPSHOT:
+            return True
         return self.inflights.full
 
     def become_probe(self) -> None:
-        """Go back to one append at a time from just after ``match``."""
-        self.state = ProgressState.PROBE
-        self.next = self.match + 1
-        self.probe_sent = False
-        self.inflights.clear()
+        """Go back to one append at a time from just after ``match``, or after the
+        snapshot pending, which the follower holds by now."""
+        self.next = max(self.match, self.pending_snapshot) + 1
+        self._reset(ProgressState.PROBE)
 
     def become_replicate(self) -> None:
         """Start pipelining from just after ``match``."""
-        self.state = ProgressState.REPLICATE
         self.next = self.match + 1
-        self.probe_sent = False
-        self.inflights.clear()
+        self._reset(ProgressState.REPLICATE)
+
+    def become_snapshot(self, index: int) -> None:
+        """The snapshot at ``index`` is on its way: hold appends until it is in place."""
+        self._reset(ProgressState.SNAPSHOT)
+        self.pending_snapshot = index
+        self.next = index + 1
+        # Installing it commits the follower up to there.
+        self.sent_commit = max(self.sent_commit, index)
+
+    def snapshot_ended(self, *, failed: bool) -> None:
+        """The host's transfer of the pending snapshot ended. Probe again, once a heartbeat
+        answers (the follower's answer to the snapshot may still be on its way): from just
+        past the snapshot if it arrived, from ``match`` if not, which sends it again when
+        still needed."""
+        if failed:
+            self.pending_snapshot = 0
+        self.become_probe()
+        self.probe_sent = True
 
     def sent(self, count: int, last_index: int) -> None:
         """An append with ``count`` entries ending at ``last_index`` went out."""
@@ -123,6 +144,24 @@ class Progress:
             return True
         if self.next - 1 != rejected:
             return False
-        self.next = max(min(rejected, match_hint + 1), self.match + 1)
+        next_ = max(min(rejected, match_hint + 1), self.match + 1)
+        if next_ == self.next:
+            # The follower lacks an entry it acknowledged (its disk was lost, see
+            # :meth:`lost_entries`); probing it again now would only repeat the exchange.
+            return False
+        self.next = next_
         self.probe_sent = False
         return True
+
+    def lost_entries(self, last_index: int) -> None:
+        """The follower says its log ends at ``last_index``, below ``match``: its disk was
+        lost since it acknowledged ``match``. Probe it from where it is now."""
+        if last_index < self.match:
+            self.match = last_index
+            self.become_probe()
+
+    def _reset(self, state: ProgressState) -> None:
+        self.state = state
+        self.pending_snapshot = 0
+        self.probe_sent = False
+        self.inflights.clear()

@@ -1,11 +1,15 @@
 """A deterministic simulated cluster of :class:`~toystore.raft.core.RaftCore` instances.
 
 Time is a tick counter; the network drops, delays, shuffles and partitions messages;
-nodes crash (keeping only what their Ready persisted, and what they applied) and
-restart. Each node is driven the way the real node drives its core: persist the
-Ready's hard state and entries, then send its messages, then apply its committed
-entries, then advance. An :class:`InvariantChecker` looks at the cluster after every
-step and raises :class:`InvariantViolation`, naming the seed, at the first breach.
+nodes crash (keeping only what their Ready persisted, their snapshot, and what they
+applied) and restart. Each node is driven the way the real node drives its core:
+install the Ready's snapshot if it has one, persist its hard state and entries, then
+send its messages, then apply its committed entries, then advance. With compaction on,
+a node snapshots its state machine every so many applied entries and tells its core;
+a SNAPSHOT message carries the sender's snapshot beside it, as the real hosts' transfer
+does, and the sender learns whether it got through. An :class:`InvariantChecker` looks
+at the cluster after every step and raises :class:`InvariantViolation`, naming the
+seed, at the first breach.
 
 Everything random comes from one ``random.Random(seed)``, so a seed replays a run.
 """
@@ -20,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from toystore.raft.core import NotLeader, RaftCore
-from toystore.raft.messages import Entry, HardState, Message, MessageType, Ready, ReadState, Role
+from toystore.raft.messages import Entry, HardState, Message, MessageType, Ready, ReadState, Role, SnapshotMeta
 
 #: Ticks per simulated second: with the default 10-tick election timeout, an election
 #: takes 0.5 to 1 s and heartbeats go every 50 ms, as in the MIT 6.824 labs.
@@ -31,12 +35,22 @@ class InvariantViolation(AssertionError):
     """A Raft safety property failed."""
 
 
+#: A snapshot of the simulated state machine: every entry applied up to its index.
+SnapshotData = tuple[Entry, ...]
+
+
 @dataclass
 class SimStorage:
-    """What a node's disk holds: exactly what its Readies persisted."""
+    """What a node's disk holds: exactly what its Readies persisted, and its snapshot.
+
+    :param entries: the stored log, from the compaction point on.
+    :param snapshot_data: the state machine at ``snapshot``.
+    """
 
     hard_state: HardState = HardState()
     entries: list[Entry] = field(default_factory=list)
+    snapshot: SnapshotMeta | None = None
+    snapshot_data: SnapshotData = ()
 
     def persist(self, ready: Ready) -> None:
         """Write a Ready's hard state and entries, as the contract asks of storage."""
@@ -44,10 +58,28 @@ class SimStorage:
             self.hard_state = ready.hard_state
         if ready.entries:
             first = ready.entries[0].index
-            if first > len(self.entries) + 1:
-                raise InvariantViolation(f"Ready entries start at {first} past the stored log's end")
-            del self.entries[first - 1 :]
+            start = self.entries[0].index if self.entries else self._next_index()
+            if not start <= first <= start + len(self.entries):
+                raise InvariantViolation(f"Ready entries start at {first}, the stored log holds "
+                                         f"{len(self.entries)} from {start}")
+            del self.entries[first - start :]
             self.entries.extend(ready.entries)
+
+    def keep_snapshot(self, snapshot: SnapshotMeta, data: SnapshotData, compaction_point: int) -> None:
+        """Store the node's own snapshot, then delete the entries before the compaction point."""
+        self.snapshot, self.snapshot_data = snapshot, data
+        if self.entries:
+            del self.entries[: max(0, compaction_point - self.entries[0].index)]
+
+    def install(self, snapshot: SnapshotMeta, data: SnapshotData) -> None:
+        """Store a leader's snapshot in place of the whole log."""
+        self.snapshot, self.snapshot_data = snapshot, data
+        self.entries.clear()
+
+    def _next_index(self) -> int:
+        if self.entries:
+            return self.entries[-1].index + 1
+        return self.snapshot.index + 1 if self.snapshot is not None else 1
 
 
 @dataclass
@@ -55,7 +87,9 @@ class SimNode:
     """One simulated server: its disk, its state machine's history, and its core when up.
 
     :param applied: every entry applied, in log sequence (the state machine survives
-        crashes, as a real host's durable state does).
+        crashes, as a real host's durable state does); an installed snapshot replaces it.
+    :param received_snapshot: the last snapshot that came with a SNAPSHOT message, kept
+        until the core says to install it.
     """
 
     id: int
@@ -63,6 +97,7 @@ class SimNode:
     applied: list[Entry] = field(default_factory=list)
     read_states: list[ReadState] = field(default_factory=list)
     core: RaftCore | None = None
+    received_snapshot: tuple[SnapshotMeta, SnapshotData] | None = None
     # The last term in which the checker saw this node lead.
     led_term: int = 0
 
@@ -71,7 +106,9 @@ class SimNetwork:
     """Delivers messages after a delay, maybe shuffled, dropped or cut by a partition.
 
     Nodes carry a group label and only nodes with the same label reach each other;
-    label 0 is the "connected" majority side that tests watch.
+    label 0 is the "connected" majority side that tests watch. A message may carry an
+    attachment (a SNAPSHOT, its snapshot); the SNAPSHOT messages that are lost wait in
+    :attr:`lost_snapshots` for their senders to hear of it, as a failed transfer's would.
     """
 
     def __init__(self, rng: random.Random) -> None:
@@ -87,11 +124,12 @@ class SimNetwork:
         self.long_delay = (4, 2 * TICKS_PER_SECOND)
         self._labels: dict[int, int] = {}
         self._isolated = itertools.count(-1, -1)
-        # (due tick, rank within the tick, unique sequence number, message): a heap.
-        self._queue: list[tuple[int, float, int, Message]] = []
+        # (due tick, rank within the tick, unique sequence number, message, attachment): a heap.
+        self._queue: list[tuple[int, float, int, Message, object]] = []
         self._sequence = itertools.count()
         #: How many messages of each type nodes sent (lost ones included).
         self.sent: Counter[MessageType] = Counter()
+        self.lost_snapshots: list[Message] = []
 
     def connected(self, a: int, b: int) -> bool:
         """Can ``a`` and ``b`` reach each other?"""
@@ -126,36 +164,46 @@ class SimNetwork:
         self.delay = (0, 2) if unreliable else (0, 0)
         self.shuffle = unreliable
 
-    def send(self, message: Message, now: int) -> None:
+    def send(self, message: Message, now: int, attachment: object = None) -> None:
         """Queue ``message``, unless it is lost or its receiver is unreachable."""
         self.sent[message.type] += 1
         if not self.connected(message.sender, message.to) or self._rng.random() < self.drop_rate:
+            self.lose(message)
             return
         late = self.long_delay_rate and self._rng.random() < self.long_delay_rate
         due = now + self._rng.randint(*(self.long_delay if late else self.delay))
         sequence = next(self._sequence)
         rank = self._rng.random() if self.shuffle else sequence
-        heapq.heappush(self._queue, (due, rank, sequence, message))
+        heapq.heappush(self._queue, (due, rank, sequence, message, attachment))
+
+    def lose(self, message: Message) -> None:
+        """``message`` did not get through."""
+        if message.type is MessageType.SNAPSHOT:
+            self.lost_snapshots.append(message)
 
     def drop_from(self, node: int) -> None:
         """Lose every message ``node`` sent that is still in flight (it crashed mid-send)."""
         self._queue = [item for item in self._queue if item[3].sender != node]
         heapq.heapify(self._queue)
 
-    def pop_due(self, now: int) -> Message | None:
-        """:return: the next message to deliver at ``now`` that can still get through, if any."""
+    def pop_due(self, now: int) -> tuple[Message, object] | None:
+        """:return: the next message to deliver at ``now`` that can still get through, if
+        any, with its attachment."""
         while self._queue and self._queue[0][0] <= now:
-            message = heapq.heappop(self._queue)[3]
+            *_, message, attachment = heapq.heappop(self._queue)
             if self.connected(message.sender, message.to):
-                return message
+                return message, attachment
+            self.lose(message)
         return None
 
 
 class InvariantChecker:
     """Raft's safety properties, checked as the cluster runs.
 
-    - State machine safety: no two nodes apply different entries at one index.
-    - Applied indexes only grow, one entry at a time, across restarts too.
+    - State machine safety: no two nodes apply different entries at one index, and a
+      snapshot holds exactly the entries applied up to its index.
+    - Applied indexes only grow, one entry at a time (or to an installed snapshot's
+      index), across restarts too.
     - Election safety: at most one leader per term.
     - Leader completeness: an entry applied anywhere is in the log of every leader of a
       later term than the one that committed it.
@@ -186,6 +234,17 @@ class InvariantChecker:
         elif known[0] != entry:
             self.fail(now, f"node {node.id} applies {entry} where another node applied {known[0]}")
 
+    def on_install(self, now: int, node: SimNode, snapshot: SnapshotMeta, data: SnapshotData) -> None:
+        """``node`` replaces its state machine with the snapshot ``data`` at ``snapshot``."""
+        if snapshot.index <= len(node.applied):
+            self.fail(now, f"node {node.id} installs a snapshot at {snapshot.index} after applying {len(node.applied)}")
+        if len(data) != snapshot.index or data[-1].term != snapshot.term:
+            self.fail(now, f"node {node.id} installs a snapshot that does not end at {snapshot}")
+        for index, entry in enumerate(data, start=1):
+            known = self.committed.get(index)
+            if known is None or known[0] != entry:
+                self.fail(now, f"node {node.id} installs a snapshot holding {entry}, applied elsewhere: {known}")
+
     def on_read_request(self, context: str) -> None:
         """A ReadIndex request starts: its answer must cover every write applied so far."""
         self._read_floors[context] = max(self.committed, default=0)
@@ -201,9 +260,13 @@ class InvariantChecker:
         other = self._leaders.setdefault(core.term, node.id)
         if other != node.id:
             self.fail(now, f"nodes {other} and {node.id} both lead term {core.term}")
-        log = core.log
+        log, first = core.log, core.first_index
         for index, (entry, commit_term) in self.committed.items():
-            if commit_term < core.term and (index > len(log) or log[index - 1] != entry):
+            if commit_term >= core.term:
+                continue
+            # Compacted entries live on in the state machine, which holds at least them.
+            held = node.applied[index - 1] if index < first else log[index - first] if index <= core.last_index else None
+            if held != entry:
                 self.fail(now, f"leader {node.id} of term {core.term} lacks committed {entry}")
 
 
@@ -212,6 +275,9 @@ class Cluster:
 
     :param size: the number of nodes.
     :param seed: seeds every random choice of the run (network, timeouts, tests).
+    :param snapshot_every: a node snapshots its state machine once it applied this many
+        entries since its last snapshot (0: never, and logs keep every entry).
+    :param snapshot_keep: the entries before a snapshot that its node's log keeps.
     """
 
     def __init__(
@@ -224,6 +290,8 @@ class Cluster:
         pre_vote: bool = True,
         check_quorum: bool = True,
         max_entries_per_append: int = 512,
+        snapshot_every: int = 0,
+        snapshot_keep: int = 0,
     ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
@@ -233,6 +301,8 @@ class Cluster:
         self.network = SimNetwork(random.Random(self.rng.getrandbits(64)))
         self.checker = InvariantChecker(seed)
         self.nodes = {node_id: SimNode(node_id) for node_id in self.ids}
+        self.snapshot_every = snapshot_every
+        self.snapshot_keep = snapshot_keep
         self._options = dict(
             election_ticks=election_ticks,
             heartbeat_ticks=heartbeat_ticks,
@@ -261,6 +331,7 @@ class Cluster:
             node_id,
             self.ids,
             hard_state=node.storage.hard_state,
+            snapshot=node.storage.snapshot,
             entries=node.storage.entries,
             applied=len(node.applied),
             rng=random.Random(self.rng.getrandbits(64)),
@@ -294,12 +365,30 @@ class Cluster:
             self.now += 1
 
     def deliver(self) -> None:
-        """Deliver every message due by now, including those it causes without delay."""
-        while (message := self.network.pop_due(self.now)) is not None:
+        """Deliver every message due by now, including those it causes without delay.
+
+        The sender of a SNAPSHOT hears how it went once it has been delivered or lost,
+        as a real host does when its transfer ends."""
+        while True:
+            due = self.network.pop_due(self.now)
+            lost, self.network.lost_snapshots = self.network.lost_snapshots, []
+            for message in lost:
+                self._report_snapshot(message, failed=True)
+            if due is None:
+                if lost:
+                    continue  # the reports may have sent messages due now
+                return
+            message, attachment = due
             node = self.nodes[message.to]
-            if node.core is not None:
-                node.core.step(message)
-                self._flush(node)
+            if node.core is None:
+                self.network.lose(message)
+                continue
+            if message.type is MessageType.SNAPSHOT:
+                node.received_snapshot = (SnapshotMeta(message.index, message.log_term), attachment)  # type: ignore[assignment]
+            node.core.step(message)
+            self._flush(node)
+            if message.type is MessageType.SNAPSHOT:
+                self._report_snapshot(message, failed=False)
 
     def run_until(self, predicate: Callable[[], bool], max_ticks: int) -> bool:
         """Tick until ``predicate()`` holds. :return: whether it did within ``max_ticks``."""
@@ -395,6 +484,22 @@ class Cluster:
         assert len(terms) == 1, f"seed={self.seed}: connected nodes disagree on the term: {terms}"
         return terms.pop()
 
+    def check_logs_match(self) -> None:
+        """Log matching, over what the running nodes' logs still hold: where two logs have
+        an entry of the same index and term, they are the same up to it.
+
+        :raises InvariantViolation: at the first pair of logs that breaks it.
+        """
+        up = [self.core(node_id) for node_id in self.ids if self.is_up(node_id)]
+        for a, b in itertools.combinations(up, 2):
+            matched = False
+            for index in range(min(a.last_index, b.last_index), max(a.first_index, b.first_index) - 1, -1):
+                ours, theirs = a.log[index - a.first_index], b.log[index - b.first_index]
+                matched = matched or ours.term == theirs.term
+                if matched and ours != theirs:
+                    self.checker.fail(self.now, f"nodes {a.id} and {b.id} hold a same entry past {index}, "
+                                                f"but {ours} and {theirs} at it")
+
     def one(self, data: str, expected: int, *, retry: bool = True, max_ticks: int = 10 * TICKS_PER_SECOND) -> int:
         """Get ``data`` committed by at least ``expected`` nodes (6.824's ``one``).
 
@@ -429,14 +534,21 @@ class Cluster:
     # -- driving a node ----------------------------------------------------------------
 
     def _flush(self, node: SimNode) -> None:
-        """Do a node's Readies as the real node does: persist, send, apply, advance."""
+        """Do a node's Readies as the real node does: install, persist, send, apply,
+        advance; then take a snapshot if one is due."""
         core = node.core
         assert core is not None
         while core.has_ready():
             ready = core.ready()
+            if ready.snapshot is not None:
+                self._install(node, ready.snapshot)
             node.storage.persist(ready)
             for message in ready.messages:
-                self.network.send(message, self.now)
+                attachment = None
+                if message.type is MessageType.SNAPSHOT:
+                    assert node.storage.snapshot == SnapshotMeta(message.index, message.log_term)
+                    attachment = node.storage.snapshot_data
+                self.network.send(message, self.now, attachment)
             if ready.committed_entries:
                 max_term = self._max_term()
                 for entry in ready.committed_entries:
@@ -446,9 +558,38 @@ class Cluster:
                 self.checker.on_read_state(self.now, node, state)
                 node.read_states.append(state)
             core.advance(ready)
+            self._maybe_snapshot(node, core)
         if core.role is Role.LEADER and node.led_term != core.term:
             node.led_term = core.term
             self.checker.on_leader(self.now, node, core)
+
+    def _install(self, node: SimNode, snapshot: SnapshotMeta) -> None:
+        """Replace the state machine and the stored log with the snapshot received."""
+        received = node.received_snapshot
+        if received is None or received[0] != snapshot:
+            raise InvariantViolation(f"node {node.id} is to install {snapshot}, but received {received}")
+        data = received[1]
+        self.checker.on_install(self.now, node, snapshot, data)
+        node.applied = list(data)
+        node.storage.install(snapshot, data)
+
+    def _maybe_snapshot(self, node: SimNode, core: RaftCore) -> None:
+        """Snapshot the state machine once ``snapshot_every`` entries were applied since
+        the last snapshot, make it durable, then let the core compact its log."""
+        if not self.snapshot_every or core.applied_index - core.snapshot_index < self.snapshot_every:
+            return
+        index = core.applied_index
+        snapshot = SnapshotMeta(index, node.applied[index - 1].term)
+        compaction_point = core.compact(index, keep=self.snapshot_keep)
+        node.storage.keep_snapshot(snapshot, tuple(node.applied), compaction_point)
+
+    def _report_snapshot(self, message: Message, *, failed: bool) -> None:
+        """Tell the sender of a SNAPSHOT how its transfer went, if it still runs the term
+        it sent it in (a restarted node knows nothing of transfers it started before)."""
+        sender = self.nodes[message.sender]
+        if sender.core is not None and sender.core.term == message.term:
+            sender.core.report_snapshot(message.to, failed=failed)
+            self._flush(sender)
 
     def _max_term(self) -> int:
         return max(
