@@ -293,12 +293,12 @@ def test_preference_is_rate_limited() -> None:
 def test_a_failover_right_after_a_transfer_is_not_held_back() -> None:
     # The preference moved back to a restarted replica 3 (a transfer at 0.5); 3 dies a
     # second later. No answering replica leads, and a primary-backup group takes no
-    # orders until the frontend names one: the interval meant for transfers must not delay it.
+    # orders until the frontend names one: neither the streak nor the interval meant for
+    # transfers may delay it.
     preference = Preference(min_interval=5.0)
     preference.observe({1, 2, 3}, leader=2, now=0.0)
     assert preference.observe({1, 2, 3}, leader=2, now=0.5) == 3
-    assert preference.observe({1, 2}, leader=None, now=1.5) is None
-    assert preference.observe({1, 2}, leader=None, now=2.0) == 2
+    assert preference.observe({1, 2}, leader=None, now=1.5) == 2
     # ...and the failover does not count against the next transfer's interval.
     preference.observe({1, 2, 3}, leader=2, now=5.6)
     assert preference.observe({1, 2, 3}, leader=2, now=6.0) == 3

@@ -81,12 +81,12 @@ class Preference:
 
     The frontend prefers the highest responsive id. It asks for it only once that id has
     answered ``required_streak`` consecutive checks (so a replica that flaps, or misses one
-    check, does not cause a change each time). A transfer away from a leader that answers
-    is asked for at most once per ``min_interval`` seconds; when no answering replica leads
-    (the leader died) the request is the failover itself and is not held back: a
-    primary-backup group has no leader until the frontend names one, so waiting out the
-    interval of the transfer just before (the preference moving back to a restarted
-    leader) kept the store from taking orders for up to ``min_interval`` seconds.
+    check, does not cause a transfer each time it comes back), and at most once per
+    ``min_interval`` seconds. When no answering replica leads (the leader died) the request
+    is the failover itself and is asked for at the first check that sees it: a
+    primary-backup group has no leader until the frontend names one, and waiting for a
+    streak, or out the interval of the transfer just before (the preference moving back to
+    a restarted leader), kept the store from taking orders for up to ``min_interval`` s.
     Announcing without a leader is harmless in Raft mode, where only a leader acts on it.
     """
 
@@ -104,10 +104,10 @@ class Preference:
         if preferred is None:
             return None
         self._streak += 1
+        if leader is None:
+            return preferred  # a failover, not a transfer: neither delayed nor counted against the next transfer
         if self._streak < self.required_streak or preferred == leader:
             return None
-        if leader is None:
-            return preferred  # a failover, not a transfer: neither limited nor counted against the next transfer
         if self._last_announced is not None and now - self._last_announced < self.min_interval:
             return None
         self._last_announced = now
