@@ -8,34 +8,11 @@ from typing import Any
 import pytest
 
 from toystore.raft.core import MAX_INFLIGHT_APPENDS, TRANSFER_CONTEXT, NotLeader, RaftCore, TermChanged
-from toystore.raft.messages import Entry, HardState, Message, MessageType, Ready, ReadState, Role, SoftState
+from toystore.raft.messages import Entry, HardState, Message, MessageType, ReadState, Role, SoftState
+
+from tests.raft.cores import make, msg, sent, take
 
 T = MessageType
-
-
-def make(node_id: int = 1, peers: tuple[int, ...] = (1, 2, 3), **options: Any) -> RaftCore:
-    """A core with a fixed seed; the given log and hard state are its persisted state."""
-    return RaftCore(node_id, peers, rng=random.Random(7), **options)
-
-
-def msg(kind: MessageType, sender: int, to: int, term: int, **fields: Any) -> Message:
-    return Message(kind, sender, to, term, **fields)
-
-
-def take(core: RaftCore) -> Ready:
-    """Take one Ready and report it done, as the node would."""
-    assert core.has_ready()
-    ready = core.ready()
-    core.advance(ready)
-    return ready
-
-
-def sent(core: RaftCore) -> list[Message]:
-    """Do every pending Ready; :return: the messages they held."""
-    out: list[Message] = []
-    while core.has_ready():
-        out.extend(take(core).messages)
-    return out
 
 
 def log_of(*terms: int) -> list[Entry]:

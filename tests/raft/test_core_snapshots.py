@@ -4,39 +4,16 @@ leader's SNAPSHOT to a follower it cannot catch up by entries, the follower's
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 import pytest
 
 from toystore.raft.core import RaftCore
-from toystore.raft.messages import Entry, HardState, Message, MessageType, Ready, Role, SnapshotMeta
+from toystore.raft.messages import Entry, HardState, Message, MessageType, Role, SnapshotMeta
+
+from tests.raft.cores import make, msg, sent, take
 
 T = MessageType
-
-
-def make(node_id: int = 1, peers: tuple[int, ...] = (1, 2, 3), **options: Any) -> RaftCore:
-    return RaftCore(node_id, peers, rng=random.Random(7), **options)
-
-
-def msg(kind: MessageType, sender: int, to: int, term: int, **fields: Any) -> Message:
-    return Message(kind, sender, to, term, **fields)
-
-
-def take(core: RaftCore) -> Ready:
-    """Take one Ready and report it done, as the node would."""
-    assert core.has_ready()
-    ready = core.ready()
-    core.advance(ready)
-    return ready
-
-
-def sent(core: RaftCore) -> list[Message]:
-    """Do every pending Ready; :return: the messages they held."""
-    out: list[Message] = []
-    while core.has_ready():
-        out.extend(take(core).messages)
-    return out
 
 
 def entries(first: int, *terms: int) -> list[Entry]:
