@@ -1,5 +1,5 @@
-"""What the core unit tests share: a core with a fixed seed, messages, and the node's
-Ready loop done by hand."""
+"""What the core and log unit tests share: a core with a fixed seed, entries, messages,
+and the node's Ready loop done by hand."""
 
 from __future__ import annotations
 
@@ -7,12 +7,17 @@ import random
 from typing import Any
 
 from toystore.raft.core import RaftCore
-from toystore.raft.messages import Message, MessageType, Ready
+from toystore.raft.messages import Entry, Message, MessageType, Ready
 
 
 def make(node_id: int = 1, peers: tuple[int, ...] = (1, 2, 3), **options: Any) -> RaftCore:
     """A core with a fixed seed; the given log and hard state are its persisted state."""
     return RaftCore(node_id, peers, rng=random.Random(7), **options)
+
+
+def entries(first: int, *terms: int) -> list[Entry]:
+    """Entries from index ``first`` on, the i-th with the i-th term."""
+    return [Entry(index, term, f"e{index}") for index, term in enumerate(terms, start=first)]
 
 
 def msg(kind: MessageType, sender: int, to: int, term: int, **fields: Any) -> Message:

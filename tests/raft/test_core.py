@@ -10,14 +10,9 @@ import pytest
 from toystore.raft.core import MAX_INFLIGHT_APPENDS, TRANSFER_CONTEXT, NotLeader, RaftCore, TermChanged
 from toystore.raft.messages import Entry, HardState, Message, MessageType, ReadState, Role, SoftState
 
-from tests.raft.cores import make, msg, sent, take
+from tests.raft.cores import entries, make, msg, sent, take
 
 T = MessageType
-
-
-def log_of(*terms: int) -> list[Entry]:
-    """A log whose entry i has the i-th term."""
-    return [Entry(index, term, f"e{index}") for index, term in enumerate(terms, start=1)]
 
 
 def tick_until_campaign(core: RaftCore, limit: int = 100) -> int:
@@ -61,7 +56,7 @@ def test_election_timeout_is_randomized_in_range() -> None:
 
 
 def test_pre_vote_asks_for_next_term_without_bumping_own() -> None:
-    core = make(hard_state=HardState(term=4), entries=log_of(1, 4))
+    core = make(hard_state=HardState(term=4), entries=entries(1, 1, 4))
     tick_until_campaign(core)
     ready = take(core)
     assert ready.hard_state is None
@@ -102,7 +97,7 @@ def test_restarted_voter_keeps_its_vote() -> None:
     [(3, 2, True), (5, 2, True), (2, 2, False), (9, 1, False), (1, 3, True)],
 )
 def test_vote_requires_an_up_to_date_log(last_index: int, last_term: int, granted: bool) -> None:
-    core = make(2, entries=log_of(1, 2, 2), hard_state=HardState(term=2), pre_vote=False)
+    core = make(2, entries=entries(1, 1, 2, 2), hard_state=HardState(term=2), pre_vote=False)
     core.step(msg(T.VOTE, 1, 2, 3, index=last_index, log_term=last_term))
     assert sent(core) == [msg(T.VOTE_RESP, 2, 1, 3, reject=not granted)]
 
@@ -220,7 +215,7 @@ def test_ignores_misaddressed_and_malformed_messages() -> None:
 
 
 def test_follower_rejects_a_mismatch_with_a_term_hint() -> None:
-    core = make(2, entries=log_of(1, 1, 2, 2, 2), hard_state=HardState(term=3))
+    core = make(2, entries=entries(1, 1, 1, 2, 2, 2), hard_state=HardState(term=3))
     # Our entry 5 has term 2, not 3: the leader will skip its entries of terms above 2.
     core.step(msg(T.APPEND, 1, 2, 3, index=5, log_term=3))
     assert sent(core) == [
@@ -235,7 +230,7 @@ def test_follower_rejects_a_mismatch_with_a_term_hint() -> None:
 
 
 def test_follower_replaces_only_the_conflicting_suffix() -> None:
-    core = make(2, entries=log_of(1, 1, 2, 2), hard_state=HardState(term=3, commit=1))
+    core = make(2, entries=entries(1, 1, 1, 2, 2), hard_state=HardState(term=3, commit=1))
     core.step(msg(T.APPEND, 1, 2, 3, index=1, log_term=1, commit=2, entries=(Entry(2, 1, "e2"), Entry(3, 3, "n3"))))
     ready = take(core)
     assert ready.entries == (Entry(3, 3, "n3"),)
@@ -246,31 +241,31 @@ def test_follower_replaces_only_the_conflicting_suffix() -> None:
 
 def test_follower_keeps_matching_entries_on_a_stale_append() -> None:
     core = make(2, hard_state=HardState(term=2))
-    core.step(msg(T.APPEND, 1, 2, 2, entries=tuple(log_of(2, 2, 2))))
+    core.step(msg(T.APPEND, 1, 2, 2, entries=tuple(entries(1, 2, 2, 2))))
     sent(core)
-    core.step(msg(T.APPEND, 1, 2, 2, index=0, entries=tuple(log_of(2))))
+    core.step(msg(T.APPEND, 1, 2, 2, index=0, entries=tuple(entries(1, 2))))
     assert core.last_index == 3
     assert sent(core) == [msg(T.APPEND_RESP, 2, 1, 2, index=1, log_term=2, commit=3)]
 
 
 def test_follower_commits_no_further_than_the_entries_it_was_sent() -> None:
     # Entries 3 and 4 are an old leader's, beyond what this append vouches for.
-    core = make(2, entries=log_of(1, 1, 1, 1), hard_state=HardState(term=2))
+    core = make(2, entries=entries(1, 1, 1, 1, 1), hard_state=HardState(term=2))
     core.step(msg(T.APPEND, 1, 2, 2, index=1, log_term=1, commit=9, entries=(Entry(2, 1, "e2"),)))
     assert core.commit_index == 2 and core.last_index == 4
 
 
 def test_follower_never_truncates_a_committed_entry() -> None:
-    core = make(2, entries=log_of(1, 1), hard_state=HardState(term=2, commit=2))
+    core = make(2, entries=entries(1, 1, 1), hard_state=HardState(term=2, commit=2))
     # An append starting below our commit index is answered with the commit index.
     core.step(msg(T.APPEND, 1, 2, 2, index=1, log_term=1, entries=(Entry(2, 2, "evil"),)))
     core.step(msg(T.APPEND, 1, 2, 2, index=0, entries=(Entry(1, 2, "evil"),)))
     assert [m.index for m in sent(core)] == [2, 2]
-    assert core.log == log_of(1, 1)
+    assert core.log == entries(1, 1, 1)
 
 
 def test_leader_backs_up_a_whole_term_per_rejection() -> None:
-    core = leader(entries=log_of(1, 1, 1, 4, 4, 5, 5, 6, 6, 6), hard_state=HardState(term=6))
+    core = leader(entries=entries(1, 1, 1, 1, 4, 4, 5, 5, 6, 6, 6), hard_state=HardState(term=6))
     assert core.last_index == 11
     # The follower holds 1,1,1,2,2,2,3,3,3,3,3: its entry at 10 has term 3.
     core.step(msg(T.APPEND_RESP, 2, 1, 7, index=10, reject=True, reject_hint=10, conflict_term=3, commit=11))
@@ -280,7 +275,7 @@ def test_leader_backs_up_a_whole_term_per_rejection() -> None:
 
 
 def test_only_current_term_entries_commit_by_counting() -> None:
-    core = leader(entries=log_of(1, 2), hard_state=HardState(term=2))
+    core = leader(entries=entries(1, 1, 2), hard_state=HardState(term=2))
     assert core.term == 3
     # A majority holds the term-2 entry, not the no-op of term 3: nothing commits.
     core.step(msg(T.APPEND_RESP, 2, 1, 3, index=2))
@@ -351,11 +346,11 @@ def test_periodic_heartbeats_go_to_everyone_while_a_read_waits() -> None:
 
 def test_follower_commits_from_heartbeat() -> None:
     core = make(2)
-    core.step(msg(T.APPEND, 1, 2, 1, entries=tuple(log_of(1, 1))))
+    core.step(msg(T.APPEND, 1, 2, 1, entries=tuple(entries(1, 1, 1))))
     sent(core)
     core.step(msg(T.HEARTBEAT, 1, 2, 1, commit=2, context="r"))
     ready = take(core)
-    assert ready.committed_entries == tuple(log_of(1, 1))
+    assert ready.committed_entries == tuple(entries(1, 1, 1))
     assert ready.messages == (msg(T.HEARTBEAT_RESP, 2, 1, 1, context="r"),)
 
 
@@ -432,7 +427,7 @@ def test_rejection_in_replicate_state_falls_back_to_probing() -> None:
 
 
 def test_truncate_drops_only_an_older_term_suffix_past_commit() -> None:
-    core = make(2, entries=log_of(1, 1, 2, 2, 2, 2), hard_state=HardState(term=3, commit=2))
+    core = make(2, entries=entries(1, 1, 1, 2, 2, 2, 2), hard_state=HardState(term=3, commit=2))
     core.step(msg(T.HEARTBEAT, 1, 2, 3))
     sent(core)
     core.step(msg(T.TRUNCATE, 1, 2, 3, index=3))
@@ -442,21 +437,21 @@ def test_truncate_drops_only_an_older_term_suffix_past_commit() -> None:
 
 
 def test_truncate_never_removes_committed_entries() -> None:
-    core = make(2, entries=log_of(1, 1, 2, 2, 2), hard_state=HardState(term=3, commit=4))
+    core = make(2, entries=entries(1, 1, 1, 2, 2, 2), hard_state=HardState(term=3, commit=4))
     core.step(msg(T.TRUNCATE, 1, 2, 3, index=1))
     assert core.last_index == 4
 
 
 def test_truncate_never_removes_current_term_entries() -> None:
     core = make(2, hard_state=HardState(term=3))
-    core.step(msg(T.APPEND, 1, 2, 3, entries=tuple(log_of(2, 3, 3))))
+    core.step(msg(T.APPEND, 1, 2, 3, entries=tuple(entries(1, 2, 3, 3))))
     sent(core)
     core.step(msg(T.TRUNCATE, 1, 2, 3, index=1))
     assert core.last_index == 3
 
 
 def test_truncate_from_an_old_term_is_ignored() -> None:
-    core = make(2, entries=log_of(1, 1, 2), hard_state=HardState(term=4))
+    core = make(2, entries=entries(1, 1, 1, 2), hard_state=HardState(term=4))
     core.step(msg(T.TRUNCATE, 1, 2, 3, index=1))
     assert core.last_index == 3
 
@@ -585,10 +580,10 @@ def test_not_leader_names_the_known_leader() -> None:
 
 
 def test_restart_applies_from_applied_to_commit() -> None:
-    core = make(entries=log_of(1, 1, 2, 2), hard_state=HardState(term=2, vote=1, commit=3), applied=1)
+    core = make(entries=entries(1, 1, 1, 2, 2), hard_state=HardState(term=2, vote=1, commit=3), applied=1)
     ready = take(core)
     assert ready.hard_state is None and ready.entries == ()
-    assert ready.committed_entries == tuple(log_of(1, 1, 2))[1:]
+    assert ready.committed_entries == tuple(entries(1, 1, 1, 2))[1:]
     assert (core.term, core.commit_index, core.applied_index, core.last_index) == (2, 3, 3, 4)
     assert not core.has_ready()
 
@@ -598,7 +593,7 @@ def test_restart_applies_from_applied_to_commit() -> None:
     [
         {"entries": [Entry(2, 1, "")]},
         {"hard_state": HardState(commit=1)},
-        {"entries": log_of(1), "applied": 2},
+        {"entries": entries(1, 1), "applied": 2},
         {"hard_state": HardState(vote=9)},
         {"election_ticks": 1},
     ],

@@ -11,13 +11,9 @@ import pytest
 from toystore.raft.core import RaftCore
 from toystore.raft.messages import Entry, HardState, Message, MessageType, Role, SnapshotMeta
 
-from tests.raft.cores import make, msg, sent, take
+from tests.raft.cores import entries, make, msg, sent, take
 
 T = MessageType
-
-
-def entries(first: int, *terms: int) -> list[Entry]:
-    return [Entry(index, term, f"e{index}") for index, term in enumerate(terms, start=first)]
 
 
 def compacted_leader(keep: int = 0) -> RaftCore:

@@ -7,13 +7,9 @@ from typing import Any
 
 import pytest
 
-from toystore.raft.messages import Entry
 from toystore.raft.raftlog import RaftLog
 
-
-def entries(first: int, *terms: int) -> list[Entry]:
-    """Entries from index ``first`` on, the i-th with the i-th term."""
-    return [Entry(index, term, f"e{index}") for index, term in enumerate(terms, start=first)]
+from tests.raft.cores import entries
 
 
 def compacted_log() -> RaftLog:
