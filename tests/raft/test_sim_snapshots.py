@@ -81,26 +81,15 @@ def test_snapshot_basic(seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_snapshot_install(seed: int) -> None:
-    cluster = snapshot_common(seed, disconnect=True, reliable=True, crash=False)
-    assert cluster.network.sent[MessageType.SNAPSHOT] >= 10
-
-
-@pytest.mark.parametrize("seed", SEEDS)
-def test_snapshot_install_unreliable(seed: int) -> None:
-    cluster = snapshot_common(seed, disconnect=True, reliable=False, crash=False)
-    assert cluster.network.sent[MessageType.SNAPSHOT] >= 10
-
-
-@pytest.mark.parametrize("seed", SEEDS)
-def test_snapshot_install_crash(seed: int) -> None:
-    cluster = snapshot_common(seed, disconnect=False, reliable=True, crash=True)
-    assert cluster.network.sent[MessageType.SNAPSHOT] >= 10
-
-
-@pytest.mark.parametrize("seed", SEEDS)
-def test_snapshot_install_unreliable_crash(seed: int) -> None:
-    cluster = snapshot_common(seed, disconnect=False, reliable=False, crash=True)
+@pytest.mark.parametrize(("disconnect", "reliable", "crash"), [
+    pytest.param(True, True, False, id="install"),
+    pytest.param(True, False, False, id="install-unreliable"),
+    pytest.param(False, True, True, id="install-crash"),
+    pytest.param(False, False, True, id="install-unreliable-crash"),
+])
+def test_snapshot_install(seed: int, disconnect: bool, reliable: bool, crash: bool) -> None:
+    """6.824's TestSnapshotInstall3D and its unreliable and crash variants."""
+    cluster = snapshot_common(seed, disconnect=disconnect, reliable=reliable, crash=crash)
     assert cluster.network.sent[MessageType.SNAPSHOT] >= 10
 
 
