@@ -361,7 +361,7 @@ class OrderHarness:
         """The committed orders of every replica and the catalog's stock and reservations (the
         reaper settles reservations in the background, so their settlement is left out)."""
         catalog = self.cluster.catalog
-        return {"orders": {i: list(r.orders.since(-1)) for i, r in self.cluster.replicas.items()},
+        return {"orders": {i: list(r.orders.page(-1, 1000)) for i, r in self.cluster.replicas.items()},
                 "stock": catalog.stock, "held": dict(catalog.held)}
 
     def raft_state(self) -> dict[int, Any]:

@@ -6,8 +6,10 @@ import pytest
 
 from toystore.db import Database, connect
 from toystore.order.state import Order, OrderCommand, OrderStateMachine
-from toystore.order.store import SCHEMA, Changes, ReplicaStore
-from toystore.raft.messages import Entry, HardState
+from toystore.order.store import SCHEMA, Changes, ReplicaStore, SqliteOrderTable
+from toystore.raft.messages import Entry, HardState, SnapshotMeta
+from toystore.raft.statemachine import Snapshot
+from twisted.python.failure import Failure
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
@@ -29,20 +31,17 @@ def test_a_request_applied_twice_keeps_its_number_and_consumes_none() -> None:
     assert later.order.number == 1
 
 
-def test_lookups_and_since() -> None:
-    machine = OrderStateMachine([Order(1, "b", "Fox", 1), Order(0, "a", "Tux", 2)])
-    assert machine.get(0) == Order(0, "a", "Tux", 2)
+def test_lookups_and_pages_in_memory() -> None:
+    machine = OrderStateMachine()
+    for key in "ab":
+        machine.apply(OrderCommand(key, "Tux", 1))
+    assert machine.get(0) == Order(0, "a", "Tux", 1)
     assert machine.get(2) is None and machine.get(-1) is None
-    assert machine.for_request("b") == Order(1, "b", "Fox", 1)
-    assert [o.number for o in machine.since(-1)] == [0, 1]
-    assert [o.number for o in machine.since(0)] == [1]
-    assert machine.since(5) == []
+    assert machine.for_request("b") == Order(1, "b", "Tux", 1)
+    assert [o.number for o in machine.page(-1, 10)] == [0, 1]
+    assert [o.number for o in machine.page(0, 10)] == [1]
+    assert machine.page(5, 10) == [] and machine.page(-1, 1) == [Order(0, "a", "Tux", 1)]
     assert OrderStateMachine().latest_number == -1
-
-
-def test_restoring_a_gap_is_refused() -> None:
-    with pytest.raises(ValueError):
-        OrderStateMachine([Order(0, "a", "Tux", 1), Order(2, "c", "Tux", 1)])
 
 
 def test_command_round_trips() -> None:
@@ -59,21 +58,139 @@ def _store(path: Path) -> ReplicaStore:
     return ReplicaStore(Database(connect(path, SCHEMA), Clock()))
 
 
+def _save(store: ReplicaStore, changes: Changes) -> None:
+    done = defer.ensureDeferred(store.save(changes))
+    assert done.called  # the test database writes inline
+
+
+def _place(store: ReplicaStore, *keys: str) -> None:
+    """Applies an order for each key and makes them durable, as a replica's cycle would."""
+    applied = [store.orders.apply(OrderCommand(key, "Tux", 1)) for key in keys]
+    _save(store, Changes(orders=[a.order for a in applied if a.created]))
+
+
 def test_store_survives_reopen_with_log_state_and_orders(tmp_path: Path) -> None:
     path = tmp_path / "order.sqlite3"
     store = _store(path)
     entries = [Entry(1, 1, ""), Entry(2, 1, OrderCommand("a", "Tux", 2).encode())]
-    d = store.save(Changes(HardState(term=1, vote=1, commit=2), entries, [Order(0, "a", "Tux", 2)], applied=2))
-    defer.ensureDeferred(d)
-    reopened = _store(path).load_at_start()
-    assert reopened.hard_state == HardState(term=1, vote=1, commit=2)
-    assert reopened.entries == entries
-    assert reopened.applied == 2
-    assert reopened.orders == [Order(0, "a", "Tux", 2)]
+    _save(store, Changes(HardState(term=1, vote=1, commit=2), entries, [Order(0, "a", "Tux", 2)], applied=2))
+    reopened = _store(path)
+    state = reopened.load_at_start()
+    assert state.hard_state == HardState(term=1, vote=1, commit=2)
+    assert state.entries == entries
+    assert state.applied == 2 and state.snapshot is None
+    assert reopened.orders.latest_number == 0 and reopened.orders.get(0) == Order(0, "a", "Tux", 2)
 
 
 def test_entries_overwrite_a_conflicting_suffix(tmp_path: Path) -> None:
     store = _store(tmp_path / "o.sqlite3")
-    defer.ensureDeferred(store.save(Changes(entries=[Entry(1, 1, ""), Entry(2, 1, "x"), Entry(3, 1, "y")])))
-    defer.ensureDeferred(store.save(Changes(entries=[Entry(2, 2, "z")])))
+    _save(store, Changes(entries=[Entry(1, 1, ""), Entry(2, 1, "x"), Entry(3, 1, "y")]))
+    _save(store, Changes(entries=[Entry(2, 2, "z")]))
     assert store.load_at_start().entries == [Entry(1, 1, ""), Entry(2, 2, "z")]
+
+
+def test_memory_keeps_only_the_newest_orders_and_reads_the_rest_from_disk(tmp_path: Path) -> None:
+    store = ReplicaStore(Database(connect(tmp_path / "o.sqlite3", SCHEMA), Clock()))
+    store.orders = OrderStateMachine(SqliteOrderTable(store._db), cache_size=3)
+    _place(store, *[f"k{i}" for i in range(10)])
+    assert len(store.orders._recent) == 3
+    assert store.orders.get(0) == Order(0, "k0", "Tux", 1)
+    # A retry of an order long out of memory keeps its number and buys nothing.
+    again = store.orders.apply(OrderCommand("k0", "Tux", 1))
+    assert (again.order.number, again.created, store.orders.latest_number) == (0, False, 9)
+    assert [o.request_id for o in store.orders.page(5, 100)] == ["k6", "k7", "k8", "k9"]
+    assert [o.number for o in store.orders.page(-1, 100)] == list(range(10))
+
+
+def test_orders_not_yet_durable_stay_in_memory(tmp_path: Path) -> None:
+    store = _store(tmp_path / "o.sqlite3")
+    store.orders = OrderStateMachine(SqliteOrderTable(store._db), cache_size=0)
+    _place(store, "a")
+    pending = store.orders.apply(OrderCommand("b", "Tux", 1)).order
+    store.orders.made_durable(0)
+    assert store.orders.get(1) == pending and store.orders.for_request("b") == pending
+    assert store.orders.page(-1, 5) == [Order(0, "a", "Tux", 1), pending]
+
+
+def test_a_truncated_tail_is_forgotten(tmp_path: Path) -> None:
+    store = _store(tmp_path / "o.sqlite3")
+    _place(store, "a", "b", "c")
+    store._db.read_at_start(lambda conn: conn.execute("DELETE FROM orders WHERE number >= 1"))
+    store.orders.truncate_from(1)
+    assert store.orders.latest_number == 0 and store.orders.for_request("b") is None
+    assert store.orders.apply(OrderCommand("d", "Tux", 1)).order.number == 1
+
+
+def _snapshot(index: int, size: int, term: int = 1) -> Snapshot:
+    return Snapshot(SnapshotMeta(index, term), size, {"members": [{"id": 1, "url": "http://a", "voter": True}]})
+
+
+def test_a_snapshot_drops_the_log_before_it_and_restarts_from_its_tail(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    store = _store(path)
+    entries = [Entry(i, 1, OrderCommand(f"k{i}", "Tux", 1).encode()) for i in range(1, 11)]
+    _save(store, Changes(HardState(1, 1, 10), entries, applied=10))
+    _place(store, *[f"k{i}" for i in range(1, 11)])
+    done = defer.ensureDeferred(store.save_snapshot(_snapshot(10, 10), compact_before=8))
+    assert done.called
+    reopened = _store(path)
+    state = reopened.load_at_start()
+    assert state.snapshot == _snapshot(10, 10)
+    assert [e.index for e in state.entries] == [8, 9, 10]
+    assert reopened.orders.latest_number == 9
+
+
+def _stage(store: ReplicaStore, snapshot: Snapshot, offset: int, orders: list[Order]) -> None:
+    done = defer.ensureDeferred(store.stage(snapshot, offset, orders))
+    assert done.called
+
+
+def _orders(first: int, last: int, prefix: str = "s") -> list[Order]:
+    return [Order(n, f"{prefix}{n}", "Fox", 2) for n in range(first, last)]
+
+
+def test_a_staged_snapshot_survives_a_crash_and_installs_whole(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    store = _store(path)
+    _save(store, Changes(HardState(1, 0, 3), [Entry(i, 1, "") for i in (1, 2, 3)], applied=3))
+    _place(store, "old")
+    snapshot = _snapshot(50, 5, term=2)
+    _stage(store, snapshot, 0, _orders(0, 3))
+    # A crash between two chunks: the replica comes back with its old state and 3 staged.
+    reopened = _store(path)
+    state = reopened.load_at_start()
+    assert state.applied == 3 and state.snapshot is None and len(state.entries) == 3
+    assert reopened.orders.latest_number == 0 and reopened.orders.get(0) == Order(0, "old", "Tux", 1)
+    assert reopened.received(snapshot) == 3 and reopened.received(_snapshot(50, 5, term=3)) == 0
+    assert reopened.received_snapshot() is None
+    _stage(reopened, snapshot, 3, _orders(3, 5))
+    assert reopened.received_snapshot() == snapshot
+    assert defer.ensureDeferred(reopened.install(snapshot)).called
+    assert reopened.orders.page(-1, 10) == _orders(0, 5)
+    state = _store(path).load_at_start()
+    assert (state.snapshot, state.entries, state.applied, state.hard_state.commit) == (snapshot, [], 50, 50)
+
+
+def test_installing_a_snapshot_not_staged_whole_changes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    store = _store(path)
+    _save(store, Changes(HardState(1, 0, 1), [Entry(1, 1, "")], applied=1))
+    _place(store, "old")
+    snapshot = _snapshot(50, 5)
+    _stage(store, snapshot, 0, _orders(0, 2))
+    failed = defer.ensureDeferred(store.install(snapshot))
+    assert isinstance(failed.result, Failure) and failed.result.check(RuntimeError)
+    failed.addErrback(lambda _: None)
+    state = _store(path).load_at_start()
+    assert (state.snapshot, state.applied, len(state.entries)) == (None, 1, 1)
+    assert store.orders.page(-1, 10) == [Order(0, "old", "Tux", 1)]
+
+
+def test_a_new_snapshot_restarts_the_staging(tmp_path: Path) -> None:
+    store = _store(tmp_path / "o.sqlite3")
+    _stage(store, _snapshot(50, 5), 0, _orders(0, 4))
+    newer = _snapshot(80, 2, term=3)
+    _stage(store, newer, 0, _orders(0, 2, prefix="n"))
+    assert store.received(_snapshot(50, 5)) == 0 and store.received_snapshot() == newer
+    assert defer.ensureDeferred(store.install(newer)).called
+    assert store.orders.page(-1, 10) == _orders(0, 2, prefix="n")

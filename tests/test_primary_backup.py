@@ -21,7 +21,7 @@ from toystore.http import ApiError
 from toystore.order.api import OrderApi
 from toystore.order.moved_aside import MovedAsideStore
 from toystore.order.primary_backup import PrimaryBackupReplica
-from toystore.order.state import Order, OrderStateMachine
+from toystore.order.state import Order
 from toystore.order.store import SCHEMA, ReplicaStore
 
 REPLICAS = {1: "http://r1", 2: "http://r2", 3: "http://r3"}
@@ -86,7 +86,7 @@ class Cluster:
     def boot(self, i: int) -> PrimaryBackupReplica:
         db = Database(connect(self.tmp_path / f"order-{i}.sqlite3", SCHEMA), self.clock)
         store = ReplicaStore(db)
-        replica = PrimaryBackupReplica(i, OrderStateMachine(store.load_at_start().orders), store, self.catalog,
+        replica = PrimaryBackupReplica(i, store, self.catalog,
                                        self.network, REPLICAS, clock=self.clock, token=TOKEN,  # type: ignore[arg-type]
                                        aside=MovedAsideStore(db))
         self.network.hosts.apis[f"r{i}"] = OrderApi(replica, TOKEN).app.resource()
@@ -127,7 +127,7 @@ class Cluster:
         self.settle()
 
     def held(self, i: int) -> list[tuple[int, str]]:
-        return [(o.number, o.request_id) for o in self.replicas[i].orders.since(-1)]
+        return [(o.number, o.request_id) for o in self.replicas[i].orders.page(-1, 1000)]
 
     def post(self, i: int, path: str, body: Any) -> tuple[int, dict[str, Any]]:
         response = result_of(self.network.stub.post(f"http://r{i}{path}", json=body, headers=AUTH))
@@ -165,7 +165,7 @@ def test_the_leader_numbers_orders_densely_and_every_follower_holds_them(cluster
     assert cluster.catalog.stock == 95
     assert all(cluster.catalog.settled[f"k{i}"] == "confirm" for i in range(5))
     assert leader.status() == {"id": 3, "role": "leader", "term": 0, "leader_id": 3, "commit_index": 5,
-                               "last_index": 5, "replication": "primary-backup", "caught_up": True,
+                               "last_index": 5, "snapshot_index": 0, "log_entries": 0, "replication": "primary-backup", "caught_up": True,
                                "conflict": False}
     assert cluster.replicas[1].status()["role"] == "follower"
 
@@ -174,7 +174,7 @@ def test_orders_survive_a_restart_of_the_replica(cluster: Cluster) -> None:
     cluster.order(cluster.replicas[3], "k0")
     cluster.settle()
     cluster.crash(2)
-    assert cluster.boot(2).orders.since(-1) == [Order(0, "k0", "Tux", 1)]
+    assert cluster.boot(2).orders.page(-1, 1000) == [Order(0, "k0", "Tux", 1)]
 
 
 def test_a_follower_answers_421_with_the_leader(cluster: Cluster) -> None:
@@ -205,8 +205,8 @@ def test_a_follower_that_missed_pushes_is_caught_up(cluster: Cluster) -> None:
     assert cluster.held(1) == []
     cluster.network.down.discard("r1")
     cluster.run(1.1)
-    assert [o.public() for o in cluster.replicas[1].orders.since(-1)] == [
-        o.public() for o in cluster.replicas[3].orders.since(-1)]
+    assert [o.public() for o in cluster.replicas[1].orders.page(-1, 1000)] == [
+        o.public() for o in cluster.replicas[3].orders.page(-1, 1000)]
     assert cluster.replicas[1].orders.latest_number == 2
     cluster.order(cluster.replicas[3], "k3")
     cluster.settle()
@@ -224,8 +224,8 @@ def test_a_push_after_a_gap_makes_the_follower_pull_the_rest(cluster: Cluster) -
         {"number": 1, "request_id": "k1", "name": "Tux", "quantity": 1}]})
     assert status == 200
     # Pulled from the leader at once, before any periodic catch-up ran.
-    assert [o.public() for o in cluster.replicas[1].orders.since(-1)] == [
-        o.public() for o in cluster.replicas[3].orders.since(-1)]
+    assert [o.public() for o in cluster.replicas[1].orders.page(-1, 1000)] == [
+        o.public() for o in cluster.replicas[3].orders.page(-1, 1000)]
     assert cluster.replicas[1].orders.latest_number == 1
 
 
@@ -235,7 +235,7 @@ def test_a_replica_that_starts_behind_catches_up_before_it_serves(cluster: Clust
     cluster.network.down.discard("r1")
     db = Database(connect(cluster.tmp_path / "order-1.sqlite3", SCHEMA), cluster.clock)
     store = ReplicaStore(db)
-    replica = PrimaryBackupReplica(1, OrderStateMachine(store.load_at_start().orders), store, cluster.catalog,
+    replica = PrimaryBackupReplica(1, store, cluster.catalog,
                                    cluster.network, REPLICAS, clock=cluster.clock, token=TOKEN,  # type: ignore[arg-type]
                                    aside=MovedAsideStore(db))
     cluster.network.paused = True
@@ -247,8 +247,8 @@ def test_a_replica_that_starts_behind_catches_up_before_it_serves(cluster: Clust
     cluster.network.resume()
     cluster.settle()
     assert started.called and replica.ready
-    assert [(o.number, o.request_id) for o in replica.orders.since(-1)][-1][0] == 3
-    assert [o.public() for o in replica.orders.since(-1)] == [o.public() for o in cluster.replicas[3].orders.since(-1)]
+    assert [(o.number, o.request_id) for o in replica.orders.page(-1, 1000)][-1][0] == 3
+    assert [o.public() for o in replica.orders.page(-1, 1000)] == [o.public() for o in cluster.replicas[3].orders.page(-1, 1000)]
     replica.stop()
 
 
@@ -273,7 +273,7 @@ def test_a_new_leader_first_pulls_the_longest_history_from_its_peers(cluster: Cl
     placed = cluster.order(cluster.replicas[1], "k2")
     cluster.settle()
     assert placed[0].number == 1
-    assert [(o.number, o.name) for o in cluster.replicas[1].orders.since(-1)] == [(0, "Tux"), (1, "Tux")]
+    assert [(o.number, o.name) for o in cluster.replicas[1].orders.page(-1, 1000)] == [(0, "Tux"), (1, "Tux")]
 
 
 def test_a_returning_leader_moves_its_lost_order_aside_and_adopts_the_leaders_history(cluster: Cluster) -> None:
@@ -337,7 +337,7 @@ def test_a_follower_answers_a_push_only_once_the_orders_are_durable(tmp_path: Pa
     db = Database(connect(tmp_path / "order-1.sqlite3", SCHEMA), clock, runner=gated)
     store = ReplicaStore(db)
     # The only replica configured: it has no peer to wait for, so it is caught up at once.
-    replica = PrimaryBackupReplica(1, OrderStateMachine(), store, FakeCatalog(), Network(), {1: REPLICAS[1]},
+    replica = PrimaryBackupReplica(1, store, FakeCatalog(), Network(), {1: REPLICAS[1]},
                                    clock=clock, token=TOKEN, aside=MovedAsideStore(db))  # type: ignore[arg-type]
     replica.start()
     assert replica.ready
@@ -348,5 +348,5 @@ def test_a_follower_answers_a_push_only_once_the_orders_are_durable(tmp_path: Pa
     write, blocking = held.pop()
     write.callback(blocking())
     assert answered == [{}]
-    assert [o.request_id for o in store.load_at_start().orders] == ["a"]
+    assert [o.request_id for o in ReplicaStore(db).orders.page(-1, 10)] == ["a"]
     replica.stop()

@@ -33,7 +33,7 @@ def search(mine: OrderStateMachine, theirs: OrderStateMachine, page_size: int = 
     finder, pages = ForkSearch(mine, page_size), 0
     while not finder.done:
         after = finder.next_after
-        orders = theirs.since(after)[:page_size]
+        orders = theirs.page(after, page_size)
         finder.feed(Page(orders, orders[-1].number < theirs.latest_number if orders else False,
                          theirs.latest_number))
         pages += 1
@@ -314,7 +314,7 @@ def test_a_single_replica_cluster_serves_at_once(tmp_path: Path) -> None:
     network.down.clear()
     db = Database(connect(tmp_path / "order-1.sqlite3", SCHEMA), clock)
     store, catalog = ReplicaStore(db), FakeCatalog()
-    replica = PrimaryBackupReplica(1, OrderStateMachine(), store, catalog, network,  # type: ignore[arg-type]
+    replica = PrimaryBackupReplica(1, store, catalog, network,  # type: ignore[arg-type]
                                    {1: "http://r1"}, clock=clock, token=TOKEN, aside=MovedAsideStore(db))
     replica.start()
     assert replica.status()["caught_up"]  # it has no peer that could hold more

@@ -16,7 +16,7 @@ from toystore.db import Database, connect
 from toystore.http import ApiError
 from toystore.order.catalog_client import HeldPage, Reservation
 from toystore.order.raft_replica import ORDER_TIMEOUT, RaftReplica
-from toystore.order.state import OrderCommand, OrderStateMachine
+from toystore.order.state import OrderCommand
 from toystore.order.store import SCHEMA, ReplicaStore
 from toystore.raft.core import RaftCore
 from toystore.raft.messages import Entry, Message, MessageType, Role
@@ -137,7 +137,7 @@ class Cluster:
     def boot(self, i: int) -> RaftReplica:
         store = ReplicaStore(Database(connect(self.tmp_path / f"order-{i}.sqlite3", SCHEMA), self.clock))
         state = store.load_at_start()
-        replica = RaftReplica(i, OrderStateMachine(state.orders), store, self.catalog, REPLICAS, clock=self.clock)
+        replica = RaftReplica(i, store, self.catalog, REPLICAS, clock=self.clock)
         core = RaftCore(i, sorted(REPLICAS), hard_state=state.hard_state, entries=state.entries,
                         applied=state.applied, rng=random.Random(i))
         node = RaftNode(core, clock=self.clock, transport=self.network.transport(i),
@@ -185,7 +185,7 @@ def test_an_order_commits_on_every_replica_with_a_dense_number(cluster: Cluster)
     assert [o[0].number for o in outcomes] == [0, 1, 2, 3, 4]
     assert len(commit_latencies) == 5 and all(0 < t < 0.1 for t in commit_latencies)
     for replica in cluster.replicas.values():
-        assert [o.request_id for o in replica.orders.since(-1)] == [f"k{i}" for i in range(5)]
+        assert [o.request_id for o in replica.orders.page(-1, 1000)] == [f"k{i}" for i in range(5)]
     assert cluster.catalog.stock == 95
 
 
@@ -340,9 +340,9 @@ def test_a_restarted_replica_keeps_its_orders_and_catches_up(cluster: Cluster) -
         cluster.order(leader, f"during{i}")
     cluster.run(0.5)
     restarted = cluster.boot(follower)
-    assert [o.request_id for o in restarted.orders.since(-1)] == ["before"]
+    assert [o.request_id for o in restarted.orders.page(-1, 1000)] == ["before"]
     cluster.run(1.0)
-    assert [o.request_id for o in restarted.orders.since(-1)] == ["before", "during0", "during1", "during2"]
+    assert [o.request_id for o in restarted.orders.page(-1, 1000)] == ["before", "during0", "during1", "during2"]
 
 
 def test_a_leader_read_waits_for_a_majority(cluster: Cluster) -> None:
@@ -385,7 +385,7 @@ def test_a_committed_entry_that_is_not_an_order_is_skipped_alike_everywhere(clus
     assert skipped == [None, None, None]  # committed, applied as nothing
     assert after[0].number == 0
     for replica in cluster.replicas.values():
-        assert [o.request_id for o in replica.orders.since(-1)] == ["real"]
+        assert [o.request_id for o in replica.orders.page(-1, 1000)] == ["real"]
         assert replica.node.core.applied_index == leader.node.core.applied_index
 
 
@@ -464,7 +464,7 @@ def test_answers_take_the_transport_when_waiting_for_them_would_hold_the_peer_ba
 
 
 def committed_quantity(replica: RaftReplica) -> int:
-    return sum(order.quantity for order in replica.orders.since(-1))
+    return sum(order.quantity for order in replica.orders.page(-1, 1000))
 
 
 def lead_a_later_term_with_a_reservation_answer_on_its_way(cluster: Cluster, *,

@@ -91,6 +91,7 @@ class ClusterConfig:
     cache_size: int = 8
     db_delay: float = 0.0
     replication: str = "raft"
+    snapshot_every: int | None = None  # Raft's --snapshot-every; None: the replicas' default
     initial_stock: int = 100
     restock_interval: float = 10.0
     restock_to: int = 100
@@ -198,6 +199,8 @@ class LocalCluster:
             extra = ["--cache-size", str(c.cache_size)]
         else:
             extra = ["--id", name.split("-")[1], "--data-dir", str(self.data_dir), "--replication", c.replication]
+            if c.snapshot_every is not None:
+                extra += ["--snapshot-every", str(c.snapshot_every)]
         return twistd_command() + ["-n", "--pidfile=", ROLE_PLUGINS[role]] + common + extra
 
     # -- processes --------------------------------------------------------------------

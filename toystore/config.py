@@ -24,6 +24,7 @@ TOKEN_ENV = "TOYSTORE_CLUSTER_TOKEN"
 DEFAULT_CATALOG_URL = "http://127.0.0.1:8001"
 DEFAULT_FRONTEND_URL = "http://127.0.0.1:8000"
 ORDER_PORT_BASE = 8100
+DEFAULT_SNAPSHOT_EVERY = 10_000  # Raft entries applied between two snapshots
 
 log = Logger()
 

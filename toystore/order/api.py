@@ -28,9 +28,10 @@ from toystore.http import (
     run_parsed,
     api_root,
 )
-from toystore.order.history import MAX_ORDER_NUMBER, page_of
-from toystore.order.replica import MovesAside, OrderReplica
+from toystore.order.history import MAX_ORDER_NUMBER
+from toystore.order.replica import InstallsSnapshots, MovesAside, OrderReplica
 from toystore.order.state import Order, OrderCommand
+from toystore.raft.snapshots import MAX_CHUNK_BYTES
 
 # Orders per /orders_since answer at most, and when no limit is asked: answers stay bounded
 # (about 8 MiB), and callers that read a short history in one answer still get it whole.
@@ -140,7 +141,7 @@ class OrderApi:
         require_token(request, self._token)
         after, limit = _after_argument(request), _limit_argument(request)
         orders = self._replica.orders
-        page = page_of(orders, after, limit)
+        page = orders.page(after, limit)
         # Replicas catching up need the request ids too, to keep retries idempotent after a failover.
         return json_response(request, {"orders": [o.replicated() for o in page],
                                        "more": (page[-1].number if page else after) < orders.latest_number,
@@ -162,6 +163,15 @@ class OrderApi:
         replica_id = require_positive_int(read_json_object(request), "id")
         self._replica.set_leader(replica_id)
         return json_response(request, {"accepted": True})
+
+    @app.route("/install_snapshot", methods=["POST"])
+    async def install_snapshot(self, request: IRequest) -> bytes:
+        """Raft: one chunk of the leader's snapshot (:mod:`toystore.raft.snapshots`)."""
+        require_token(request, self._token)
+        if not isinstance(self._replica, InstallsSnapshots):
+            raise ApiError(404, "This replica runs primary-backup, which has no snapshots to install.")
+        answer = await self._replica.receive_snapshot_chunk(read_json_object(request, MAX_CHUNK_BYTES))
+        return json_response(request, {"accepted": True, **answer})
 
     @app.route("/<any(append_entries,request_vote,commit_entries,truncate_log,timeout_now,replicate_order,"
                "release_reservations):rpc>", methods=["POST"])

@@ -60,13 +60,6 @@ class Page:
         return cls(orders, more, latest)
 
 
-def page_of(orders: OrderStateMachine, after: int, limit: int) -> list[Order]:
-    """At most ``limit`` orders numbered above ``after``, read by number (no copy of the history)."""
-    first = max(after + 1, 0)
-    last = min(first + limit, orders.latest_number + 1)
-    return [order for number in range(first, last) if (order := orders.get(number)) is not None]
-
-
 def first_difference(mine: OrderStateMachine, theirs: Sequence[Order]) -> int | None:
     """The first number in ``theirs`` that this replica holds with a different order."""
     for order in theirs:

@@ -33,10 +33,10 @@ from twisted.python.failure import Failure
 from toystore.deferreds import SingleFlight
 from toystore.http import MAX_BATCH_ITEMS, ApiError, JsonClient, fetch_json, require_batch
 from toystore.order.catalog_client import CatalogClient
-from toystore.order.history import ForkSearch, Page, page_of, parse_replicated_orders
+from toystore.order.history import ForkSearch, Page, parse_replicated_orders
 from toystore.order.moved_aside import PENDING, MovedAsideStore
 from toystore.order.replica import not_leader, place_one_by_one, unavailable
-from toystore.order.state import Order, OrderCommand, OrderStateMachine
+from toystore.order.state import Order, OrderCommand
 from toystore.order.store import Changes, ReplicaStore
 
 log = Logger()
@@ -89,18 +89,18 @@ def choose_source(views: Mapping[int, PeerView], leading: bool, latest: int) -> 
 class PrimaryBackupReplica:
     """One order replica in primary-backup mode.
 
-    :param orders: the state machine restored from ``store``.
+    :param store: the durable state, loaded; its orders are the state machine.
     :param peers_client: HTTP client for the other replicas.
     :param replicas: ``{id: URL}`` of every replica, this one included.
     :param token: the cluster token for peer requests, None with ``--insecure``.
     :param aside: where forked-off orders are kept: a table in ``store``'s database.
     """
 
-    def __init__(self, node_id: int, orders: OrderStateMachine, store: ReplicaStore, catalog: CatalogClient,
+    def __init__(self, node_id: int, store: ReplicaStore, catalog: CatalogClient,
                  peers_client: JsonClient, replicas: Mapping[int, str], *, clock: IReactorTime,
                  token: str | None, aside: MovedAsideStore) -> None:
         self.id = node_id
-        self.orders = orders
+        self.orders = store.orders
         self._store = store
         self._aside = aside
         self._catalog = catalog
@@ -205,7 +205,7 @@ class PrimaryBackupReplica:
             while start <= up_to:
                 # Each batch repeats the order before it, so a follower whose history forked notices.
                 first = max(start - 1, 0)
-                batch = [o.replicated() for o in page_of(self.orders, first - 1, min(MAX_BATCH, up_to - first + 1))]
+                batch = [o.replicated() for o in self.orders.page(first - 1, min(MAX_BATCH, up_to - first + 1))]
                 if not await self._send(peer, batch):
                     self._behind.add(peer)
                     return False
@@ -419,13 +419,14 @@ class PrimaryBackupReplica:
         await self._pull_forward(peer)
 
     async def _move_aside(self, fork: int, peer: int) -> None:
-        tail = page_of(self.orders, fork - 1, self.orders.latest_number - fork + 1)
-        self.orders = OrderStateMachine(page_of(self.orders, -1, fork))
+        tail = self.orders.page(fork - 1, self.orders.latest_number - fork + 1)
         for order in tail:
             log.error("Order {number} ({request_id}: {quantity} {name}) was never replicated; replica {peer} "
                       "holds another history, so it is moved aside (GET /moved_aside)", number=order.number,
                       request_id=order.request_id, quantity=order.quantity, name=order.name, peer=peer)
+        # Durable first: until then, the table would still answer for the moved request ids.
         await self._aside.move(tail, self._clock.seconds())
+        self.orders.truncate_from(fork)
         self._unsettled = True
 
     # -- moved-aside reservations ---------------------------------------------------
@@ -493,7 +494,7 @@ class PrimaryBackupReplica:
         held = self.orders.latest_number + 1
         return {"id": self.id, "role": "leader" if self.leader_id == self.id else "follower", "term": 0,
                 "leader_id": self.leader_id, "commit_index": held, "last_index": held,
-                "replication": "primary-backup", "caught_up": self.ready, "conflict": self._conflict is not None}
+                "snapshot_index": 0, "log_entries": 0, "replication": "primary-backup", "caught_up": self.ready, "conflict": self._conflict is not None}
 
     def set_leader(self, replica_id: int) -> None:
         if replica_id not in self._replicas:

@@ -21,11 +21,14 @@ from toystore.http import ApiError
 from toystore.order.catalog_client import CatalogClient
 from toystore.order.reaper import LeaderView, ReservationReaper
 from toystore.order.replica import not_leader, unavailable
-from toystore.order.state import Applied, Order, OrderCommand, OrderStateMachine
+from toystore.order.history import parse_replicated_orders
+from toystore.order.state import Applied, Order, OrderCommand
 from toystore.order.store import Changes, ReplicaStore
 from toystore.raft.core import NotLeader, TermChanged
-from toystore.raft.messages import Entry, Message, Ready, Role
+from toystore.raft.messages import Entry, Message, Ready, Role, SnapshotMeta
 from toystore.raft.node import ProposalDropped, RaftNode
+from toystore.raft.snapshots import SnapshotReceiver
+from toystore.raft.statemachine import Snapshot
 from toystore.raft.transport import ACCEPTED
 
 log = Logger()
@@ -46,15 +49,14 @@ def _request_id_of(entry: Entry) -> str | None:
 class RaftReplica:
     """One order replica in Raft mode.
 
-    :param node: the Raft node, built over a core restored from ``store``.
-    :param orders: the state machine restored from the same store.
+    :param store: the durable state, loaded; its orders are the state machine.
     :param replicas: ``{id: URL}`` of every replica, for leader hints.
     """
 
-    def __init__(self, node_id: int, orders: OrderStateMachine, store: ReplicaStore, catalog: CatalogClient,
+    def __init__(self, node_id: int, store: ReplicaStore, catalog: CatalogClient,
                  replicas: Mapping[int, str], *, clock: IReactorTime) -> None:
         self.id = node_id
-        self.orders = orders
+        self.orders = orders = store.orders
         self._store = store
         self._catalog = catalog
         self._replicas = dict(replicas)
@@ -62,6 +64,7 @@ class RaftReplica:
         self._attempts: SingleFlight[str, Order] = SingleFlight()
         self._uncommitted_memo: tuple[tuple[int, int, int] | None, frozenset[str]] = (None, frozenset())
         self.node: RaftNode | None = None
+        self._snapshots: SnapshotReceiver | None = None
         self.reaper = ReservationReaper(catalog, LeaderView(
             can_judge=self._can_judge_reservations, term=lambda: self._core.term,
             committed=lambda rid: orders.for_request(rid) is not None, in_flight=self._in_flight,
@@ -70,6 +73,7 @@ class RaftReplica:
     def attach(self, node: RaftNode) -> None:
         """The node is built with this replica as its state machine and its storage."""
         self.node = node
+        self._snapshots = SnapshotReceiver(self.id, [i for i in self._replicas if i != self.id], self, node)
 
     @property
     def _core(self) -> Any:
@@ -97,6 +101,51 @@ class RaftReplica:
         if ready.hard_state is None and not ready.entries and applied is None:
             return
         await self._store.save(Changes(ready.hard_state, ready.entries, new_orders, applied))
+
+    async def save_snapshot(self, meta: SnapshotMeta, compact_before: int) -> None:
+        # Called between cycles: every order applied so far is durable, none past meta.index.
+        members = [{"id": i, "url": url, "voter": True} for i, url in sorted(self._replicas.items())]
+        await self._store.save_snapshot(Snapshot(meta, self.orders.latest_number + 1, {"members": members}),
+                                        compact_before)
+        log.info("Snapshot at {index}: {orders} orders; the log keeps {entries} entries", index=meta.index,
+                 orders=self.orders.latest_number + 1, entries=self._core.last_index - max(compact_before, 1) + 1)
+
+    async def install_snapshot(self, meta: SnapshotMeta) -> None:
+        staged = self._store.received_snapshot()
+        if staged is None or staged.meta != meta:
+            raise RuntimeError(f"asked to install the snapshot at {meta}, but {staged} is staged")
+        await self._store.install(staged)
+        log.info("Installed the snapshot at {index}: {orders} orders", index=meta.index,
+                 orders=self.orders.latest_number + 1)
+
+    # -- InstallSnapshot (toystore.raft.snapshots) -----------------------------------
+
+    def latest_snapshot(self) -> Snapshot | None:
+        return self._store.snapshot
+
+    async def read_items(self, snapshot: Snapshot, offset: int, limit: int) -> list[Any]:
+        return [order.replicated() for order in await self._store.snapshot_orders(snapshot, offset, limit)]
+
+    def received(self, snapshot: Snapshot) -> int:
+        return self._store.received(snapshot)
+
+    def parse_items(self, items: list[Any], offset: int) -> list[Order]:
+        try:
+            orders = parse_replicated_orders(items)
+        except ApiError as e:
+            raise ValueError(e.message) from None
+        if [o.number for o in orders] != list(range(offset, offset + len(orders))):
+            raise ValueError(f"the orders are not numbered from {offset} on, one after another")
+        if len({o.request_id for o in orders}) != len(orders):
+            raise ValueError("two orders of the chunk have one request id")
+        return orders
+
+    async def stage(self, snapshot: Snapshot, offset: int, items: list[Order]) -> None:
+        await self._store.stage(snapshot, offset, items)
+
+    async def receive_snapshot_chunk(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        assert self._snapshots is not None
+        return await self._snapshots.receive(body)
 
     # -- orders ---------------------------------------------------------------------
 
@@ -163,15 +212,14 @@ class RaftReplica:
         core = self._core
         key = (core.term, core.commit_index, core.last_index)
         if core.role is not Role.LEADER or self._uncommitted_memo[0] != key:
-            ids = frozenset(filter(None, map(_request_id_of, core.log[core.commit_index:])))
+            uncommitted = core.log[core.commit_index + 1 - core.first_index:]
+            ids = frozenset(filter(None, map(_request_id_of, uncommitted)))
             self._uncommitted_memo = (key, ids)
         return self._uncommitted_memo[1]
 
     def _can_judge_reservations(self) -> bool:
         core = self._core
-        if core.role is not Role.LEADER or core.commit_index == 0:
-            return False
-        return core.log[core.commit_index - 1].term == core.term
+        return core.role is Role.LEADER and core.term_at(core.commit_index) == core.term
 
     async def read_order(self, number: int) -> Order | None:
         if self._core.role is Role.LEADER:

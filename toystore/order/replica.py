@@ -52,6 +52,14 @@ class MovesAside(Protocol):
         """Those moved aside, as JSON, with a sequence number above ``after``, at most ``limit``."""
 
 
+@runtime_checkable
+class InstallsSnapshots(Protocol):
+    """A mode whose followers install a leader's snapshot, chunk by chunk (Raft)."""
+
+    async def receive_snapshot_chunk(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """One chunk of ``POST /install_snapshot``; its answer, or ApiError."""
+
+
 def not_leader(leader_id: int | None, replicas: Mapping[int, str]) -> ApiError:
     """421 with the leader's id and URL, so the frontend can go there at once."""
     details: dict[str, Any] = {"leader_id": leader_id or 0}

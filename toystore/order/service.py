@@ -11,6 +11,7 @@ from twisted.application import internet, service
 from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
 
+from toystore.config import DEFAULT_SNAPSHOT_EVERY
 from toystore.db import Database, DatabaseService
 from toystore.http import LISTEN_BACKLOG, HTTPPoolService, JsonClient, QuietSite, make_internal_client
 from toystore.metrics import order_metrics
@@ -19,10 +20,10 @@ from toystore.order.catalog_client import CatalogClient
 from toystore.order.moved_aside import MovedAsideStore
 from toystore.order.primary_backup import PrimaryBackupReplica
 from toystore.order.raft_replica import ORDER_TIMEOUT, RaftReplica
-from toystore.order.state import OrderStateMachine
 from toystore.order.store import SCHEMA, ReplicaState, ReplicaStore
 from toystore.raft.core import RaftCore
 from toystore.raft.node import RaftNode, Timing
+from toystore.raft.snapshots import SnapshotSender
 from toystore.raft.transport import HttpTransport
 from toystore.runtime import GarbageCollectorTuning
 
@@ -52,7 +53,6 @@ class ReplicaParts:
 
     store: ReplicaStore
     state: ReplicaState
-    orders: OrderStateMachine
     http_client: JsonClient
     catalog: CatalogClient
     http_pool: HTTPConnectionPool
@@ -65,7 +65,7 @@ def _open_parts(reactor: Any, node_id: int, catalog_url: str, data_dir: Path, to
     store = ReplicaStore(db)
     state = store.load_at_start()
     http_client, http_pool = make_internal_client(reactor)
-    return ReplicaParts(store, state, OrderStateMachine(state.orders), http_client,
+    return ReplicaParts(store, state, http_client,
                         CatalogClient(http_client, catalog_url, clock=reactor, token=token), http_pool, db)
 
 
@@ -83,23 +83,34 @@ def _serve(reactor: Any, replica: RaftReplica | PrimaryBackupReplica, parts: Rep
 
 def build_raft_replica(*, reactor: Any, node_id: int, replicas: Mapping[int, str], catalog_url: str,
                        data_dir: Path, token: str | None, interface: str, port: int,
-                       db_delay: float = 0.0, timing: Timing = Timing()) -> OrderReplicaService:
-    """One Raft order replica listening on ``interface:port``, its files in ``data_dir/order-N``."""
+                       db_delay: float = 0.0, timing: Timing = Timing(),
+                       snapshot_every: int = DEFAULT_SNAPSHOT_EVERY) -> OrderReplicaService:
+    """One Raft order replica listening on ``interface:port``, its files in ``data_dir/order-N``.
+
+    :param snapshot_every: entries applied between two snapshots (0: none); the log keeps
+        a tenth of that before each, for followers a little behind.
+    """
     parts = _open_parts(reactor, node_id, catalog_url, data_dir, token, db_delay)
     state = parts.state
-    replica = RaftReplica(node_id, parts.orders, parts.store, parts.catalog, replicas, clock=reactor)
-    core = RaftCore(node_id, sorted(replicas), hard_state=state.hard_state, entries=state.entries,
+    replica = RaftReplica(node_id, parts.store, parts.catalog, replicas, clock=reactor)
+    core = RaftCore(node_id, sorted(replicas), hard_state=state.hard_state,
+                    snapshot=state.snapshot.meta if state.snapshot is not None else None, entries=state.entries,
                     applied=state.applied, rng=random.Random(), election_ticks=timing.election_ticks,
                     heartbeat_ticks=timing.heartbeat_ticks)
     peers = {i: url for i, url in replicas.items() if i != node_id}
     # Answers that peers send back go to the node, which is built over this transport.
+    snapshots = SnapshotSender(parts.http_client, peers, source=replica, clock=reactor, token=token,
+                               on_answer=lambda answer: node.receive(answer),
+                               on_done=lambda peer, failed: node.report_snapshot(peer, failed))
     transport = HttpTransport(parts.http_client, peers, clock=reactor, token=token,
-                              on_answer=lambda answer: node.receive(answer))
+                              on_answer=lambda answer: node.receive(answer), snapshots=snapshots.send)
     node = RaftNode(core, clock=reactor, transport=transport, state_machine=replica,
-                    storage=replica, timing=timing, proposal_timeout=ORDER_TIMEOUT)
+                    storage=replica, timing=timing, proposal_timeout=ORDER_TIMEOUT,
+                    snapshot_every=snapshot_every, snapshot_keep=snapshot_every // 10)
     replica.attach(node)
-    log.info("Order replica {id} (raft) restored term {term}, {entries} log entries, {orders} orders",
-             id=node_id, term=state.hard_state.term, entries=len(state.entries), orders=len(state.orders))
+    log.info("Order replica {id} (raft) restored term {term}, snapshot at {snapshot}, {entries} log entries, "
+             "{orders} orders", id=node_id, term=state.hard_state.term, snapshot=core.snapshot_index,
+             entries=len(state.entries), orders=parts.store.orders.latest_number + 1)
     return _serve(reactor, replica, parts, token, interface, port, transport)
 
 
@@ -108,7 +119,8 @@ def build_primary_backup_replica(*, reactor: Any, node_id: int, replicas: Mappin
                                  db_delay: float = 0.0) -> OrderReplicaService:
     """One primary-backup order replica listening on ``interface:port``, its files in ``data_dir/order-N``."""
     parts = _open_parts(reactor, node_id, catalog_url, data_dir, token, db_delay)
-    replica = PrimaryBackupReplica(node_id, parts.orders, parts.store, parts.catalog, parts.http_client, replicas,
+    replica = PrimaryBackupReplica(node_id, parts.store, parts.catalog, parts.http_client, replicas,
                                    clock=reactor, token=token, aside=MovedAsideStore(parts.db))
-    log.info("Order replica {id} (primary-backup) restored {orders} orders", id=node_id, orders=len(parts.state.orders))
+    log.info("Order replica {id} (primary-backup) restored {orders} orders", id=node_id,
+             orders=parts.store.orders.latest_number + 1)
     return _serve(reactor, replica, parts, token, interface, port)

@@ -8,9 +8,10 @@ failover are idempotent).
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -63,40 +64,104 @@ class Applied:
     created: bool
 
 
+class OrderTable(Protocol):
+    """Where durable orders are read from (the replica's database), at once, on the caller's thread."""
+
+    def by_number(self, number: int) -> Order | None: ...
+
+    def by_request(self, request_id: str) -> Order | None: ...
+
+    def numbered(self, first: int, last: int) -> list[Order]:
+        """The orders numbered ``first`` to ``last`` included, in number order."""
+        ...
+
+    def latest_number(self) -> int:
+        """The highest order number held, -1 when none is."""
+        ...
+
+
 class OrderStateMachine:
-    """Orders by number and by request id."""
+    """Orders by number and by request id.
 
-    def __init__(self, orders: Iterable[Order] = ()) -> None:
-        self._orders: list[Order] = []
-        self._by_request: dict[str, Order] = {}
-        for order in sorted(orders, key=lambda o: o.number):
-            self._add(order)
+    Orders already durable in ``table`` are read from it when asked for; only the newest
+    stay in memory: every order not yet durable, and up to ``cache_size`` more, so that the
+    replica's memory does not grow with its history. Without a table every order stays in
+    memory (unit tests).
+    """
 
-    def _add(self, order: Order) -> None:
-        if order.number != len(self._orders):
-            raise ValueError(f"order numbers must be dense: expected {len(self._orders)}, got {order.number}")
-        self._orders.append(order)
-        self._by_request[order.request_id] = order
+    def __init__(self, table: OrderTable | None = None, *, cache_size: int = 4096) -> None:
+        self._table = table
+        self._cache_size = cache_size
+        self._latest = table.latest_number() if table is not None else -1
+        self._durable = self._latest  # orders up to here are in the table
+        # The newest orders, by ascending number (a dict keeps insertion order).
+        self._recent: dict[int, Order] = {}
+        self._recent_by_request: dict[str, Order] = {}
 
     def apply(self, command: OrderCommand) -> Applied:
-        existing = self._by_request.get(command.request_id)
+        existing = self.for_request(command.request_id)
         if existing is not None:
             return Applied(existing, created=False)
-        order = Order(len(self._orders), command.request_id, command.name, command.quantity)
-        self._add(order)
+        self._latest += 1
+        order = Order(self._latest, command.request_id, command.name, command.quantity)
+        self._recent[order.number] = order
+        self._recent_by_request[order.request_id] = order
         return Applied(order, created=True)
 
+    def made_durable(self, number: int) -> None:
+        """Orders up to ``number`` are in the table now: memory may let go of them."""
+        if self._table is None:
+            return
+        self._durable = max(self._durable, number)
+        excess = len(self._recent) - self._cache_size
+        for oldest in list(itertools.islice(self._recent, max(excess, 0))):
+            if oldest > self._durable:
+                break
+            del self._recent_by_request[self._recent.pop(oldest).request_id]
+
+    def truncate_from(self, number: int) -> None:
+        """Forgets the orders from ``number`` on, which the table no longer holds (a
+        primary-backup replica moved them aside)."""
+        for dropped in [n for n in self._recent if n >= number]:
+            del self._recent_by_request[self._recent.pop(dropped).request_id]
+        self._latest = min(self._latest, number - 1)
+        self._durable = min(self._durable, self._latest)
+
+    def reload(self) -> None:
+        """The table was replaced (a snapshot was installed): read what it holds now."""
+        assert self._table is not None, "only a table can be replaced"
+        self._recent.clear()
+        self._recent_by_request.clear()
+        self._latest = self._durable = self._table.latest_number()
+
     def get(self, number: int) -> Order | None:
-        return self._orders[number] if 0 <= number < len(self._orders) else None
+        if not 0 <= number <= self._latest:
+            return None
+        order = self._recent.get(number)
+        if order is None and self._table is not None:
+            order = self._table.by_number(number)
+        return order
 
     def for_request(self, request_id: str) -> Order | None:
-        return self._by_request.get(request_id)
+        order = self._recent_by_request.get(request_id)
+        if order is None and self._table is not None:
+            order = self._table.by_request(request_id)
+            if order is not None and order.number > self._latest:
+                return None  # moved aside, and the move is not durable yet
+        return order
 
-    def since(self, after: int) -> list[Order]:
-        """Orders numbered above ``after`` (-1: all), in number order."""
-        return self._orders[max(after + 1, 0):]
+    def page(self, after: int, limit: int) -> list[Order]:
+        """At most ``limit`` orders numbered above ``after`` (-1: from the first), in number order."""
+        first = max(after + 1, 0)
+        last = min(first + limit, self._latest + 1) - 1
+        if last < first:
+            return []
+        in_table = min(last, self._durable)
+        held = self._table.numbered(first, in_table) if self._table is not None and in_table >= first else []
+        return held + [order for number in range(max(first, in_table + 1), last + 1)
+                       if (order := self._recent.get(number)) is not None]
 
     @property
     def latest_number(self) -> int:
         """The highest order number, -1 when there is none."""
-        return len(self._orders) - 1
+        return self._latest

@@ -1,19 +1,29 @@
-"""Durable state of one order replica: the Raft log, term and vote, and the applied orders.
+"""Durable state of one order replica: the Raft log, term and vote, the applied orders,
+and the snapshot that lets the log forget its past.
 
 They share one SQLite file so that one cycle of the node (new log entries, a changed
 term or vote, orders applied from newly committed entries) is one transaction and one
 fsync, and concurrent cycles' writes join the same group commit (see :mod:`toystore.db`).
+
+The orders table is the state machine, durable as it is applied, so a snapshot needs no
+copy of it: orders are numbered densely and never change, and a snapshot at a log index
+is the orders up to the number applied by then (its ``size``). Recording one is a row
+and deleting the log before it, in one transaction. A snapshot received from a leader is
+staged in tables of its own, chunk by chunk (each durable, so a transfer resumes after a
+crash), and installed in one transaction that replaces the orders and the whole log.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from toystore.db import Database
-from toystore.order.state import Order
-from toystore.raft.messages import Entry, HardState
+from toystore.order.state import Order, OrderStateMachine
+from toystore.raft.messages import Entry, HardState, SnapshotMeta
+from toystore.raft.statemachine import Snapshot
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS raft_log (idx INTEGER PRIMARY KEY, term INTEGER NOT NULL, data TEXT NOT NULL);
@@ -24,17 +34,34 @@ CREATE TABLE IF NOT EXISTS orders (
     name TEXT NOT NULL,
     quantity INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS raft_snapshot (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    idx INTEGER NOT NULL, term INTEGER NOT NULL, size INTEGER NOT NULL, header TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS snapshot_incoming (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    idx INTEGER NOT NULL, term INTEGER NOT NULL, size INTEGER NOT NULL, header TEXT NOT NULL,
+    received INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS snapshot_incoming_orders (
+    number INTEGER PRIMARY KEY,
+    request_id TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    quantity INTEGER NOT NULL
+);
 """
+
+_ORDER_COLUMNS = "number, request_id, name, quantity"
 
 
 @dataclass
 class ReplicaState:
-    """What a replica reads back at start."""
+    """What a replica reads back at start: never the orders, only the log after its snapshot."""
 
     hard_state: HardState
+    snapshot: Snapshot | None
     entries: list[Entry]
     applied: int
-    orders: list[Order]
 
 
 @dataclass
@@ -48,13 +75,55 @@ class Changes:
     applied: int | None = None
 
 
-def _load(conn: sqlite3.Connection) -> ReplicaState:
+class SqliteOrderTable:
+    """The orders table, read by index at once on the calling thread (:meth:`Database.look_up`)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def by_number(self, number: int) -> Order | None:
+        return self._one(f"SELECT {_ORDER_COLUMNS} FROM orders WHERE number = ?", number)
+
+    def by_request(self, request_id: str) -> Order | None:
+        return self._one(f"SELECT {_ORDER_COLUMNS} FROM orders WHERE request_id = ?", request_id)
+
+    def numbered(self, first: int, last: int) -> list[Order]:
+        return self._db.look_up(lambda conn: _orders(conn, first, last - first + 1))
+
+    def latest_number(self) -> int:
+        return self._db.look_up(lambda conn: conn.execute("SELECT coalesce(max(number), -1) FROM orders").fetchone()[0])
+
+    def _one(self, query: str, key: Any) -> Order | None:
+        row = self._db.look_up(lambda conn: conn.execute(query, (key,)).fetchone())
+        return Order(*row) if row is not None else None
+
+
+def _orders(conn: sqlite3.Connection, first: int, limit: int, table: str = "orders") -> list[Order]:
+    rows = conn.execute(f"SELECT {_ORDER_COLUMNS} FROM {table} WHERE number >= ? ORDER BY number LIMIT ?",
+                        (first, limit))
+    return [Order(*row) for row in rows]
+
+
+def _snapshot_of(row: tuple[int, int, int, str] | None) -> Snapshot | None:
+    if row is None:
+        return None
+    index, term, size, header = row
+    return Snapshot(SnapshotMeta(index, term), size, json.loads(header))
+
+
+def _load(conn: sqlite3.Connection) -> tuple[ReplicaState, tuple[Snapshot, int] | None]:
     values = dict(conn.execute("SELECT key, value FROM raft_state"))
     hard_state = HardState(term=values.get("term", 0), vote=values.get("vote", 0), commit=values.get("commit", 0))
     entries = [Entry(index=i, term=t, data=d) for i, t, d in conn.execute("SELECT idx, term, data FROM raft_log ORDER BY idx")]
-    orders = [Order(n, r, name, q) for n, r, name, q in
-              conn.execute("SELECT number, request_id, name, quantity FROM orders ORDER BY number")]
-    return ReplicaState(hard_state, entries, values.get("applied", 0), orders)
+    snapshot = _snapshot_of(conn.execute("SELECT idx, term, size, header FROM raft_snapshot").fetchone())
+    incoming = conn.execute("SELECT idx, term, size, header, received FROM snapshot_incoming").fetchone()
+    staged = (_snapshot_of(incoming[:4]), incoming[4]) if incoming is not None else None
+    return ReplicaState(hard_state, snapshot, entries, values.get("applied", 0)), staged  # type: ignore[return-value]
+
+
+def _insert_orders(conn: sqlite3.Connection, orders: Sequence[Order], table: str = "orders") -> None:
+    conn.executemany(f"INSERT INTO {table} ({_ORDER_COLUMNS}) VALUES (?, ?, ?, ?)",
+                     [(o.number, o.request_id, o.name, o.quantity) for o in orders])
 
 
 def _save(conn: sqlite3.Connection, changes: Changes) -> None:
@@ -68,19 +137,94 @@ def _save(conn: sqlite3.Connection, changes: Changes) -> None:
         conn.execute("DELETE FROM raft_log WHERE idx >= ?", (changes.entries[0].index,))
         conn.executemany("INSERT INTO raft_log (idx, term, data) VALUES (?, ?, ?)",
                          [(e.index, e.term, e.data) for e in changes.entries])
-    conn.executemany("INSERT INTO orders (number, request_id, name, quantity) VALUES (?, ?, ?, ?)",
-                     [(o.number, o.request_id, o.name, o.quantity) for o in changes.orders])
+    _insert_orders(conn, changes.orders)
+
+
+def _record_snapshot(conn: sqlite3.Connection, table: str, snapshot: Snapshot, *extra: int) -> None:
+    meta = snapshot.meta
+    marks = ", ?" * len(extra)
+    conn.execute(f"INSERT OR REPLACE INTO {table} VALUES (1, ?, ?, ?, ?{marks})",
+                 (meta.index, meta.term, snapshot.size, json.dumps(snapshot.header, sort_keys=True), *extra))
+
+
+def _save_snapshot(conn: sqlite3.Connection, snapshot: Snapshot, compact_before: int) -> None:
+    _record_snapshot(conn, "raft_snapshot", snapshot)
+    conn.execute("DELETE FROM raft_log WHERE idx < ?", (compact_before,))
+
+
+def _stage(conn: sqlite3.Connection, snapshot: Snapshot, offset: int, orders: Sequence[Order]) -> None:
+    if offset == 0:
+        conn.execute("DELETE FROM snapshot_incoming_orders")
+    _insert_orders(conn, orders, "snapshot_incoming_orders")
+    _record_snapshot(conn, "snapshot_incoming", snapshot, offset + len(orders))
+
+
+def _install(conn: sqlite3.Connection, snapshot: Snapshot) -> None:
+    row = conn.execute("SELECT idx, term, size, header, received FROM snapshot_incoming").fetchone()
+    if row is None or _snapshot_of(row[:4]) != snapshot or row[4] != snapshot.size:
+        raise RuntimeError(f"the snapshot at {snapshot.meta} is not staged whole")
+    conn.execute("DELETE FROM orders")
+    conn.execute(f"INSERT INTO orders ({_ORDER_COLUMNS}) SELECT {_ORDER_COLUMNS} FROM snapshot_incoming_orders")
+    conn.execute("DELETE FROM snapshot_incoming_orders")
+    conn.execute("DELETE FROM snapshot_incoming")
+    conn.execute("DELETE FROM raft_log")
+    _record_snapshot(conn, "raft_snapshot", snapshot)
+    index = snapshot.meta.index
+    conn.executemany("INSERT OR REPLACE INTO raft_state (key, value) VALUES (?, ?)",
+                     [("applied", index), ("commit", index)])
 
 
 class ReplicaStore:
-    """Loads and saves a replica's durable state through a group-committing database."""
+    """Loads and saves a replica's durable state through a group-committing database.
+
+    :attr:`orders` is the state machine over the orders table, built at once; the order
+    replica applies to it and :meth:`save` tells it what became durable.
+    """
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        self.orders = OrderStateMachine(SqliteOrderTable(db))
+        self.snapshot: Snapshot | None = None  # the latest durable one
+        self._staged: tuple[Snapshot, int] | None = None  # the snapshot being received, and its items staged
 
     def load_at_start(self) -> ReplicaState:
-        return self._db.read_at_start(_load)
+        state, self._staged = self._db.read_at_start(_load)
+        self.snapshot = state.snapshot
+        return state
 
     async def save(self, changes: Changes) -> None:
         """Returns once every part of ``changes`` is durable (fsync)."""
         await self._db.write(lambda conn: _save(conn, changes))
+        if changes.orders:
+            self.orders.made_durable(changes.orders[-1].number)
+
+    async def save_snapshot(self, snapshot: Snapshot, compact_before: int) -> None:
+        """Records ``snapshot`` (of orders durable already) and deletes the log before
+        ``compact_before``, in one transaction."""
+        await self._db.write(lambda conn: _save_snapshot(conn, snapshot, compact_before))
+        self.snapshot = snapshot
+
+    async def snapshot_orders(self, snapshot: Snapshot, offset: int, limit: int) -> list[Order]:
+        """Orders ``offset`` to ``offset + limit`` of ``snapshot`` (fewer at its end)."""
+        limit = max(0, min(limit, snapshot.size - offset))
+        return await self._db.read(lambda conn: _orders(conn, offset, limit)) if limit else []
+
+    def received_snapshot(self) -> Snapshot | None:
+        """The snapshot staged whole, if one is."""
+        return self._staged[0] if self._staged is not None and self._staged[1] == self._staged[0].size else None
+
+    def received(self, snapshot: Snapshot) -> int:
+        """Orders of ``snapshot`` staged so far; 0 when another one is staged."""
+        return self._staged[1] if self._staged is not None and self._staged[0] == snapshot else 0
+
+    async def stage(self, snapshot: Snapshot, offset: int, orders: Sequence[Order]) -> None:
+        """Stages ``orders``, ``snapshot``'s from ``offset`` on (0 starts it afresh)."""
+        await self._db.write(lambda conn: _stage(conn, snapshot, offset, orders))
+        self._staged = (snapshot, offset + len(orders))
+
+    async def install(self, snapshot: Snapshot) -> None:
+        """The staged ``snapshot`` replaces the orders and the whole log, in one transaction."""
+        await self._db.write(lambda conn: _install(conn, snapshot))
+        self._staged = None
+        self.snapshot = snapshot
+        self.orders.reload()

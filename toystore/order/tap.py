@@ -10,6 +10,7 @@ from twisted.python import usage
 from toystore.config import (
     CATALOG_URL_ENV,
     DEFAULT_CATALOG_URL,
+    DEFAULT_SNAPSHOT_EVERY,
     ORDER_PORT_BASE,
     ORDER_REPLICAS_ENV,
     CommonOptions,
@@ -29,6 +30,9 @@ class Options(CommonOptions):
         ["catalog-url", None, None, f"The catalog (default ${CATALOG_URL_ENV} or {DEFAULT_CATALOG_URL})."],
         ["order-replicas", None, None,
          f"Every replica as ID=URL,... (default ${ORDER_REPLICAS_ENV} or 1..3 on ports 8101-8103)."],
+        ["snapshot-every", None, DEFAULT_SNAPSHOT_EVERY,
+         "Raft: take a snapshot and compact the log once this many entries were applied since the last "
+         "(0: never).", int],
     ]
 
     def postOptions(self) -> None:
@@ -36,6 +40,8 @@ class Options(CommonOptions):
             raise usage.UsageError("--id is required: a whole number from 1.")
         if self["replication"] not in REPLICATION_MODES:
             raise usage.UsageError(f"--replication must be one of {', '.join(REPLICATION_MODES)}.")
+        if self["snapshot-every"] < 0:
+            raise usage.UsageError("--snapshot-every must be a whole number from 0.")
         if self["port"] is None:
             self["port"] = ORDER_PORT_BASE + self["id"]
         if not 0 <= self["port"] <= 65535:
@@ -53,9 +59,11 @@ def makeService(config: Options) -> IService:
     from toystore.order.service import build_primary_backup_replica, build_raft_replica
 
     token = config.cluster_token()
-    build = build_raft_replica if config["replication"] == "raft" else build_primary_backup_replica
-    return build(
+    common = dict(
         reactor=reactor, node_id=config["id"], replicas=config["order-replicas"],
         catalog_url=config["catalog-url"], data_dir=Path(config["data-dir"]), token=token,
         interface=config["interface"], port=config["port"], db_delay=config["db-delay"],
     )
+    if config["replication"] == "raft":
+        return build_raft_replica(**common, snapshot_every=config["snapshot-every"])
+    return build_primary_backup_replica(**common)

@@ -214,6 +214,10 @@ class RaftCore:
         """How many entries the log holds."""
         return len(self._log.entries)
 
+    def term_at(self, index: int) -> int | None:
+        """The term of the entry at ``index``; None when it is compacted away or not held yet."""
+        return self._log.term_at(index)
+
     @property
     def snapshot_index(self) -> int:
         """The last index of the latest snapshot (made here or installed), 0 when none."""

@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 
 from toystore.deferreds import fire
 from toystore.raft.core import NotLeader, RaftCore, TermChanged
-from toystore.raft.messages import ANSWERS, Entry, Message, MessageType, Ready, Role
+from toystore.raft.messages import ANSWERS, Entry, Message, MessageType, Ready, Role, SnapshotMeta
 from toystore.raft.statemachine import StateMachine, Storage
 
 log = Logger()
@@ -88,7 +88,7 @@ class _AnswerSlot:
 
     peer: int
     done: defer.Deferred
-    deadline: IDelayedCall
+    deadline: IDelayedCall | None
     answers: list[Message] = field(default_factory=list)
 
 
@@ -119,11 +119,16 @@ class RaftNode:
         to be durable before it is answered without them.
     :param proposal_timeout: seconds after which a proposal not yet committed here fails
         with :class:`ProposalTimedOut` (checked on every tick, so no timer per proposal).
+    :param snapshot_every: once this many entries were applied since the last snapshot,
+        storage records one at the applied index and the log is compacted (0: never).
+    :param snapshot_keep: entries kept before a snapshot, so that a follower that far
+        behind still catches up by appends rather than by the whole snapshot.
     """
 
     def __init__(self, core: RaftCore, *, clock: IReactorTime, transport: Transport,
                  state_machine: StateMachine, storage: Storage, timing: Timing = Timing(),
-                 proposal_timeout: float = 5.0, answer_wait: float = 0.02) -> None:
+                 proposal_timeout: float = 5.0, answer_wait: float = 0.02, snapshot_every: int = 0,
+                 snapshot_keep: int = 0) -> None:
         self.core = core
         self._clock = clock
         self._transport = transport
@@ -132,10 +137,13 @@ class RaftNode:
         self._timing = timing
         self._proposal_timeout = proposal_timeout
         self._answer_wait = answer_wait
+        self._snapshot_every = snapshot_every
+        self._snapshot_keep = snapshot_keep
         self._inbox_messages: list[Message] = []
         self._inbox_proposals: list[_Proposal] = []
         self._inbox_reads: list[defer.Deferred] = []
         self._inbox_transfer: int | None = None
+        self._inbox_snapshot_reports: list[tuple[int, bool]] = []
         self._inbox_slots: list[_AnswerSlot] = []
         self._answering: dict[int, _AnswerSlot] = {}  # in the running cycle, by peer
         self._pending_ticks = 0
@@ -199,6 +207,24 @@ class RaftNode:
             deadline = self._clock.callLater(self._answer_wait, fire, done, [])
             self._inbox_slots.append(_AnswerSlot(sender, done, deadline))
         return done
+
+    def install_snapshot(self, message: Message) -> defer.Deferred:
+        """A leader's SNAPSHOT whose data the host has staged whole: fires with this node's
+        answers once the cycle that steps it is over, the snapshot installed if it was
+        needed (as :meth:`exchange`, but never answered before then)."""
+        done: defer.Deferred = defer.Deferred()
+        if self._stopped:
+            done.callback([])
+            return done
+        self._inbox_messages.append(message)
+        self._inbox_slots.append(_AnswerSlot(message.sender, done, None))
+        self._kick()
+        return done
+
+    def report_snapshot(self, peer: int, failed: bool) -> None:
+        """The transfer of this leader's snapshot to ``peer`` ended."""
+        self._inbox_snapshot_reports.append((peer, failed))
+        self._kick()
 
     def propose_each(self, data: Sequence[str], *, term: int | None = None) -> defer.Deferred:
         """Appends an entry for each of ``data``; fires with one outcome per entry, in
@@ -302,7 +328,7 @@ class RaftNode:
     @staticmethod
     def _answer(slots: list[_AnswerSlot]) -> None:
         for slot in slots:
-            if slot.deadline.active():
+            if slot.deadline is not None and slot.deadline.active():
                 slot.deadline.cancel()
             fire(slot.done, slot.answers)
 
@@ -335,6 +361,9 @@ class RaftNode:
         if self._inbox_transfer is not None:
             core.transfer_leadership(self._inbox_transfer)
             self._inbox_transfer = None
+        reports, self._inbox_snapshot_reports = self._inbox_snapshot_reports, []
+        for peer, failed in reports:
+            core.report_snapshot(peer, failed=failed)
 
     def _propose_group(self, term: int | None, proposals: list[_Proposal]) -> None:
         """Appends the entries of ``proposals``, all prepared in ``term``, as one batch."""
@@ -352,6 +381,10 @@ class RaftNode:
                 self._proposals[index] = (entry_term, proposal, position)
 
     async def _run_one(self, ready: Ready) -> None:
+        if ready.snapshot is not None:
+            # The log was replaced by the snapshot: the state machine must be too, before
+            # any entry after it applies or anyone hears of it.
+            await self._storage.install_snapshot(ready.snapshot)
         results = [self._state_machine.apply(entry) for entry in ready.committed_entries]
         early, after_persist = self._split_messages(ready)
         for message in early:
@@ -379,6 +412,17 @@ class RaftNode:
                 self._reads_waiting_apply.append((read_state.index, waiter))
         self.core.advance(ready)
         self._release_reads()
+        if self._snapshot_every and self.core.applied_index - self.core.snapshot_index >= self._snapshot_every:
+            await self._take_snapshot()
+
+    async def _take_snapshot(self) -> None:
+        core = self.core
+        index = core.applied_index
+        term = core.term_at(index)
+        assert term is not None, f"applied entry {index} is held or is the compaction boundary"
+        # Durable before the core forgets anything: it may send the snapshot at once.
+        await self._storage.save_snapshot(SnapshotMeta(index, term), compact_before=index - self._snapshot_keep)
+        core.compact(index, keep=self._snapshot_keep)
 
     def _send(self, message: Message) -> None:
         slot = self._answering.get(message.to) if message.type in ANSWERS else None
@@ -450,4 +494,6 @@ class RaftNode:
             "leader_id": core.leader_id or None,
             "commit_index": core.commit_index,
             "last_index": core.last_index,
+            "snapshot_index": core.snapshot_index,
+            "log_entries": core.log_entries,
         }

@@ -62,11 +62,14 @@ class HttpTransport:
         them all took longer to work than ``timeout``, failed and was sent again.
     :param max_queued: messages waiting per peer before new ones are dropped (a peer
         that stopped answering).
+    :param snapshots: takes each SNAPSHOT, whose data travels apart
+        (:class:`~toystore.raft.snapshots.SnapshotSender`); None: they are dropped.
     """
 
     def __init__(self, client: JsonClient, peers: Mapping[int, str], *, clock: IReactorTime,
                  token: str | None, on_answer: Callable[[Message], None], timeout: float = 0.5,
-                 max_batch: int = 256, max_entry_bytes: int = 1 << 20, max_queued: int = 4096) -> None:
+                 max_batch: int = 256, max_entry_bytes: int = 1 << 20, max_queued: int = 4096,
+                 snapshots: Callable[[Message], None] | None = None) -> None:
         self._client = client
         self._on_answer = on_answer
         self._peers = dict(peers)
@@ -76,6 +79,7 @@ class HttpTransport:
         self._max_batch = max_batch
         self._max_entry_bytes = max_entry_bytes
         self._max_queued = max_queued
+        self._snapshots = snapshots
         self._queues: dict[int, deque[Message]] = {peer: deque() for peer in self._peers}
         self._sending: set[int] = set()
         self._overflowing: set[int] = set()  # peers whose full queue is dropping messages
@@ -83,8 +87,11 @@ class HttpTransport:
         self.posts = 0
 
     def send(self, message: Message) -> None:
+        if message.type is MessageType.SNAPSHOT and self._snapshots is not None:
+            self._snapshots(message)
+            return
         queue = self._queues.get(message.to)
-        if queue is None:
+        if queue is None or message.type is MessageType.SNAPSHOT:
             self.dropped += 1
             return
         if len(queue) >= self._max_queued:

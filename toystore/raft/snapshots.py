@@ -1,0 +1,203 @@
+"""InstallSnapshot over HTTP: a leader's snapshot goes to a follower in bounded chunks.
+
+The core decides when a follower needs the snapshot (its next entry is compacted away)
+and sends a SNAPSHOT message naming the snapshot's last entry; the transport hands it to
+:class:`SnapshotSender`, which streams the snapshot's items to the follower's
+``POST /install_snapshot``, a chunk per request, each carrying the message::
+
+    {"message": {...the SNAPSHOT...}, "size": N, "header": {...}, "offset": K, "items": [...]}
+
+:class:`SnapshotReceiver` stages each chunk durably and answers how many items it holds
+(``"received"``). A chunk that does not start there is refused with 409 and that count,
+and the sender goes on from it: a transfer cut by a timeout, a crash of either side or a
+new leader with the same snapshot resumes instead of starting over. Only once the last
+item is staged is the SNAPSHOT stepped into the follower's core, which has its host
+install the snapshot (one transaction) and answers as an append would; that answer
+comes back on the last chunk's response. A chunk of a term older than the follower's is
+refused (409), as is a different snapshot while one is being installed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Collection, Mapping
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from toystore.http import ApiError, JsonClient, fetch_json
+from toystore.raft.messages import Message, MessageType, SnapshotMeta
+from toystore.raft.node import RaftNode
+from toystore.raft.statemachine import Snapshot, SnapshotSink, SnapshotSource
+
+log = Logger()
+
+ENDPOINT = "install_snapshot"
+CHUNK_ITEMS = 4096         # items per chunk that a sender sends
+MAX_CHUNK_ITEMS = 8192     # and that a receiver takes
+MAX_CHUNK_BYTES = 4 << 20  # a chunk's body at most
+CHUNK_TIMEOUT = 10.0       # seconds for one chunk to be staged
+INSTALL_TIMEOUT = 300.0    # and for the last one, which installs the whole snapshot
+
+
+class SnapshotSender:
+    """Streams a leader's snapshot to the followers its core names, one transfer per follower.
+
+    :param on_answer: takes the follower's answers to the SNAPSHOT (the node's ``receive``).
+    :param on_done: told ``(peer, failed)`` when a transfer ends (the node's ``report_snapshot``).
+    """
+
+    def __init__(self, client: JsonClient, peers: Mapping[int, str], *, source: SnapshotSource,
+                 clock: IReactorTime, token: str | None, on_answer: Callable[[Message], None],
+                 on_done: Callable[[int, bool], None], chunk_items: int = CHUNK_ITEMS) -> None:
+        self._client = client
+        self._peers = dict(peers)
+        self._source = source
+        self._clock = clock
+        self._token = token
+        self._on_answer = on_answer
+        self._on_done = on_done
+        self._chunk_items = chunk_items
+        self._sending: set[int] = set()
+        self.chunks_sent = 0
+        self.items_sent = 0
+
+    def send(self, message: Message) -> None:
+        if message.to in self._sending or message.to not in self._peers:
+            return  # the core sends one at a time, and asks again after a failure
+        self._sending.add(message.to)
+        defer.ensureDeferred(self._transfer(message))
+
+    async def _transfer(self, message: Message) -> None:
+        peer = message.to
+        installed = False
+        try:
+            installed = await self._stream(message)
+        except Exception as e:
+            log.warn("Sending the snapshot at {index} to replica {peer} failed: {error}", index=message.index,
+                     peer=peer, error=repr(e))
+        finally:
+            self._sending.discard(peer)
+            self._on_done(peer, not installed)
+
+    async def _stream(self, message: Message) -> bool:
+        snapshot = self._source.latest_snapshot()
+        if snapshot is None or snapshot.meta != SnapshotMeta(message.index, message.log_term):
+            return False  # a newer snapshot replaced it: the core asks again with that one
+        url = f"{self._peers[message.to]}/{ENDPOINT}"
+        log.info("Sending the snapshot at {index} ({size} items) to replica {peer}", index=snapshot.meta.index,
+                 size=snapshot.size, peer=message.to)
+        offset = 0
+        while True:
+            items = await self._source.read_items(snapshot, offset, self._chunk_items)
+            last = offset + len(items) >= snapshot.size
+            status, body = await fetch_json(
+                self._client, "POST", url, reactor=self._clock, token=self._token,
+                timeout=INSTALL_TIMEOUT if last else CHUNK_TIMEOUT,
+                body={"message": message.to_json(), "size": snapshot.size, "header": dict(snapshot.header),
+                      "offset": offset, "items": items})
+            self.chunks_sent += 1
+            self.items_sent += len(items)
+            received = _received(body)
+            if status == 409 and received is not None and received != offset and received <= snapshot.size:
+                offset = received  # resume where the follower is
+                continue
+            if status != 200 or received != offset + len(items):
+                log.warn("Replica {peer} refused a snapshot chunk: {status} {body}", peer=message.to,
+                         status=status, body=body)
+                return False
+            if last:
+                for answer in _answers(body, message.to):
+                    self._on_answer(answer)
+                return True
+            offset = received
+
+
+def _received(body: Mapping[str, Any]) -> int | None:
+    part = body.get("data") if "data" in body else body.get("error")
+    value = part.get("received") if isinstance(part, dict) else None
+    return value if type(value) is int and value >= 0 else None
+
+
+def _answers(body: Mapping[str, Any], peer: int) -> list[Message]:
+    answers = []
+    for item in body.get("data", {}).get("messages", []):
+        try:
+            answer = Message.from_json(item)
+        except (ValueError, KeyError, TypeError) as e:
+            log.warn("Replica {peer} answered a snapshot with a malformed message: {error}", peer=peer, error=e)
+            continue
+        if answer.sender == peer and answer.type is MessageType.APPEND_RESP:
+            answers.append(answer)
+    return answers
+
+
+class SnapshotReceiver:
+    """A follower's ``POST /install_snapshot``: checks a chunk, stages it, installs at the end.
+
+    :param peers: the ids a SNAPSHOT may come from.
+    """
+
+    def __init__(self, node_id: int, peers: Collection[int], sink: SnapshotSink, node: RaftNode) -> None:
+        self._id = node_id
+        self._peers = frozenset(peers)
+        self._sink = sink
+        self._node = node
+        self._lock = defer.DeferredLock()  # one chunk at a time, and none while one installs
+        self._highest_term = 0  # the highest term a chunk came with: older ones are stale
+
+    async def receive(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """One chunk; answers ``{"received": N, "messages": [...]}``, the messages once the
+        snapshot is installed. :raises ApiError: 400 malformed, 409 stale or out of order, 413 too large."""
+        message, snapshot, offset, items = self._parse(body)
+        async with self._lock:
+            fence = max(self._node.core.term, self._highest_term)
+            if message.term < fence:
+                raise ApiError(409, f"The chunk's term {message.term} is older than this replica's ({fence}).",
+                               details={"term": fence})
+            self._highest_term = message.term
+            received = self._sink.received(snapshot)
+            if offset != received:
+                raise ApiError(409, f"This replica holds {received} items of that snapshot; send from there.",
+                               details={"received": received})
+            if items or offset == 0:
+                try:
+                    parsed = self._sink.parse_items(items, offset)
+                except ValueError as e:
+                    raise ApiError(400, f"Not a chunk of a snapshot: {e}") from None
+                await self._sink.stage(snapshot, offset, parsed)
+            received = offset + len(items)
+            if received < snapshot.size:
+                return {"received": received, "messages": []}
+            log.info("Installing the snapshot at {index} ({size} items) from replica {leader}",
+                     index=snapshot.meta.index, size=snapshot.size, leader=message.sender)
+            answers = await self._node.install_snapshot(message)
+            return {"received": received, "messages": [answer.to_json() for answer in answers]}
+
+    def _parse(self, body: Mapping[str, Any]) -> tuple[Message, Snapshot, int, list[Any]]:
+        try:
+            message = Message.from_json(body.get("message"))
+        except (ValueError, KeyError, TypeError) as e:
+            raise ApiError(400, f"'message' is not a Raft message: {e}") from None
+        if message.type is not MessageType.SNAPSHOT:
+            raise ApiError(400, f"A {message.type.value} message does not belong on /{ENDPOINT}.")
+        if message.to != self._id:
+            raise ApiError(400, f"This is replica {self._id}, not {message.to}.")
+        if message.sender not in self._peers:
+            raise ApiError(400, f"Replica {message.sender} is not a member.")
+        if not (1 <= message.index and 1 <= message.log_term <= message.term):
+            raise ApiError(400, "A snapshot ends at an entry (index and term from 1, the term at most the message's).")
+        size, offset, items, header = body.get("size"), body.get("offset"), body.get("items"), body.get("header")
+        if type(size) is not int or size < 0:
+            raise ApiError(400, "'size' must be a whole number from 0.")
+        if type(offset) is not int or offset < 0:
+            raise ApiError(400, "'offset' must be a whole number from 0.")
+        if not isinstance(items, list):
+            raise ApiError(400, "'items' must be a list.")
+        if not isinstance(header, dict):
+            raise ApiError(400, "'header' must be a JSON object.")
+        if len(items) > MAX_CHUNK_ITEMS:
+            raise ApiError(413, f"A chunk holds at most {MAX_CHUNK_ITEMS} items.")
+        if offset + len(items) > size:
+            raise ApiError(400, f"The chunk's items pass the snapshot's size ({size}).")
+        return message, Snapshot(SnapshotMeta(message.index, message.log_term), size, header), offset, items
