@@ -105,6 +105,8 @@ class Network:
         self.nodes: dict[int, RaftNode] = {}
         self.cut: set[int] = set()
         self.sent: list[Message] = []
+        # Per node, what takes its SNAPSHOT messages (their data goes over HTTP); none: dropped.
+        self.snapshot_senders: dict[int, Any] = {}
 
     def transport(self, owner: int) -> Any:
         network = self
@@ -113,6 +115,10 @@ class Network:
             def send(self, message: Message) -> None:
                 network.sent.append(message)
                 if owner in network.cut or message.to in network.cut:
+                    return
+                if message.type is MessageType.SNAPSHOT:
+                    if owner in network.snapshot_senders:
+                        network.snapshot_senders[owner].send(message)
                     return
                 network.clock.callLater(0.001, network._deliver, message)
 
@@ -134,14 +140,15 @@ class Cluster:
         for i in REPLICAS:
             self.boot(i)
 
-    def boot(self, i: int) -> RaftReplica:
+    def boot(self, i: int, **node_options: Any) -> RaftReplica:
         store = ReplicaStore(Database(connect(self.tmp_path / f"order-{i}.sqlite3", SCHEMA), self.clock))
         state = store.load_at_start()
         replica = RaftReplica(i, store, self.catalog, REPLICAS, clock=self.clock)
         core = RaftCore(i, sorted(REPLICAS), hard_state=state.hard_state, entries=state.entries,
+                        snapshot=state.snapshot.meta if state.snapshot is not None else None,
                         applied=state.applied, rng=random.Random(i))
         node = RaftNode(core, clock=self.clock, transport=self.network.transport(i),
-                        state_machine=replica, storage=replica, timing=TIMING)
+                        state_machine=replica, storage=replica, timing=TIMING, **node_options)
         replica.attach(node)
         self.network.nodes[i] = node
         self.replicas[i] = replica

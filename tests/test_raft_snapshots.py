@@ -1,0 +1,232 @@
+"""Raft order replicas that compact their logs and send snapshots: real nodes, SQLite
+stores and ``/install_snapshot`` routes on a task.Clock; Raft messages go through the
+in-memory network, snapshot chunks through StubTreq."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import treq
+
+from tests.test_primary_backup import AUTH, TOKEN, result_of
+from tests.test_primary_backup import Network as HttpNetwork
+from tests.test_raft_replica import REPLICAS, Cluster
+from toystore.order.api import OrderApi
+from toystore.order.raft_replica import RaftReplica
+from toystore.raft.messages import Message, MessageType
+from toystore.raft.snapshots import MAX_CHUNK_ITEMS, SnapshotSender
+
+SNAPSHOT_EVERY = 20
+CHUNK_ITEMS = 7
+
+
+class SnapshotCluster(Cluster):
+    def __init__(self, tmp_path: Path) -> None:
+        self.http = HttpNetwork()
+        self.http.down.clear()
+        self.senders: dict[int, SnapshotSender] = {}
+        self.chunks: dict[int, list[tuple[int, int]]] = {}  # per replica, (offset, items) of each chunk it got
+        super().__init__(tmp_path)
+
+    def boot(self, i: int, **node_options: Any) -> RaftReplica:
+        replica = super().boot(i, snapshot_every=SNAPSHOT_EVERY, snapshot_keep=2)
+        node = replica.node
+        assert node is not None
+        sender = SnapshotSender(self.http, {p: url for p, url in REPLICAS.items() if p != i},  # type: ignore[arg-type]
+                                source=replica, clock=self.clock, token=TOKEN, on_answer=node.receive,
+                                on_done=node.report_snapshot, chunk_items=CHUNK_ITEMS)
+        self.senders[i] = self.network.snapshot_senders[i] = sender
+        receive, got = replica.receive_snapshot_chunk, self.chunks.setdefault(i, [])
+
+        async def recording(body: Any) -> Any:
+            got.append((body.get("offset"), len(body.get("items", []))))
+            return await receive(body)
+
+        replica.receive_snapshot_chunk = recording  # type: ignore[method-assign]
+        self.http.hosts.apis[f"r{i}"] = OrderApi(replica, TOKEN).app.resource()
+        self.http.down.discard(f"r{i}")
+        return replica
+
+    def crash(self, i: int) -> None:
+        super().crash(i)
+        self.http.down.add(f"r{i}")
+
+    def wipe(self, i: int) -> None:
+        for path in self.tmp_path.glob(f"order-{i}.sqlite3*"):
+            path.unlink()
+
+    def run(self, seconds: float) -> None:
+        for _ in range(int(seconds / 0.001)):
+            self.clock.advance(0.001)
+            self.http.stub.flush()
+
+    def place(self, keys: list[str]) -> list[list[Any]]:
+        leader = self.leader()
+        outcomes = [self.order(leader, key) for key in keys]
+        self.run(0.5)
+        return outcomes
+
+    def post_chunk(self, i: int, body: Any) -> tuple[int, dict[str, Any]]:
+        posted = self.http.stub.post(f"http://r{i}/install_snapshot", data=json.dumps(body).encode(),
+                                     headers={**AUTH, b"Content-Type": [b"application/json"]})
+        response = self.wait(posted)
+        return response.code, self.wait(treq.json_content(response))
+
+    def wait(self, d: Any) -> Any:
+        """Runs the cluster until ``d`` fires (a chunk that installs waits for a cycle)."""
+        for _ in range(1000):
+            if d.called:
+                break
+            self.run(0.001)
+        return result_of(d)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> SnapshotCluster:
+    c = SnapshotCluster(tmp_path)
+    c.run(3.0)
+    return c
+
+
+def _follower(cluster: SnapshotCluster) -> int:
+    return next(i for i in REPLICAS if i != cluster.leader().id)
+
+
+def _held(replica: RaftReplica) -> list[tuple[int, str]]:
+    return [(o.number, o.request_id) for o in replica.orders.page(-1, 1000)]
+
+
+def test_the_log_is_compacted_every_n_entries_and_a_restart_reads_only_its_tail(cluster: SnapshotCluster) -> None:
+    cluster.place([f"k{i}" for i in range(50)])
+    for replica in cluster.replicas.values():
+        status = replica.status()
+        assert status["snapshot_index"] >= 40, status
+        assert status["log_entries"] <= SNAPSHOT_EVERY + 3, status
+    leader = cluster.leader()
+    expected = _held(leader)
+    assert [n for n, _ in expected] == list(range(50))
+    follower = _follower(cluster)
+    cluster.crash(follower)
+    restarted = cluster.boot(follower)
+    assert restarted.node is not None and restarted.node.core.log_entries <= SNAPSHOT_EVERY + 3
+    cluster.run(1.0)
+    assert _held(restarted) == expected
+    cluster.place(["after"])
+    assert _held(cluster.replicas[follower])[-1] == (50, "after")
+
+
+def test_a_retry_of_a_compacted_order_keeps_its_number_and_buys_nothing(cluster: SnapshotCluster) -> None:
+    (first,), *_ = cluster.place([f"k{i}" for i in range(45)])
+    leader = cluster.leader()
+    assert leader.node is not None and leader.node.core.first_index > 1  # k0's entry is gone
+    stock = cluster.catalog.stock
+    (again,) = cluster.order(leader, "k0")
+    assert again.number == first.number == 0 and cluster.catalog.stock == stock
+
+
+def test_a_wiped_follower_catches_up_by_snapshot_in_chunks_then_by_entries(cluster: SnapshotCluster) -> None:
+    follower = _follower(cluster)
+    cluster.crash(follower)
+    cluster.place([f"k{i}" for i in range(45)])
+    leader = cluster.leader()
+    assert leader.node is not None and leader.node.core.snapshot_index >= 40
+    cluster.wipe(follower)
+    back = cluster.boot(follower)
+    cluster.run(2.0)
+    assert _held(back) == _held(leader)
+    assert back.node is not None and back.node.core.snapshot_index == leader.node.core.snapshot_index
+    sent = leader._store.snapshot
+    assert sent is not None and sent.size > 2 * CHUNK_ITEMS
+    # Bounded chunks, one after another, and nothing sent twice.
+    assert cluster.chunks[follower] == [(offset, min(CHUNK_ITEMS, sent.size - offset))
+                                        for offset in range(0, sent.size, CHUNK_ITEMS)]
+    cluster.place(["after"])
+    assert _held(back)[-1] == (45, "after")
+
+
+def test_a_cut_transfer_resumes_where_the_follower_is(cluster: SnapshotCluster) -> None:
+    follower = _follower(cluster)
+    cluster.crash(follower)
+    cluster.place([f"k{i}" for i in range(45)])
+    cluster.wipe(follower)
+    back = cluster.boot(follower)
+    receive = back.receive_snapshot_chunk
+    cut = {"after": 3}
+
+    async def cut_off(body: Any) -> Any:
+        answer = await receive(body)
+        cut["after"] -= 1
+        if cut["after"] == 0:
+            cluster.http.down.add(f"r{follower}")  # the follower holds 21 orders, the leader hears nothing
+            cluster.clock.callLater(0.3, cluster.http.down.discard, f"r{follower}")
+        return answer
+
+    back.receive_snapshot_chunk = cut_off  # type: ignore[method-assign]
+    cluster.run(3.0)
+    assert _held(back) == _held(cluster.leader())
+    offsets = [offset for offset, _ in cluster.chunks[follower]]
+    # The next transfer starts at 0, hears that the follower holds 21, and goes on from there.
+    restart = offsets.index(0, 1)
+    assert offsets[:restart] == [0, 7, 14] and offsets[restart + 1] == 21
+    assert offsets[restart + 1:] == list(range(21, offsets[-1] + 1, CHUNK_ITEMS))
+
+
+def _chunk(cluster: SnapshotCluster, to: int, *, term: int | None = None, offset: int = 0, size: int = 3,
+           items: Any = None, index: int = 30) -> dict[str, Any]:
+    leader = cluster.leader()
+    assert leader.node is not None
+    message = Message(MessageType.SNAPSHOT, leader.id, to, term or leader.node.core.term, index=index, log_term=1)
+    if items is None:
+        items = [{"number": n, "request_id": f"s{n}", "name": "Tux", "quantity": 1} for n in range(offset, size)]
+    return {"message": message.to_json(), "size": size, "header": {}, "offset": offset, "items": items}
+
+
+@pytest.mark.parametrize("change, status, words", [
+    (lambda body: body.update(message={"type": "append"}), 400, "not a Raft message"),
+    (lambda body: body["message"].update(type="heartbeat"), 400, "does not belong"),
+    (lambda body: body.update(offset=-1), 400, "'offset'"),
+    (lambda body: body.update(size="3"), 400, "'size'"),
+    (lambda body: body.update(items=[{"number": 0, "request_id": "s0", "name": "Tux"}] * 3), 400, "quantity"),
+    (lambda body: body.update(items=[{"number": n, "request_id": "same", "name": "Tux", "quantity": 1}
+                                     for n in range(3)]), 400, "one request id"),
+    (lambda body: body.update(size=2), 400, "pass the snapshot's size"),
+    (lambda body: body.update(offset=2, items=body["items"][2:]), 409, "holds 0 items"),
+    (lambda body: body["message"].update(term=1), 409, "older than"),
+    (lambda body: body.update(size=MAX_CHUNK_ITEMS + 1, items=[{}] * (MAX_CHUNK_ITEMS + 1)), 413, "at most"),
+])
+def test_a_bad_chunk_is_refused_with_a_clear_error_and_changes_nothing(
+        cluster: SnapshotCluster, change: Any, status: int, words: str) -> None:
+    cluster.place(["a", "b"])
+    cluster.leader().set_leader(_follower(cluster))  # a transfer: term 1 is stale from now on
+    cluster.run(1.0)
+    assert cluster.leader().node.core.term > 1  # type: ignore[union-attr]
+    follower = _follower(cluster)
+    replica = cluster.replicas[follower]
+    before = (_held(replica), replica.node.core.commit_index if replica.node else None)
+    body = _chunk(cluster, follower, size=3)
+    change(body)
+    code, payload = cluster.post_chunk(follower, body)
+    assert code == status and words in payload["error"]["message"], payload
+    assert (_held(replica), replica.node.core.commit_index if replica.node else None) == before
+    assert replica._store._staged is None  # nothing staged
+
+
+def test_an_out_of_order_chunk_names_the_count_held(cluster: SnapshotCluster) -> None:
+    follower = _follower(cluster)
+    code, payload = cluster.post_chunk(follower, _chunk(cluster, follower, size=5, items=[
+        {"number": n, "request_id": f"s{n}", "name": "Tux", "quantity": 1} for n in range(2)]))
+    assert code == 200 and payload["data"]["received"] == 2
+    code, payload = cluster.post_chunk(follower, _chunk(cluster, follower, size=5, offset=4, items=[
+        {"number": 4, "request_id": "s4", "name": "Tux", "quantity": 1}]))
+    assert code == 409 and payload["error"]["received"] == 2
+
+
+def test_an_oversized_chunk_body_is_refused(cluster: SnapshotCluster) -> None:
+    follower = _follower(cluster)
+    body = _chunk(cluster, follower, size=1, items=[{"number": 0, "request_id": "x" * (5 << 20), "name": "Tux",
+                                                     "quantity": 1}])
+    code, payload = cluster.post_chunk(follower, body)
+    assert code == 413 and "larger than" in payload["error"]["message"]
