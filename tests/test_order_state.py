@@ -194,3 +194,23 @@ def test_a_new_snapshot_restarts_the_staging(tmp_path: Path) -> None:
     assert store.received(_snapshot(50, 5)) == 0 and store.received_snapshot() == newer
     assert defer.ensureDeferred(store.install(newer)).called
     assert store.orders.page(-1, 10) == _orders(0, 2, prefix="n")
+
+
+def test_an_install_that_fails_midway_leaves_the_old_state_whole(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    store = _store(path)
+    _save(store, Changes(HardState(1, 0, 1), [Entry(1, 1, "")], applied=1))
+    _place(store, "old")
+    snapshot = _snapshot(50, 3)
+    _stage(store, snapshot, 0, _orders(0, 3))
+    # The disk fails after the old orders were deleted, while the new ones are copied in.
+    store._db.read_at_start(lambda conn: conn.execute(
+        "CREATE TRIGGER failing BEFORE INSERT ON orders WHEN NEW.number = 2 BEGIN SELECT RAISE(ABORT, 'disk'); END"))
+    failed = defer.ensureDeferred(store.install(snapshot))
+    assert isinstance(failed.result, Failure)
+    failed.addErrback(lambda _: None)
+    reopened = _store(path)
+    state = reopened.load_at_start()
+    assert (state.snapshot, state.applied, len(state.entries)) == (None, 1, 1)
+    assert reopened.orders.page(-1, 10) == [Order(0, "old", "Tux", 1)]
+    assert reopened.received_snapshot() == snapshot  # still staged whole: the next try installs it

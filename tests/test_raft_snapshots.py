@@ -230,3 +230,39 @@ def test_an_oversized_chunk_body_is_refused(cluster: SnapshotCluster) -> None:
                                                      "quantity": 1}])
     code, payload = cluster.post_chunk(follower, body)
     assert code == 413 and "larger than" in payload["error"]["message"]
+
+
+def test_a_follower_that_crashes_mid_transfer_resumes_from_what_it_staged(cluster: SnapshotCluster) -> None:
+    follower = _follower(cluster)
+    cluster.crash(follower)
+    cluster.place([f"k{i}" for i in range(45)])
+    cluster.wipe(follower)
+    back = cluster.boot(follower)
+    receive, crashed = back.receive_snapshot_chunk, []
+
+    async def crash_after_two(body: Any) -> Any:
+        answer = await receive(body)
+        if len(cluster.chunks[follower]) == 2 and not crashed:
+            crashed.append(True)
+            cluster.crash(follower)  # right after the second chunk is durable
+        return answer
+
+    back.receive_snapshot_chunk = crash_after_two  # type: ignore[method-assign]
+    cluster.run(0.5)
+    assert crashed and follower not in cluster.replicas
+    del cluster.chunks[follower]
+    again = cluster.boot(follower)
+    cluster.run(3.0)
+    assert _held(again) == _held(cluster.leader())
+    offsets = [offset for offset, _ in cluster.chunks[follower]]
+    assert offsets[:2] == [0, 2 * CHUNK_ITEMS]  # refused at 0: it holds two chunks from before its crash
+
+
+def test_the_reaper_confirms_a_reservation_whose_entry_was_compacted(cluster: SnapshotCluster) -> None:
+    cluster.place([f"k{i}" for i in range(45)])
+    leader = cluster.leader()
+    assert leader.node is not None and leader.node.core.first_index > 5
+    # The confirmation of k0 was lost: its reservation is held, and its entry is compacted away.
+    del cluster.catalog.settled["k0"]
+    cluster.run(4.0)
+    assert cluster.catalog.settled["k0"] == "confirm"

@@ -2,7 +2,7 @@
 
 Safety is checked after every step by :class:`~toystore.raft.sim.InvariantChecker`
 (state machine safety, one leader per term, leader completeness, growing applied
-indexes, linearizable ReadIndex). Liveness: once every fault heals, a leader emerges
+indexes, linearizable ReadIndex), with and without log compaction. Liveness: once every fault heals, a leader emerges
 and what it is given commits on every node within a bound.
 
 ``derandomize=True`` makes the examples a function of the code alone, so CI runs the
@@ -97,13 +97,16 @@ def heal_everything(cluster: Cluster) -> None:
     pre_vote=st.booleans(),
     check_quorum=st.booleans(),
     batch=st.sampled_from([1, 3, 512]),
+    compaction=st.sampled_from([(0, 0), (4, 0), (10, 3)]),  # (snapshot every, entries kept before it)
     schedule=st.lists(actions, min_size=15, max_size=60),
 )
 def test_random_fault_schedules_are_safe_then_live(
-    size: int, seed: int, pre_vote: bool, check_quorum: bool, batch: int, schedule: list[Action]
+    size: int, seed: int, pre_vote: bool, check_quorum: bool, batch: int, compaction: tuple[int, int],
+    schedule: list[Action],
 ) -> None:
     cluster = Cluster(
-        size, seed=seed, pre_vote=pre_vote, check_quorum=check_quorum, max_entries_per_append=batch
+        size, seed=seed, pre_vote=pre_vote, check_quorum=check_quorum, max_entries_per_append=batch,
+        snapshot_every=compaction[0], snapshot_keep=compaction[1],
     )
     serial = itertools.count()
     for action in schedule:
@@ -119,3 +122,4 @@ def test_random_fault_schedules_are_safe_then_live(
     applied = [cluster.nodes[node_id].applied for node_id in cluster.ids]
     shortest = min(len(log) for log in applied)
     assert all(log[:shortest] == applied[0][:shortest] for log in applied), f"seed={seed}"
+    cluster.check_logs_match()
