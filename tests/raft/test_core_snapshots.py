@@ -153,6 +153,23 @@ def test_after_a_snapshot_got_through_the_next_probe_starts_past_it() -> None:
     assert sent(leader) == [msg(T.APPEND, 1, 2, 1, index=6, log_term=1, commit=6)]
 
 
+def test_a_leader_keeps_the_entries_after_a_snapshot_it_is_sending() -> None:
+    # A transfer that outlasts many new entries must leave the follower something to catch
+    # up by, or it would be sent a snapshot again once it has this one, and again.
+    leader = compacted_leader()
+    snapshot_to_2(leader)
+    leader.propose_batch([f"p{n}" for n in range(7, 13)])
+    sent(leader)
+    leader.step(msg(T.APPEND_RESP, 3, 1, 1, index=12))
+    take(leader)
+    assert leader.applied_index == 12
+    assert leader.compaction_point(12) == 6
+    assert leader.compact(12) == 6 and (leader.snapshot_index, leader.first_index) == (12, 7)
+    leader.step(msg(T.APPEND_RESP, 2, 1, 1, index=6))  # node 2 installed the snapshot at 6
+    sent(leader)
+    assert leader.compaction_point(12) == leader.compact(12) == 12
+
+
 def test_snapshot_reports_are_ignored_unless_a_snapshot_is_pending() -> None:
     leader = compacted_leader()
     leader.report_snapshot(3, failed=True)

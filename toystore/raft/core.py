@@ -324,7 +324,21 @@ class RaftCore:
         term = self._log.term_at(snapshot_index)
         assert term is not None, f"snapshot at {snapshot_index}, compacted up to {self._log.compacted_index}"
         self._snapshot = SnapshotMeta(snapshot_index, term)
-        return self._log.compact(snapshot_index - keep)
+        return self._log.compact(self.compaction_point(snapshot_index, keep=keep))
+
+    def compaction_point(self, snapshot_index: int, *, keep: int = 0) -> int:
+        """Where :meth:`compact` would leave the log's boundary; changes nothing, so that
+        storage can delete the entries before it in the write that records the snapshot.
+
+        A leader keeps the entries after any snapshot it is sending: once a follower
+        holds that snapshot it catches up by them. Without them, a follower whose
+        transfer outlasts ``keep`` new entries would be sent a snapshot again, and again.
+        """
+        point = snapshot_index - keep
+        if self._role is Role.LEADER:
+            point = min([point] + [progress.pending_snapshot for progress in self._progress.values()
+                                   if progress.state is ProgressState.SNAPSHOT])
+        return self._log.compaction_point(point)
 
     def report_snapshot(self, peer: int, *, failed: bool) -> None:
         """The host's transfer of this leader's SNAPSHOT to ``peer`` ended: ``failed`` or

@@ -420,8 +420,9 @@ class RaftNode:
         index = core.applied_index
         term = core.term_at(index)
         assert term is not None, f"applied entry {index} is held or is the compaction boundary"
+        point = core.compaction_point(index, keep=self._snapshot_keep)
         # Durable before the core forgets anything: it may send the snapshot at once.
-        await self._storage.save_snapshot(SnapshotMeta(index, term), compact_before=index - self._snapshot_keep)
+        await self._storage.save_snapshot(SnapshotMeta(index, term), compact_before=point)
         core.compact(index, keep=self._snapshot_keep)
 
     def _send(self, message: Message) -> None:

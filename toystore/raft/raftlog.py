@@ -162,13 +162,17 @@ class RaftLog:
 
         :return: the compaction boundary now.
         """
-        index = min(index, self.applied, self.persisted)
+        index = self.compaction_point(index)
         if index > self._compacted_index:
             term = self.term_at(index)
             assert term is not None
             del self._entries[: index - self._compacted_index]
             self._compacted_index, self._compacted_term = index, term
         return self._compacted_index
+
+    def compaction_point(self, index: int) -> int:
+        """Where :meth:`compact` at ``index`` would leave the boundary (and changes nothing)."""
+        return max(self._compacted_index, min(index, self.applied, self.persisted))
 
     def restore(self, index: int, term: int) -> bool:
         """Catch up with a leader's snapshot whose last entry is (``index``, ``term``), past
