@@ -244,7 +244,8 @@ class FakeNode:
         self.commit_listeners: list[Any] = []
 
     def status(self) -> dict[str, Any]:
-        return {"id": 2, "role": "leader", "term": 4, "leader_id": 2, "commit_index": 7, "last_index": 9}
+        return {"id": 2, "role": "leader", "term": 4, "leader_id": 2, "commit_index": 7, "last_index": 9,
+                "snapshot_index": 5, "log_entries": 4}
 
 
 def test_replica_collector_reports_the_raft_state() -> None:
@@ -253,6 +254,8 @@ def test_replica_collector_reports_the_raft_state() -> None:
     assert value(samples, "toystore_replica_commit_index") == 7
     assert value(samples, "toystore_replica_last_index") == 9
     assert value(samples, "toystore_replica_applied_index") == 6
+    assert value(samples, "toystore_replica_snapshot_index") == 5
+    assert value(samples, "toystore_replica_log_entries") == 4
     assert value(samples, "toystore_replica_leader_id") == 2
     assert value(samples, "toystore_replica_role", role="leader") == 1
     assert value(samples, "toystore_replica_role", role="follower") == 0

@@ -238,6 +238,8 @@ class ReplicaCollector(Collector):
         "commit_index": "Highest log index known committed (orders held, in primary-backup mode).",
         "last_index": "Highest log index held.",
         "applied_index": "Highest log index applied to the orders.",
+        "snapshot_index": "Last log index of the latest snapshot (0 while none).",
+        "log_entries": "Log entries held now (the rest are in the snapshot).",
         "leader_id": "The leader this replica knows (0 while none).",
     }
 
