@@ -2,7 +2,6 @@
 
 from pathlib import Path
 
-import pytest
 
 from toystore.db import Database, connect
 from toystore.order.state import Order, OrderCommand, OrderStateMachine

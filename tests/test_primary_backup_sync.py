@@ -16,7 +16,7 @@ from toystore.frontend.leader import LeaderTracker
 from toystore.http import ApiError
 from toystore.order.history import ForkSearch, Page
 from toystore.order.primary_backup import PULL_PAGE, PrimaryBackupReplica
-from toystore.order.state import Order, OrderCommand, OrderStateMachine
+from toystore.order.state import OrderCommand, OrderStateMachine
 
 TOKEN = "secret"
 

@@ -494,7 +494,8 @@ class PrimaryBackupReplica:
         held = self.orders.latest_number + 1
         return {"id": self.id, "role": "leader" if self.leader_id == self.id else "follower", "term": 0,
                 "leader_id": self.leader_id, "commit_index": held, "last_index": held,
-                "snapshot_index": 0, "log_entries": 0, "replication": "primary-backup", "caught_up": self.ready, "conflict": self._conflict is not None}
+                "snapshot_index": 0, "log_entries": 0,  # no log: each order is pushed as it is
+                "replication": "primary-backup", "caught_up": self.ready, "conflict": self._conflict is not None}
 
     def set_leader(self, replica_id: int) -> None:
         if replica_id not in self._replicas:
