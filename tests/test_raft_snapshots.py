@@ -17,6 +17,7 @@ from tests.test_raft_replica import REPLICAS, Cluster
 from toystore.order.api import OrderApi
 from toystore.order.raft_replica import RaftReplica
 from toystore.raft.messages import Message, MessageType
+from toystore.raft import snapshots
 from toystore.raft.snapshots import MAX_CHUNK_ITEMS, SnapshotSender
 
 SNAPSHOT_EVERY = 20
@@ -266,3 +267,42 @@ def test_the_reaper_confirms_a_reservation_whose_entry_was_compacted(cluster: Sn
     del cluster.catalog.settled["k0"]
     cluster.run(4.0)
     assert cluster.catalog.settled["k0"] == "confirm"
+
+
+def test_a_lost_answer_to_the_last_chunk_costs_two_empty_requests_not_a_second_transfer(
+        cluster: SnapshotCluster) -> None:
+    follower = _follower(cluster)
+    cluster.crash(follower)
+    cluster.place([f"k{i}" for i in range(45)])
+    cluster.wipe(follower)
+    back = cluster.boot(follower)
+    receive, lost = back.receive_snapshot_chunk, []
+
+    async def lose_the_installs_answer(body: Any) -> Any:
+        answer = await receive(body)
+        if answer["messages"] and not lost:
+            lost.append(True)
+            raise RuntimeError("the connection dropped before the answer went out")
+        return answer
+
+    back.receive_snapshot_chunk = lose_the_installs_answer  # type: ignore[method-assign]
+    cluster.run(3.0)
+    assert lost and _held(back) == _held(cluster.leader())
+    size = back._store.snapshot.size if back._store.snapshot else 0
+    first = len(range(0, size, CHUNK_ITEMS))
+    # The retry hears that the follower holds it all, and sends the last chunk empty.
+    assert cluster.chunks[follower][first:] == [(0, CHUNK_ITEMS), (size, 0)]
+    assert back._store._staged is None
+
+
+def test_chunks_are_cut_by_their_encoded_size(cluster: SnapshotCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(snapshots, "CHUNK_ITEM_BYTES", 400)
+    follower = _follower(cluster)
+    cluster.crash(follower)
+    cluster.place([f"{'🧸' * 5}{i}" for i in range(45)])  # each key escapes to over 60 bytes
+    cluster.wipe(follower)
+    back = cluster.boot(follower)
+    cluster.run(2.0)
+    assert _held(back) == _held(cluster.leader())
+    sizes = [items for _, items in cluster.chunks[follower]]
+    assert max(sizes) < CHUNK_ITEMS and sum(sizes) == back._store.snapshot.size  # type: ignore[union-attr]

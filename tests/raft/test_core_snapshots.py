@@ -136,7 +136,7 @@ def test_nothing_more_goes_to_a_follower_until_its_snapshot_is_in_place() -> Non
 def test_a_failed_snapshot_is_sent_again_once_a_heartbeat_answers() -> None:
     leader = compacted_leader()
     snapshot = snapshot_to_2(leader)
-    leader.report_snapshot(2, failed=True)
+    leader.report_snapshot(2, 6, failed=True)
     assert sent(leader) == []
     leader.tick()
     assert msg(T.HEARTBEAT, 1, 2, 1, commit=0) in sent(leader)
@@ -147,7 +147,7 @@ def test_after_a_snapshot_got_through_the_next_probe_starts_past_it() -> None:
     # The follower's answer was lost: the host's report is what gets it going.
     leader = compacted_leader()
     snapshot_to_2(leader)
-    leader.report_snapshot(2, failed=False)
+    leader.report_snapshot(2, 6, failed=False)
     assert sent(leader) == []
     leader.step(msg(T.HEARTBEAT_RESP, 2, 1, 1))
     assert sent(leader) == [msg(T.APPEND, 1, 2, 1, index=6, log_term=1, commit=6)]
@@ -172,13 +172,25 @@ def test_a_leader_keeps_the_entries_after_a_snapshot_it_is_sending() -> None:
 
 def test_snapshot_reports_are_ignored_unless_a_snapshot_is_pending() -> None:
     leader = compacted_leader()
-    leader.report_snapshot(3, failed=True)
-    leader.report_snapshot(1, failed=True)
+    leader.report_snapshot(3, 6, failed=True)
+    leader.report_snapshot(1, 6, failed=True)
     leader.propose("p7")
     assert [(m.type, m.to) for m in sent(leader)] == [(T.APPEND, 3)]
     follower = make(2)
-    follower.report_snapshot(1, failed=True)
+    follower.report_snapshot(1, 6, failed=True)
     assert not follower.has_ready()
+
+
+def test_the_report_of_another_transfer_leaves_the_pending_one_alone() -> None:
+    # An earlier transfer to node 2 (another snapshot) ends while this one is under way.
+    leader = compacted_leader()
+    snapshot_to_2(leader)
+    leader.report_snapshot(2, 4, failed=False)
+    leader.step(msg(T.HEARTBEAT_RESP, 2, 1, 1))
+    assert [m for m in sent(leader) if m.to == 2] == []
+    leader.report_snapshot(2, 6, failed=False)
+    leader.step(msg(T.HEARTBEAT_RESP, 2, 1, 1))
+    assert sent(leader) == [msg(T.APPEND, 1, 2, 1, index=6, log_term=1, commit=6)]
 
 
 # -- the follower -------------------------------------------------------------------------

@@ -143,6 +143,9 @@ class RaftReplica:
     async def stage(self, snapshot: Snapshot, offset: int, items: list[Order]) -> None:
         await self._store.stage(snapshot, offset, items)
 
+    async def discard(self) -> None:
+        await self._store.discard_staged()
+
     async def receive_snapshot_chunk(self, body: Mapping[str, Any]) -> dict[str, Any]:
         assert self._snapshots is not None
         return await self._snapshots.receive(body)

@@ -101,7 +101,7 @@ def build_raft_replica(*, reactor: Any, node_id: int, replicas: Mapping[int, str
     # Answers that peers send back go to the node, which is built over this transport.
     snapshots = SnapshotSender(parts.http_client, peers, source=replica, clock=reactor, token=token,
                                on_answer=lambda answer: node.receive(answer),
-                               on_done=lambda peer, failed: node.report_snapshot(peer, failed))
+                               on_done=lambda peer, index, failed: node.report_snapshot(peer, index, failed))
     transport = HttpTransport(parts.http_client, peers, clock=reactor, token=token,
                               on_answer=lambda answer: node.receive(answer), snapshots=snapshots.send)
     node = RaftNode(core, clock=reactor, transport=transport, state_machine=replica,

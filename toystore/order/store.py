@@ -159,14 +159,18 @@ def _stage(conn: sqlite3.Connection, snapshot: Snapshot, offset: int, orders: Se
     _record_snapshot(conn, "snapshot_incoming", snapshot, offset + len(orders))
 
 
+def _discard_staged(conn: sqlite3.Connection) -> None:
+    conn.execute("DELETE FROM snapshot_incoming_orders")
+    conn.execute("DELETE FROM snapshot_incoming")
+
+
 def _install(conn: sqlite3.Connection, snapshot: Snapshot) -> None:
     row = conn.execute("SELECT idx, term, size, header, received FROM snapshot_incoming").fetchone()
     if row is None or _snapshot_of(row[:4]) != snapshot or row[4] != snapshot.size:
         raise RuntimeError(f"the snapshot at {snapshot.meta} is not staged whole")
     conn.execute("DELETE FROM orders")
     conn.execute(f"INSERT INTO orders ({_ORDER_COLUMNS}) SELECT {_ORDER_COLUMNS} FROM snapshot_incoming_orders")
-    conn.execute("DELETE FROM snapshot_incoming_orders")
-    conn.execute("DELETE FROM snapshot_incoming")
+    _discard_staged(conn)
     conn.execute("DELETE FROM raft_log")
     _record_snapshot(conn, "raft_snapshot", snapshot)
     index = snapshot.meta.index
@@ -214,8 +218,17 @@ class ReplicaStore:
         return self._staged[0] if self._staged is not None and self._staged[1] == self._staged[0].size else None
 
     def received(self, snapshot: Snapshot) -> int:
-        """Orders of ``snapshot`` staged so far; 0 when another one is staged."""
+        """Orders of ``snapshot`` staged so far; 0 when another one is staged, all when it is
+        the latest snapshot here (installed: a leader that missed the answer asks again)."""
+        if snapshot == self.snapshot:
+            return snapshot.size
         return self._staged[1] if self._staged is not None and self._staged[0] == snapshot else 0
+
+    async def discard_staged(self) -> None:
+        """Drops the snapshot being received, if any."""
+        if self._staged is not None:
+            await self._db.write(_discard_staged)
+            self._staged = None
 
     async def stage(self, snapshot: Snapshot, offset: int, orders: Sequence[Order]) -> None:
         """Stages ``orders``, ``snapshot``'s from ``offset`` on (0 starts it afresh)."""

@@ -340,12 +340,13 @@ class RaftCore:
                                    if progress.state is ProgressState.SNAPSHOT])
         return self._log.compaction_point(point)
 
-    def report_snapshot(self, peer: int, *, failed: bool) -> None:
-        """The host's transfer of this leader's SNAPSHOT to ``peer`` ended: ``failed`` or
-        not, ``peer`` is probed again once a heartbeat answers, which sends the snapshot
-        again if it still needs it. Ignored unless ``peer`` waits for a snapshot."""
+    def report_snapshot(self, peer: int, index: int, *, failed: bool) -> None:
+        """The host's transfer to ``peer`` of this leader's SNAPSHOT at ``index`` ended:
+        ``failed`` or not, ``peer`` is probed again once a heartbeat answers, which sends
+        the snapshot again if it still needs it. Ignored unless ``peer`` waits for that
+        snapshot (a report of an older transfer says nothing of the one under way)."""
         progress = self._progress.get(peer)  # only a leader tracks its peers
-        if progress is not None and progress.state is ProgressState.SNAPSHOT:
+        if progress is not None and progress.state is ProgressState.SNAPSHOT and progress.pending_snapshot == index:
             progress.snapshot_ended(failed=failed)
 
     def step(self, message: Message) -> None:

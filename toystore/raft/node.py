@@ -143,7 +143,7 @@ class RaftNode:
         self._inbox_proposals: list[_Proposal] = []
         self._inbox_reads: list[defer.Deferred] = []
         self._inbox_transfer: int | None = None
-        self._inbox_snapshot_reports: list[tuple[int, bool]] = []
+        self._inbox_snapshot_reports: list[tuple[int, int, bool]] = []
         self._inbox_slots: list[_AnswerSlot] = []
         self._answering: dict[int, _AnswerSlot] = {}  # in the running cycle, by peer
         self._pending_ticks = 0
@@ -221,9 +221,9 @@ class RaftNode:
         self._kick()
         return done
 
-    def report_snapshot(self, peer: int, failed: bool) -> None:
-        """The transfer of this leader's snapshot to ``peer`` ended."""
-        self._inbox_snapshot_reports.append((peer, failed))
+    def report_snapshot(self, peer: int, index: int, failed: bool) -> None:
+        """The transfer to ``peer`` of this leader's snapshot at ``index`` ended."""
+        self._inbox_snapshot_reports.append((peer, index, failed))
         self._kick()
 
     def propose_each(self, data: Sequence[str], *, term: int | None = None) -> defer.Deferred:
@@ -362,8 +362,8 @@ class RaftNode:
             core.transfer_leadership(self._inbox_transfer)
             self._inbox_transfer = None
         reports, self._inbox_snapshot_reports = self._inbox_snapshot_reports, []
-        for peer, failed in reports:
-            core.report_snapshot(peer, failed=failed)
+        for peer, index, failed in reports:
+            core.report_snapshot(peer, index, failed=failed)
 
     def _propose_group(self, term: int | None, proposals: list[_Proposal]) -> None:
         """Appends the entries of ``proposals``, all prepared in ``term``, as one batch."""

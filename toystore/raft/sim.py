@@ -588,7 +588,7 @@ class Cluster:
         it sent it in (a restarted node knows nothing of transfers it started before)."""
         sender = self.nodes[message.sender]
         if sender.core is not None and sender.core.term == message.term:
-            sender.core.report_snapshot(message.to, failed=failed)
+            sender.core.report_snapshot(message.to, message.index, failed=failed)
             self._flush(sender)
 
     def _max_term(self) -> int:

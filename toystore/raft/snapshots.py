@@ -19,6 +19,7 @@ refused (409), as is a different snapshot while one is being installed.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Callable, Collection, Mapping
 
 from twisted.internet import defer
@@ -33,18 +34,25 @@ from toystore.raft.statemachine import Snapshot, SnapshotSink, SnapshotSource
 log = Logger()
 
 ENDPOINT = "install_snapshot"
-CHUNK_ITEMS = 4096         # items per chunk that a sender sends
+CHUNK_ITEMS = 4096         # items per chunk that a sender sends at most
 MAX_CHUNK_ITEMS = 8192     # and that a receiver takes
 MAX_CHUNK_BYTES = 4 << 20  # a chunk's body at most
+CHUNK_ITEM_BYTES = MAX_CHUNK_BYTES // 2  # a sender's items per chunk, encoded: the rest is room to spare
 CHUNK_TIMEOUT = 10.0       # seconds for one chunk to be staged
 INSTALL_TIMEOUT = 300.0    # and for the last one, which installs the whole snapshot
+RETRY_DELAY = 1.0          # seconds between a failed transfer to a follower and the next one
 
 
 class SnapshotSender:
     """Streams a leader's snapshot to the followers its core names, one transfer per follower.
 
+    The core asks for a follower's snapshot again each time a heartbeat finds it still
+    waiting. A request for a follower whose transfer is under way is kept (the newest
+    only) and started after it; after a failed one, not before :data:`RETRY_DELAY`.
+
     :param on_answer: takes the follower's answers to the SNAPSHOT (the node's ``receive``).
-    :param on_done: told ``(peer, failed)`` when a transfer ends (the node's ``report_snapshot``).
+    :param on_done: told ``(peer, index, failed)`` when a transfer of the snapshot at
+        ``index`` ends, or is not even started (the node's ``report_snapshot``).
     """
 
     def __init__(self, client: JsonClient, peers: Mapping[int, str], *, source: SnapshotSource,
@@ -59,14 +67,33 @@ class SnapshotSender:
         self._on_done = on_done
         self._chunk_items = chunk_items
         self._sending: set[int] = set()
+        self._next: dict[int, Message] = {}  # per peer, the SNAPSHOT to send once it may
+        self._holding: set[int] = set()  # peers whose next transfer waits for its retry time
+        self._retry_at: dict[int, float] = {}
         self.chunks_sent = 0
         self.items_sent = 0
 
     def send(self, message: Message) -> None:
-        if message.to in self._sending or message.to not in self._peers:
-            return  # the core sends one at a time, and asks again after a failure
-        self._sending.add(message.to)
-        defer.ensureDeferred(self._transfer(message))
+        if message.to not in self._peers:
+            self._on_done(message.to, message.index, True)
+            return
+        self._next[message.to] = message
+        self._start_next(message.to)
+
+    def _start_next(self, peer: int) -> None:
+        if peer in self._sending or peer in self._holding or peer not in self._next:
+            return
+        wait = self._retry_at.get(peer, 0.0) - self._clock.seconds()
+        if wait > 0:
+            self._holding.add(peer)
+            self._clock.callLater(wait, self._hold_over, peer)
+            return
+        self._sending.add(peer)
+        defer.ensureDeferred(self._transfer(self._next.pop(peer)))
+
+    def _hold_over(self, peer: int) -> None:
+        self._holding.discard(peer)
+        self._start_next(peer)
 
     async def _transfer(self, message: Message) -> None:
         peer = message.to
@@ -78,7 +105,10 @@ class SnapshotSender:
                      peer=peer, error=repr(e))
         finally:
             self._sending.discard(peer)
-            self._on_done(peer, not installed)
+            if not installed:
+                self._retry_at[peer] = self._clock.seconds() + RETRY_DELAY
+            self._on_done(peer, message.index, not installed)
+            self._start_next(peer)
 
     async def _stream(self, message: Message) -> bool:
         snapshot = self._source.latest_snapshot()
@@ -89,7 +119,11 @@ class SnapshotSender:
                  size=snapshot.size, peer=message.to)
         offset = 0
         while True:
-            items = await self._source.read_items(snapshot, offset, self._chunk_items)
+            items = _within_bytes(await self._source.read_items(snapshot, offset, self._chunk_items))
+            if offset < snapshot.size and not items:
+                log.error("Item {offset} of the snapshot at {index} is too large for any chunk; replica {peer} "
+                          "cannot get it", offset=offset, index=snapshot.meta.index, peer=message.to)
+                return False
             last = offset + len(items) >= snapshot.size
             status, body = await fetch_json(
                 self._client, "POST", url, reactor=self._clock, token=self._token,
@@ -111,6 +145,18 @@ class SnapshotSender:
                     self._on_answer(answer)
                 return True
             offset = received
+
+
+def _within_bytes(items: list[Any]) -> list[Any]:
+    """The first of ``items`` whose encoding fits in :data:`CHUNK_ITEM_BYTES`, so that a
+    chunk stays under the receiver's limit whatever its items hold (an escaped key may
+    take twelve bytes a character)."""
+    total = 0
+    for count, item in enumerate(items):
+        total += len(json.dumps(item)) + 2
+        if total > CHUNK_ITEM_BYTES:
+            return items[:count]
+    return items
 
 
 def _received(body: Mapping[str, Any]) -> int | None:
@@ -172,6 +218,9 @@ class SnapshotReceiver:
             log.info("Installing the snapshot at {index} ({size} items) from replica {leader}",
                      index=snapshot.meta.index, size=snapshot.size, leader=message.sender)
             answers = await self._node.install_snapshot(message)
+            # Installed, or not needed after all (the log already held it): either way the
+            # staged copy is of no more use.
+            await self._sink.discard()
             return {"received": received, "messages": [answer.to_json() for answer in answers]}
 
     def _parse(self, body: Mapping[str, Any]) -> tuple[Message, Snapshot, int, list[Any]]:

@@ -74,7 +74,8 @@ class SnapshotSink(Protocol):
     """A follower's side of InstallSnapshot: stages a snapshot's items as they come, durably."""
 
     def received(self, snapshot: Snapshot) -> int:
-        """How many of ``snapshot``'s items are staged: 0 when another snapshot is staged."""
+        """How many of ``snapshot``'s items are staged: 0 when another snapshot is staged,
+        all of them when ``snapshot`` is installed already."""
         ...
 
     def parse_items(self, items: list[Any], offset: int) -> Any:
@@ -84,4 +85,8 @@ class SnapshotSink(Protocol):
     async def stage(self, snapshot: Snapshot, offset: int, items: Any) -> None:
         """Stages parsed items from ``offset`` (which is :meth:`received`, or 0 to start
         ``snapshot`` afresh in place of whatever was staged); durable when it returns."""
+        ...
+
+    async def discard(self) -> None:
+        """Drops whatever is staged (the SNAPSHOT it was for has been stepped)."""
         ...
