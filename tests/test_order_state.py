@@ -170,19 +170,32 @@ def test_a_staged_snapshot_survives_a_crash_and_installs_whole(tmp_path: Path) -
     assert (state.snapshot, state.entries, state.applied, state.hard_state.commit) == (snapshot, [], 50, 50)
 
 
-def test_installing_a_snapshot_not_staged_whole_changes_nothing(tmp_path: Path) -> None:
-    path = tmp_path / "o.sqlite3"
+def _store_holding_one_order(path: Path) -> ReplicaStore:
     store = _store(path)
     _save(store, Changes(HardState(1, 0, 1), [Entry(1, 1, "")], applied=1))
     _place(store, "old")
+    return store
+
+
+def _assert_holds_its_one_order(path: Path) -> ReplicaStore:
+    """The store at ``path``, reopened: as :func:`_store_holding_one_order` left it."""
+    reopened = _store(path)
+    state = reopened.load_at_start()
+    assert (state.snapshot, state.applied, len(state.entries)) == (None, 1, 1)
+    assert reopened.orders.page(-1, 10) == [Order(0, "old", "Tux", 1)]
+    return reopened
+
+
+def test_installing_a_snapshot_not_staged_whole_changes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    store = _store_holding_one_order(path)
     snapshot = _snapshot(50, 5)
     _stage(store, snapshot, 0, _orders(0, 2))
     failed = defer.ensureDeferred(store.install(snapshot))
     assert isinstance(failed.result, Failure) and failed.result.check(RuntimeError)
     failed.addErrback(lambda _: None)
-    state = _store(path).load_at_start()
-    assert (state.snapshot, state.applied, len(state.entries)) == (None, 1, 1)
-    assert store.orders.page(-1, 10) == [Order(0, "old", "Tux", 1)]
+    _assert_holds_its_one_order(path)
+    assert store.orders.page(-1, 10) == [Order(0, "old", "Tux", 1)]  # and memory was not reloaded
 
 
 def test_a_new_snapshot_restarts_the_staging(tmp_path: Path) -> None:
@@ -197,9 +210,7 @@ def test_a_new_snapshot_restarts_the_staging(tmp_path: Path) -> None:
 
 def test_an_install_that_fails_midway_leaves_the_old_state_whole(tmp_path: Path) -> None:
     path = tmp_path / "o.sqlite3"
-    store = _store(path)
-    _save(store, Changes(HardState(1, 0, 1), [Entry(1, 1, "")], applied=1))
-    _place(store, "old")
+    store = _store_holding_one_order(path)
     snapshot = _snapshot(50, 3)
     _stage(store, snapshot, 0, _orders(0, 3))
     # The disk fails after the old orders were deleted, while the new ones are copied in.
@@ -208,8 +219,5 @@ def test_an_install_that_fails_midway_leaves_the_old_state_whole(tmp_path: Path)
     failed = defer.ensureDeferred(store.install(snapshot))
     assert isinstance(failed.result, Failure)
     failed.addErrback(lambda _: None)
-    reopened = _store(path)
-    state = reopened.load_at_start()
-    assert (state.snapshot, state.applied, len(state.entries)) == (None, 1, 1)
-    assert reopened.orders.page(-1, 10) == [Order(0, "old", "Tux", 1)]
+    reopened = _assert_holds_its_one_order(path)
     assert reopened.received_snapshot() == snapshot  # still staged whole: the next try installs it

@@ -140,6 +140,13 @@ class Cluster:
         for i in REPLICAS:
             self.boot(i)
 
+    @classmethod
+    def started(cls, tmp_path: Path) -> Any:
+        """A cluster that has run long enough to elect a leader."""
+        cluster = cls(tmp_path)
+        cluster.run(3.0)
+        return cluster
+
     def boot(self, i: int, **node_options: Any) -> RaftReplica:
         store = ReplicaStore(Database(connect(self.tmp_path / f"order-{i}.sqlite3", SCHEMA), self.clock))
         state = store.load_at_start()
@@ -178,9 +185,7 @@ class Cluster:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Cluster:
-    c = Cluster(tmp_path)
-    c.run(3.0)
-    return c
+    return Cluster.started(tmp_path)
 
 
 def test_an_order_commits_on_every_replica_with_a_dense_number(cluster: Cluster) -> None:

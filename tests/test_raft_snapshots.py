@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 import treq
@@ -59,6 +59,28 @@ class SnapshotCluster(Cluster):
         for path in self.tmp_path.glob(f"order-{i}.sqlite3*"):
             path.unlink()
 
+    def rejoin_wiped(self) -> tuple[int, RaftReplica]:
+        """A follower is down while 45 orders commit (the log is compacted past it), then
+        comes back with an empty disk; :return: its id and the replica back."""
+        follower = next(i for i in REPLICAS if i != self.leader().id)
+        self.crash(follower)
+        self.place([f"k{i}" for i in range(45)])
+        self.wipe(follower)
+        return follower, self.boot(follower)
+
+    @staticmethod
+    def after_each_chunk(replica: RaftReplica, hook: Callable[[Any], None]) -> None:
+        """Calls ``hook`` with each chunk's answer once ``replica`` has handled it; the
+        answer the leader gets is what the hook leaves (an exception: none)."""
+        receive = replica.receive_snapshot_chunk
+
+        async def hooked(body: Any) -> Any:
+            answer = await receive(body)
+            hook(answer)
+            return answer
+
+        replica.receive_snapshot_chunk = hooked  # type: ignore[method-assign]
+
     def run(self, seconds: float) -> None:
         for _ in range(int(seconds / 0.001)):
             self.clock.advance(0.001)
@@ -87,9 +109,7 @@ class SnapshotCluster(Cluster):
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> SnapshotCluster:
-    c = SnapshotCluster(tmp_path)
-    c.run(3.0)
-    return c
+    return SnapshotCluster.started(tmp_path)
 
 
 def _follower(cluster: SnapshotCluster) -> int:
@@ -129,13 +149,9 @@ def test_a_retry_of_a_compacted_order_keeps_its_number_and_buys_nothing(cluster:
 
 
 def test_a_wiped_follower_catches_up_by_snapshot_in_chunks_then_by_entries(cluster: SnapshotCluster) -> None:
-    follower = _follower(cluster)
-    cluster.crash(follower)
-    cluster.place([f"k{i}" for i in range(45)])
+    follower, back = cluster.rejoin_wiped()
     leader = cluster.leader()
     assert leader.node is not None and leader.node.core.snapshot_index >= 40
-    cluster.wipe(follower)
-    back = cluster.boot(follower)
     cluster.run(2.0)
     assert _held(back) == _held(leader)
     assert back.node is not None and back.node.core.snapshot_index == leader.node.core.snapshot_index
@@ -149,23 +165,14 @@ def test_a_wiped_follower_catches_up_by_snapshot_in_chunks_then_by_entries(clust
 
 
 def test_a_cut_transfer_resumes_where_the_follower_is(cluster: SnapshotCluster) -> None:
-    follower = _follower(cluster)
-    cluster.crash(follower)
-    cluster.place([f"k{i}" for i in range(45)])
-    cluster.wipe(follower)
-    back = cluster.boot(follower)
-    receive = back.receive_snapshot_chunk
-    cut = {"after": 3}
+    follower, back = cluster.rejoin_wiped()
 
-    async def cut_off(body: Any) -> Any:
-        answer = await receive(body)
-        cut["after"] -= 1
-        if cut["after"] == 0:
+    def cut_off(_: Any) -> None:
+        if len(cluster.chunks[follower]) == 3:
             cluster.http.down.add(f"r{follower}")  # the follower holds 21 orders, the leader hears nothing
             cluster.clock.callLater(0.3, cluster.http.down.discard, f"r{follower}")
-        return answer
 
-    back.receive_snapshot_chunk = cut_off  # type: ignore[method-assign]
+    cluster.after_each_chunk(back, cut_off)
     cluster.run(3.0)
     assert _held(back) == _held(cluster.leader())
     offsets = [offset for offset, _ in cluster.chunks[follower]]
@@ -234,21 +241,15 @@ def test_an_oversized_chunk_body_is_refused(cluster: SnapshotCluster) -> None:
 
 
 def test_a_follower_that_crashes_mid_transfer_resumes_from_what_it_staged(cluster: SnapshotCluster) -> None:
-    follower = _follower(cluster)
-    cluster.crash(follower)
-    cluster.place([f"k{i}" for i in range(45)])
-    cluster.wipe(follower)
-    back = cluster.boot(follower)
-    receive, crashed = back.receive_snapshot_chunk, []
+    follower, back = cluster.rejoin_wiped()
+    crashed = []
 
-    async def crash_after_two(body: Any) -> Any:
-        answer = await receive(body)
+    def crash_after_two(_: Any) -> None:
         if len(cluster.chunks[follower]) == 2 and not crashed:
             crashed.append(True)
             cluster.crash(follower)  # right after the second chunk is durable
-        return answer
 
-    back.receive_snapshot_chunk = crash_after_two  # type: ignore[method-assign]
+    cluster.after_each_chunk(back, crash_after_two)
     cluster.run(0.5)
     assert crashed and follower not in cluster.replicas
     del cluster.chunks[follower]
@@ -271,21 +272,15 @@ def test_the_reaper_confirms_a_reservation_whose_entry_was_compacted(cluster: Sn
 
 def test_a_lost_answer_to_the_last_chunk_costs_two_empty_requests_not_a_second_transfer(
         cluster: SnapshotCluster) -> None:
-    follower = _follower(cluster)
-    cluster.crash(follower)
-    cluster.place([f"k{i}" for i in range(45)])
-    cluster.wipe(follower)
-    back = cluster.boot(follower)
-    receive, lost = back.receive_snapshot_chunk, []
+    follower, back = cluster.rejoin_wiped()
+    lost = []
 
-    async def lose_the_installs_answer(body: Any) -> Any:
-        answer = await receive(body)
+    def lose_the_installs_answer(answer: Any) -> None:
         if answer["messages"] and not lost:
             lost.append(True)
             raise RuntimeError("the connection dropped before the answer went out")
-        return answer
 
-    back.receive_snapshot_chunk = lose_the_installs_answer  # type: ignore[method-assign]
+    cluster.after_each_chunk(back, lose_the_installs_answer)
     cluster.run(3.0)
     assert lost and _held(back) == _held(cluster.leader())
     size = back._store.snapshot.size if back._store.snapshot else 0
