@@ -27,6 +27,7 @@ from toystore.metrics import (
     LeaderCollector,
     ReplicaCollector,
     ServiceMetrics,
+    SnapshotCollector,
     TransportCollector,
     UNMATCHED,
     raft_status,
@@ -267,12 +268,15 @@ def test_a_hosts_status_brings_its_settlement_counts_and_the_transport_its_drops
     metrics = ServiceMetrics(Clock())
     watch_raft(metrics, node, lambda: status)  # type: ignore[arg-type]
     metrics.add(TransportCollector(SimpleNamespace(posts=40, dropped=3)))  # type: ignore[arg-type]
+    metrics.add(SnapshotCollector(SimpleNamespace(chunks_sent=7, bytes_sent=9000)))  # type: ignore[arg-type]
     samples = exposed(metrics)
     assert value(samples, "toystore_replica_settled_reservations_total", outcome="confirmed") == 5
     assert value(samples, "toystore_replica_settled_reservations_total", outcome="refused") == 1
     assert value(samples, "toystore_replica_applied_index") == 6
     assert value(samples, "toystore_raft_posts_total") == 40
     assert value(samples, "toystore_raft_messages_dropped_total") == 3
+    assert value(samples, "toystore_raft_snapshot_chunks_sent_total") == 7
+    assert value(samples, "toystore_raft_snapshot_bytes_sent_total") == 9000
 
 
 def test_elections_are_counted_from_role_changes() -> None:

@@ -289,6 +289,24 @@ class TransportCollector(Collector):
                                   self._transport.dropped)
 
 
+class CountsSnapshotsSent(Protocol):
+    chunks_sent: int
+    bytes_sent: int
+
+
+class SnapshotCollector(Collector):
+    """What a Raft leader sent of its snapshots (:class:`~toystore.raft.snapshots.SnapshotSender`)."""
+
+    def __init__(self, sender: CountsSnapshotsSent) -> None:
+        self._sender = sender
+
+    def collect(self) -> Iterable[Metric]:
+        yield CounterMetricFamily("toystore_raft_snapshot_chunks_sent", "Chunks of snapshots sent to followers "
+                                  "(POST /install_snapshot).", self._sender.chunks_sent)
+        yield CounterMetricFamily("toystore_raft_snapshot_bytes_sent", "Bytes of snapshot items sent to followers, "
+                                  "encoded.", self._sender.bytes_sent)
+
+
 class ElectionCounter(Collector):
     """Counts a Raft node's elections from its role changes (``RaftNode.role_listeners``):
     becoming candidate starts one, becoming leader wins one."""
@@ -416,8 +434,8 @@ def frontend_metrics(clock: IReactorTime, cache: HasCacheStats, tracker: KnowsLe
     return metrics
 
 
-def order_metrics(clock: IReactorTime, db: CommitsDurably, replica: Any,
-                  transport: CountsPosts | None = None) -> ServiceMetrics:
+def order_metrics(clock: IReactorTime, db: CommitsDurably, replica: Any, transport: CountsPosts | None = None,
+                  snapshots: CountsSnapshotsSent | None = None) -> ServiceMetrics:
     """An order replica's metrics: requests, group commits, and its replication state (Raft's
     elections, append latency and ``transport`` too when ``replica.node`` is a :class:`RaftNode`)."""
     metrics = ServiceMetrics(clock)
@@ -429,4 +447,6 @@ def order_metrics(clock: IReactorTime, db: CommitsDurably, replica: Any,
         metrics.add(ReplicaCollector(replica.status))
     if transport is not None:
         metrics.add(TransportCollector(transport))
+    if snapshots is not None:
+        metrics.add(SnapshotCollector(snapshots))
     return metrics

@@ -70,12 +70,13 @@ def _open_parts(reactor: Any, node_id: int, catalog_url: str, data_dir: Path, to
 
 
 def _serve(reactor: Any, replica: RaftReplica | PrimaryBackupReplica, parts: ReplicaParts, token: str | None,
-           interface: str, port: int, transport: HttpTransport | None = None) -> OrderReplicaService:
+           interface: str, port: int, transport: HttpTransport | None = None,
+           snapshots: SnapshotSender | None = None) -> OrderReplicaService:
     top = OrderReplicaService(replica)
     GarbageCollectorTuning().setServiceParent(top)
     DatabaseService(parts.db).setServiceParent(top)
     HTTPPoolService(parts.http_pool).setServiceParent(top)
-    metrics = order_metrics(reactor, parts.db, replica, transport)
+    metrics = order_metrics(reactor, parts.db, replica, transport, snapshots)
     site = QuietSite(metrics.wrap(OrderApi(replica, token).resource(), OrderApi.app))
     internet.TCPServer(port, site, backlog=LISTEN_BACKLOG, interface=interface).setServiceParent(top)
     return top
@@ -111,7 +112,7 @@ def build_raft_replica(*, reactor: Any, node_id: int, replicas: Mapping[int, str
     log.info("Order replica {id} (raft) restored term {term}, snapshot at {snapshot}, {entries} log entries, "
              "{orders} orders", id=node_id, term=state.hard_state.term, snapshot=core.snapshot_index,
              entries=len(state.entries), orders=parts.store.orders.latest_number + 1)
-    return _serve(reactor, replica, parts, token, interface, port, transport)
+    return _serve(reactor, replica, parts, token, interface, port, transport, snapshots)
 
 
 def build_primary_backup_replica(*, reactor: Any, node_id: int, replicas: Mapping[int, str], catalog_url: str,

@@ -72,6 +72,7 @@ class SnapshotSender:
         self._retry_at: dict[int, float] = {}
         self.chunks_sent = 0
         self.items_sent = 0
+        self.bytes_sent = 0  # of the items, encoded
 
     def send(self, message: Message) -> None:
         if message.to not in self._peers:
@@ -119,7 +120,7 @@ class SnapshotSender:
                  size=snapshot.size, peer=message.to)
         offset = 0
         while True:
-            items = _within_bytes(await self._source.read_items(snapshot, offset, self._chunk_items))
+            items, encoded = _within_bytes(await self._source.read_items(snapshot, offset, self._chunk_items))
             if offset < snapshot.size and not items:
                 log.error("Item {offset} of the snapshot at {index} is too large for any chunk; replica {peer} "
                           "cannot get it", offset=offset, index=snapshot.meta.index, peer=message.to)
@@ -132,6 +133,7 @@ class SnapshotSender:
                       "offset": offset, "items": items})
             self.chunks_sent += 1
             self.items_sent += len(items)
+            self.bytes_sent += encoded
             received = _received(body)
             if status == 409 and received is not None and received != offset and received <= snapshot.size:
                 offset = received  # resume where the follower is
@@ -147,16 +149,17 @@ class SnapshotSender:
             offset = received
 
 
-def _within_bytes(items: list[Any]) -> list[Any]:
-    """The first of ``items`` whose encoding fits in :data:`CHUNK_ITEM_BYTES`, so that a
-    chunk stays under the receiver's limit whatever its items hold (an escaped key may
-    take twelve bytes a character)."""
+def _within_bytes(items: list[Any]) -> tuple[list[Any], int]:
+    """The first of ``items`` whose encoding fits in :data:`CHUNK_ITEM_BYTES`, and its
+    length: a chunk stays under the receiver's limit whatever its items hold (an escaped
+    key may take twelve bytes a character)."""
     total = 0
     for count, item in enumerate(items):
-        total += len(json.dumps(item)) + 2
-        if total > CHUNK_ITEM_BYTES:
-            return items[:count]
-    return items
+        size = len(json.dumps(item)) + 2
+        if total + size > CHUNK_ITEM_BYTES:
+            return items[:count], total
+        total += size
+    return items, total
 
 
 def _received(body: Mapping[str, Any]) -> int | None:
