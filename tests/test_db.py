@@ -9,7 +9,7 @@ import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from toystore.db import Database, connect
+from toystore.db import Database, DatabaseClosed, connect
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS items (name TEXT PRIMARY KEY);"
 
@@ -67,3 +67,27 @@ def test_a_groups_callers_hear_once_the_group_waiting_behind_it_is_on_its_way(tm
     blocking, done = held[0]
     done.callback(blocking())  # type: ignore[operator]
     assert groups_started_when_first_heard == [2]
+
+
+def test_a_shut_down_lets_queued_writes_commit_and_refuses_later_ones(tmp_path: Path) -> None:
+    held: list[tuple[object, Deferred]] = []
+
+    def held_runner(blocking: object) -> Deferred:
+        done: Deferred = Deferred()
+        held.append((blocking, done))
+        return done
+
+    db = Database(connect(tmp_path / "t.sqlite3", SCHEMA), Clock(), runner=held_runner)
+    written: list[object] = []
+    Deferred.fromCoroutine(db.write(_insert("on disk"))).addCallback(written.append)
+    Deferred.fromCoroutine(db.write(_insert("queued"))).addCallback(written.append)
+    stopped = Deferred.fromCoroutine(db.shut_down())
+    while held:  # the disk thread finishes what it was given, in order
+        blocking, done = held.pop(0)
+        done.callback(blocking())  # type: ignore[operator]
+    assert written == ["on disk", "queued"] and stopped.called
+    late = Deferred.fromCoroutine(db.write(_insert("late")))
+    assert late.called and late.result.check(DatabaseClosed)  # type: ignore[attr-defined]
+    late.addErrback(lambda _: None)
+    reopened = Database(connect(tmp_path / "t.sqlite3", SCHEMA), Clock())
+    assert _names(reopened) == ["on disk", "queued"]

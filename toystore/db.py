@@ -28,6 +28,10 @@ Work = Callable[[sqlite3.Connection], Any]
 Runner = Callable[[Callable[[], Any]], defer.Deferred]
 
 
+class DatabaseClosed(Exception):
+    """A read or write came after the database was shut down."""
+
+
 def run_inline(blocking: Callable[[], Any]) -> defer.Deferred:
     """A :data:`Runner` for unit tests: runs the work at once, on the calling thread."""
     return defer.maybeDeferred(blocking)
@@ -80,6 +84,8 @@ class Database:
         self._look_conn = looker or conn
         self._pending: list[tuple[Work, defer.Deferred]] = []
         self._committing = False
+        self._closed = False
+        self._idle: list[defer.Deferred] = []  # fired once no write is queued or on disk
         self._thread_pools: list[ThreadPool] = []
         self.commits = 0  # transactions made durable; tests and metrics read it
         # Called on the reactor thread after each durable group commit with the seconds its
@@ -121,14 +127,25 @@ class Database:
         if self._db_delay > 0:
             await deferLater(self._clock, self._db_delay)
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise DatabaseClosed("the database is shut down: the service is stopping")
+
     async def read(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run a read-only function; it sees every write committed before it."""
+        """Run a read-only function; it sees every write committed before it.
+
+        :raises DatabaseClosed: once :meth:`shut_down` has begun."""
         await self._simulated_delay()
+        self._check_open()
         return await self._read_runner(lambda: work(self._read_conn))
 
     async def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``work`` in the next group transaction; returns once it is durable."""
+        """Run ``work`` in the next group transaction; returns once it is durable.
+
+        :raises DatabaseClosed: once :meth:`shut_down` has closed the database (writes
+            queued before still go to disk)."""
         await self._simulated_delay()
+        self._check_open()
         done: defer.Deferred = defer.Deferred()
         self._pending.append((work, done))
         if not self._committing:
@@ -172,6 +189,10 @@ class Database:
         # its fsync; what they write in turn joins the group after it.
         if self._pending:
             self._commit_pending()
+        else:
+            idle, self._idle = self._idle, []
+            for waiter in idle:
+                waiter.callback(None)
         for index, (_, done) in enumerate(batch):
             # A failed COMMIT fails every caller of the batch: none of them is durable.
             result = outcome if isinstance(outcome, Failure) else outcome[index]
@@ -186,7 +207,15 @@ class Database:
             conn.close()
 
     async def shut_down(self) -> None:
-        """Close each connection on its own thread, after the work queued there, then stop the threads."""
+        """Let every write queued or on disk commit, then close each connection on its own
+        thread, after the work queued there, and stop the threads."""
+        # Requests still under way when the port closed get their writes made durable; what
+        # their callers write in turn joins a later group, which is waited for too.
+        while self._committing or self._pending:
+            waiter: defer.Deferred = defer.Deferred()
+            self._idle.append(waiter)
+            await waiter
+        self._closed = True
         try:
             if self._look_conn is not self._conn:
                 self._look_conn.close()
