@@ -14,19 +14,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+from toystore.bench import whole_numbers
 from toystore.bench.loadgen import find_wrk
 from toystore.bench.report import render
 from toystore.bench.runner import Bench, Settings
-
-
-def _client_counts(text: str) -> tuple[int, ...]:
-    try:
-        counts = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma-separated list of whole numbers: {text!r}") from None
-    if not counts or min(counts) < 1:
-        raise argparse.ArgumentTypeError("every client count must be at least 1")
-    return counts
 
 
 def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -41,7 +32,7 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--db-delay", type=float, default=0.0,
                         help="simulated seconds per database read or write in every service (0.2: the spec's setting)")
     parser.add_argument("--get-concurrency", type=int, default=16, help="connections for the read figures")
-    parser.add_argument("--order-clients", type=_client_counts, default=(1, 16, 64, 256),
+    parser.add_argument("--order-clients", type=whole_numbers, default=(1, 16, 64, 256),
                         help="concurrent clients of each order figure, comma-separated (default 1,16,64,256: "
                              "the last shows what the cluster can take when latency is no object)")
     parser.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto",
