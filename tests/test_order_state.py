@@ -221,3 +221,18 @@ def test_an_install_that_fails_midway_leaves_the_old_state_whole(tmp_path: Path)
     failed.addErrback(lambda _: None)
     reopened = _assert_holds_its_one_order(path)
     assert reopened.received_snapshot() == snapshot  # still staged whole: the next try installs it
+
+
+def test_a_snapshot_whose_write_fails_leaves_the_whole_log(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    store = _store(path)
+    entries = [Entry(i, 1, "") for i in range(1, 6)]
+    _save(store, Changes(HardState(1, 1, 5), entries, applied=5))
+    store._db.read_at_start(lambda conn: conn.execute(
+        # After the snapshot's row is written and entries 1 and 2 are deleted.
+        "CREATE TRIGGER failing BEFORE DELETE ON raft_log WHEN OLD.idx = 3 BEGIN SELECT RAISE(ABORT, 'disk'); END"))
+    failed = defer.ensureDeferred(store.save_snapshot(_snapshot(5, 0), compact_before=4))
+    assert isinstance(failed.result, Failure)
+    failed.addErrback(lambda _: None)
+    state = _store(path).load_at_start()
+    assert state.snapshot is None and state.entries == entries and store.snapshot is None
