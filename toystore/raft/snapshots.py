@@ -14,7 +14,7 @@ new leader with the same snapshot resumes instead of starting over. Only once th
 item is staged is the SNAPSHOT stepped into the follower's core, which has its host
 install the snapshot (one transaction) and answers as an append would; that answer
 comes back on the last chunk's response. A chunk of a term older than the follower's is
-refused (409), as is a different snapshot while one is being installed.
+refused (409); chunks are handled one at a time, and wait while a snapshot installs.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class SnapshotSender:
 
     def __init__(self, client: JsonClient, peers: Mapping[int, str], *, source: SnapshotSource,
                  clock: IReactorTime, token: str | None, on_answer: Callable[[Message], None],
-                 on_done: Callable[[int, bool], None], chunk_items: int = CHUNK_ITEMS) -> None:
+                 on_done: Callable[[int, int, bool], None], chunk_items: int = CHUNK_ITEMS) -> None:
         self._client = client
         self._peers = dict(peers)
         self._source = source
@@ -204,7 +204,7 @@ class SnapshotReceiver:
             if message.term < fence:
                 raise ApiError(409, f"The chunk's term {message.term} is older than this replica's ({fence}).",
                                details={"term": fence})
-            self._highest_term = message.term
+            self._highest_term = max(self._highest_term, message.term)
             received = self._sink.received(snapshot)
             if offset != received:
                 raise ApiError(409, f"This replica holds {received} items of that snapshot; send from there.",
