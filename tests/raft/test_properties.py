@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from toystore.raft.sim import TICKS_PER_SECOND, Cluster
 
-MAX_SIZE = 5
+MAX_SIZE = 6  # five voters and a learner
 
 Action = tuple[Any, ...]
 
@@ -93,6 +93,7 @@ def heal_everything(cluster: Cluster) -> None:
 )
 @given(
     size=st.sampled_from([3, 5]),
+    learners=st.sampled_from([0, 0, 1]),
     seed=st.integers(0, 2**32 - 1),
     pre_vote=st.booleans(),
     check_quorum=st.booleans(),
@@ -101,11 +102,11 @@ def heal_everything(cluster: Cluster) -> None:
     schedule=st.lists(actions, min_size=15, max_size=60),
 )
 def test_random_fault_schedules_are_safe_then_live(
-    size: int, seed: int, pre_vote: bool, check_quorum: bool, batch: int, compaction: tuple[int, int],
+    size: int, learners: int, seed: int, pre_vote: bool, check_quorum: bool, batch: int, compaction: tuple[int, int],
     schedule: list[Action],
 ) -> None:
     cluster = Cluster(
-        size, seed=seed, pre_vote=pre_vote, check_quorum=check_quorum, max_entries_per_append=batch,
+        size, learners=learners, seed=seed, pre_vote=pre_vote, check_quorum=check_quorum, max_entries_per_append=batch,
         snapshot_every=compaction[0], snapshot_keep=compaction[1],
     )
     serial = itertools.count()
@@ -116,8 +117,8 @@ def test_random_fault_schedules_are_safe_then_live(
     # within a bound (one() retries on another leader, as a client would).
     cluster.check_one_leader(max_ticks=30 * TICKS_PER_SECOND)
     for n in range(3):
-        index = cluster.one(f"final{n}", size, max_ticks=10 * TICKS_PER_SECOND)
-        assert cluster.n_committed(index) == (size, f"final{n}")
+        index = cluster.one(f"final{n}", size + learners, max_ticks=10 * TICKS_PER_SECOND)
+        assert cluster.n_committed(index) == (size + learners, f"final{n}")
     # Nodes converge on one history (per index the checker already forbids divergence).
     applied = [cluster.nodes[node_id].applied for node_id in cluster.ids]
     shortest = min(len(log) for log in applied)

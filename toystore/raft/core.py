@@ -8,7 +8,8 @@ Everything is deterministic given the injected ``random.Random``.
 Implemented: leader election with randomized timeouts, pre-vote and check-quorum
 leases (Ongaro's dissertation 9.6), log replication with probe/replicate flow control
 and fast backup, commit of current-term entries only (Figure 8), ReadIndex, leadership
-transfer (3.10), TRUNCATE of an outdated follower suffix, and log compaction: the host
+transfer (3.10), TRUNCATE of an outdated follower suffix, learners (members that receive
+the log but vote in nothing, as etcd's learners), and log compaction: the host
 reports the snapshots it made durable (:meth:`RaftCore.compact`), a follower that needs
 entries compacted away is sent a SNAPSHOT, and a follower that receives one hands it to
 its host in ``Ready.snapshot`` (chapter 5; what the snapshot holds, and how its bytes
@@ -73,7 +74,9 @@ class RaftCore:
     """One Raft participant.
 
     :param node_id: this node's id (>= 1).
-    :param peers: every node id of the cluster, this one included.
+    :param peers: every voting node id of the cluster (this one included, unless it is a learner).
+    :param learners: the ids of non-voting members (etcd's learners, hashicorp's non-voters):
+        they receive the log, but are counted in no quorum and never campaign.
     :param hard_state: the persisted term, vote and commit index.
     :param snapshot: the latest durable snapshot of the state machine, if any.
     :param entries: the persisted log, contiguous: from index 1 without a snapshot;
@@ -98,6 +101,7 @@ class RaftCore:
         node_id: int,
         peers: Sequence[int],
         *,
+        learners: Sequence[int] = (),
         hard_state: HardState = HardState(),
         snapshot: SnapshotMeta | None = None,
         entries: Sequence[Entry] = (),
@@ -109,8 +113,10 @@ class RaftCore:
         check_quorum: bool = True,
         max_entries_per_append: int = 512,
     ) -> None:
-        if node_id < 1 or node_id not in peers or len(set(peers)) != len(peers) or min(peers) < 1:
-            raise ValueError(f"peers {list(peers)} must be distinct ids >= 1 including {node_id}")
+        members = [*peers, *learners]
+        if node_id < 1 or node_id not in members or len(set(members)) != len(members) or min(members) < 1 or not peers:
+            raise ValueError(f"peers {list(peers)} and learners {list(learners)} must be distinct ids >= 1, "
+                             f"at least one peer, {node_id} among them")
         if not 1 <= heartbeat_ticks < election_ticks:
             raise ValueError("need 1 <= heartbeat_ticks < election_ticks")
         if max_entries_per_append < 1:
@@ -120,7 +126,10 @@ class RaftCore:
         if snapshot is not None and not 1 <= snapshot.index <= applied:
             raise ValueError(f"a snapshot at {snapshot.index} must be in the state machine (applied: {applied})")
         self._id = node_id
-        self._others = tuple(sorted(peer for peer in peers if peer != node_id))
+        self._voters = frozenset(peers)
+        # Everyone this node exchanges messages with: a leader replicates to learners too.
+        self._others = tuple(sorted(member for member in members if member != node_id))
+        self._other_voters = tuple(peer for peer in self._others if peer in self._voters)
         self._quorum = len(peers) // 2 + 1
         self._rng = rng
         self._election_ticks = election_ticks
@@ -233,11 +242,12 @@ class RaftCore:
         self._election_elapsed += 1
         if self._election_elapsed >= self._timeout:
             self._election_elapsed = 0
-            self._campaign(pre_vote=self._pre_vote)
+            if self._id in self._voters:  # a learner never campaigns
+                self._campaign(pre_vote=self._pre_vote)
 
     def campaign(self) -> None:
-        """Start an election now (through pre-vote when enabled); no-op on a leader."""
-        if self._role is not Role.LEADER:
+        """Start an election now (through pre-vote when enabled); no-op on a leader or a learner."""
+        if self._role is not Role.LEADER and self._id in self._voters:
             self._campaign(pre_vote=self._pre_vote)
 
     def propose(self, data: str) -> tuple[int, int]:
@@ -289,9 +299,10 @@ class RaftCore:
         """Hand leadership to ``target``: bring it up to date, then send TIMEOUT_NOW.
 
         Proposals are refused meanwhile; the transfer is abandoned after an election
-        timeout. No-op unless leader and ``target`` is another known node.
+        timeout. No-op unless leader and ``target`` is another voter.
         """
-        if self._role is not Role.LEADER or target not in self._progress or target in (self._id, self._transferee):
+        if (self._role is not Role.LEADER or target not in self._progress or target not in self._voters
+                or target in (self._id, self._transferee)):
             return
         self._transferee = target
         # The transfer gets one election timeout from now.
@@ -464,7 +475,7 @@ class RaftCore:
         if self._quorum == 1:
             self._won_election()
             return
-        for peer in self._others:
+        for peer in self._other_voters:
             self._messages.append(
                 Message(
                     kind,
@@ -538,7 +549,7 @@ class RaftCore:
             self._election_elapsed = 0
             self._leader_id = message.sender
             self._handle_from_leader(message)
-        elif message.type is MessageType.TIMEOUT_NOW:
+        elif message.type is MessageType.TIMEOUT_NOW and self._id in self._voters:
             self._campaign(pre_vote=False, transfer=True)
 
     def _step_candidate(self, message: Message) -> None:
@@ -548,7 +559,7 @@ class RaftCore:
             self._handle_from_leader(message)
             return
         expected = MessageType.PRE_VOTE_RESP if self._role is Role.PRE_CANDIDATE else MessageType.VOTE_RESP
-        if message.type is not expected:
+        if message.type is not expected or message.sender not in self._voters:
             return
         self._votes.setdefault(message.sender, not message.reject)
         granted = sum(self._votes.values())
@@ -675,7 +686,7 @@ class RaftCore:
 
     def _quorum_active(self) -> bool:
         """Did a quorum answer during the last election timeout? Starts the next period."""
-        active = 1 + sum(self._progress[peer].recent_active for peer in self._others)
+        active = 1 + sum(self._progress[peer].recent_active for peer in self._other_voters)
         for peer in self._others:
             self._progress[peer].recent_active = False
         return active >= self._quorum
@@ -696,7 +707,7 @@ class RaftCore:
                 progress.inflights.free_first()
             if progress.match < self._log.last_index or progress.state is ProgressState.PROBE:
                 self._send_append(message.sender)
-            if message.context:
+            if message.context and message.sender in self._voters:
                 self._read_states.extend(self._reads.acknowledge(message.context, message.sender))
 
     def _handle_append_response(self, message: Message, progress: Progress) -> None:
@@ -734,7 +745,8 @@ class RaftCore:
 
     def _maybe_commit(self) -> bool:
         """Commit what a quorum persisted, if it is of our term (Figure 8). :return: whether commit moved."""
-        matches = sorted((progress.match for progress in self._progress.values()), reverse=True)
+        matches = sorted((progress.match for peer, progress in self._progress.items() if peer in self._voters),
+                         reverse=True)
         candidate = matches[self._quorum - 1]
         if self._log.term_at(candidate) != self._term or not self._log.commit_to(candidate):
             return False

@@ -273,7 +273,8 @@ class InvariantChecker:
 class Cluster:
     """N simulated nodes, ids 1..N, on one network and one clock.
 
-    :param size: the number of nodes.
+    :param size: the number of voting nodes (ids 1 to ``size``).
+    :param learners: the number of non-voting nodes after them.
     :param seed: seeds every random choice of the run (network, timeouts, tests).
     :param snapshot_every: a node snapshots its state machine once it applied this many
         entries since its last snapshot (0: never, and logs keep every entry).
@@ -285,6 +286,7 @@ class Cluster:
         size: int,
         *,
         seed: int,
+        learners: int = 0,
         election_ticks: int = 10,
         heartbeat_ticks: int = 1,
         pre_vote: bool = True,
@@ -296,7 +298,8 @@ class Cluster:
         self.seed = seed
         self.rng = random.Random(seed)
         self.now = 0
-        self.ids = tuple(range(1, size + 1))
+        self.ids = tuple(range(1, size + learners + 1))
+        self.voters = self.ids[:size]
         self.election_ticks = election_ticks
         self.network = SimNetwork(random.Random(self.rng.getrandbits(64)))
         self.checker = InvariantChecker(seed)
@@ -329,7 +332,8 @@ class Cluster:
         node.led_term = 0
         node.core = RaftCore(
             node_id,
-            self.ids,
+            self.voters,
+            learners=self.ids[len(self.voters):],
             hard_state=node.storage.hard_state,
             snapshot=node.storage.snapshot,
             entries=node.storage.entries,
