@@ -74,14 +74,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--history", type=Path, help="write the history here as JSON lines (and the final "
                                                      "state beside it, .state.json)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--snapshot-every", type=int, default=None,
+                        help="the replicas' --snapshot-every (default: theirs, 10000); a small one makes "
+                             "followers back from a fault catch up by snapshot")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.clients < 1 or args.duration <= 0:
         parser.error("--clients and --duration must be positive")
+    if args.snapshot_every is not None and args.snapshot_every < 0:
+        parser.error("--snapshot-every must be a whole number from 0")
 
     data_dir = (args.data_dir or Path(tempfile.mkdtemp(prefix="toystore-chaos-"))).resolve()
     cluster = LocalCluster(ClusterConfig(data_dir=data_dir, proxied=True, initial_stock=1_000_000,
-                                         restock_interval=0))
+                                         restock_interval=0, snapshot_every=args.snapshot_every))
     rng = random.Random(args.seed)
     nemesis = Nemesis(cluster, rng=random.Random(args.seed + 1))
     workload = Workload(cluster.frontend_url, WorkloadOptions(clients=args.clients, seed=args.seed))
