@@ -173,6 +173,15 @@ def test_render_states_machine_generators_and_durations() -> None:
     assert "Some checks failed" not in text
 
 
+def test_render_adds_the_lone_orders_stages_when_measured() -> None:
+    assert "Where a lone order's time goes" not in render(_report())
+    report = _report()
+    report["details"] = {"orders_c1_stages": {"leader POST /order": {"mean_ms": 3.25, "count": 300},
+                                              "leader fsync": {"mean_ms": 0.5, "count": 600}}}
+    lines = render(report).splitlines()
+    assert "| leader POST /order | 3.25 ms | 300 |" in lines and "| leader fsync | 0.50 ms | 600 |" in lines
+
+
 def test_quick_and_db_delay_shrink_the_defaults() -> None:
     normal = parse_arguments([])
     assert (normal.seconds, normal.kills, normal.catchup_orders) == (10.0, 5, 10_000)

@@ -98,4 +98,16 @@ def render(report: dict[str, Any]) -> str:
               + "".join(f"; {stage.replace('_', ' ')} {seconds:.0f} s" for stage, seconds in d.items() if stage != "total")
               + ".\nThe machine is shared: compare figures within one run (ratios), not across runs.")
     footer = "" if report.get("all_checks_passed", True) else "\n\n**Some checks failed**: see \"checks\" in the JSON."
-    return header + "\n\n" + markdown_table(table_rows(report)) + footer
+    return header + "\n\n" + markdown_table(table_rows(report)) + stage_table(report) + footer
+
+
+def stage_table(report: dict[str, Any]) -> str:
+    """Where a lone order's time went, when the 1-client point measured it (empty otherwise)."""
+    stages = report.get("details", {}).get("orders_c1_stages")
+    if not stages:
+        return ""
+    lines = ["", "", "Where a lone order's time goes (1 client; means over the point, each stage inside the "
+             "one above it; the follower's append runs beside the leader's fsync):", "",
+             "| stage | mean | observations |", "|---|---|---|"]
+    lines += [f"| {stage} | {figure['mean_ms']:.2f} ms | {figure['count']:.0f} |" for stage, figure in stages.items()]
+    return "\n".join(lines)

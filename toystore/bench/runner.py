@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from toystore.bench.loadgen import Job, LoadResult, combine, find_wrk, median, run_python_load, run_wrk
 from toystore.bench.restart import GROUP_WINDOW, group_restart_under_load, restart_under_load
+from toystore.bench.stages import exposition, histogram_totals, stage_means_ms
 from toystore.cluster import ClusterConfig, LocalCluster, free_ports, http_json
 
 CACHED_PRODUCT = "Tux"
@@ -192,6 +193,8 @@ class Bench:
 
     def _orders(self, cluster: LocalCluster, clients: int) -> None:
         before = latest_order_number(cluster)
+        processes = self._stage_processes(cluster) if clients == 1 else {}
+        histograms_before = {name: histogram_totals(exposition(url)) for name, url in processes.items()}
         job = order_job(cluster, ORDERED_PRODUCT)
         if self._wrk:
             result = run_wrk(self._wrk, job.url, seconds=self.settings.seconds, concurrency=clients,
@@ -206,6 +209,20 @@ class Bench:
         self.details[f"orders_c{clients}"] = {**asdict(result), "ok_per_second": result.ok_per_second}
         self.say(f"orders, {clients} clients: {result.ok_per_second:,.0f}/s, "
                  f"p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms")
+        if processes:
+            stages = stage_means_ms(histograms_before,
+                                    {name: histogram_totals(exposition(url)) for name, url in processes.items()})
+            self.details["orders_c1_stages"] = stages
+            self.say("  where a lone order's time goes (means): " +
+                     "; ".join(f"{stage} {figure['mean_ms']:.2f} ms" for stage, figure in stages.items()))
+
+    @staticmethod
+    def _stage_processes(cluster: LocalCluster) -> dict[str, str]:
+        """The processes a lone order passes through, by the names :mod:`toystore.bench.stages` uses."""
+        leader = cluster.wait_for(cluster.leader, 10, "an order leader")
+        follower = min(i for i in cluster.replica_ids if i != leader)
+        return {"frontend": cluster.frontend_url, "catalog": cluster.catalog_url,
+                "leader": cluster.replica_url(leader), "follower": cluster.replica_url(follower)}
 
     def _check_committed(self, cluster: LocalCluster, name: str, before: int, result: LoadResult) -> None:
         """The leader committed the orders the load generator heard 200 for, and no others

@@ -35,7 +35,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ from typing import Any, Callable, Iterator, Sequence
 from toystore.bench import whole_numbers
 from toystore.bench.loadgen import run_python_load
 from toystore.bench.runner import latest_order_number, order_job, replica_latest, wait_converged
+from toystore.bench.stages import exposition
 from toystore.catalog.store import INITIAL_TOYS
 from toystore.cluster import ClusterConfig, LocalCluster
 from toystore.http import MAX_BATCH_ITEMS
@@ -726,8 +726,7 @@ class SnapshotBench:
 
 def snapshot_bytes_sent(cluster: LocalCluster, replica_id: int) -> int:
     """The replica's ``toystore_raft_snapshot_bytes_sent_total`` (0 before it sent any)."""
-    with urllib.request.urlopen(cluster.replica_url(replica_id) + "/metrics", timeout=5) as response:
-        return metric_value(response.read().decode(), "toystore_raft_snapshot_bytes_sent_total")
+    return metric_value(exposition(cluster.replica_url(replica_id)), "toystore_raft_snapshot_bytes_sent_total")
 
 
 def metric_value(exposition: str, name: str) -> int:
