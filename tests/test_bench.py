@@ -173,6 +173,19 @@ def test_render_states_machine_generators_and_durations() -> None:
     assert "Some checks failed" not in text
 
 
+def test_orders_are_set_against_etcd_when_it_was_measured() -> None:
+    report = _report()
+    report["figures"].update({"etcd_put_c64_per_s": 3000.0, "etcd_put_c64_p50_ms": 20.0,  # type: ignore[attr-defined]
+                              "etcd_put_c64_p99_ms": 40.0, "orders_c64_per_s_to_etcd": 0.4,
+                              "orders_c64_p50_to_etcd": 2.5})
+    rows = table_rows(report)
+    orders = next(row for row in rows if row.measurement == "committed orders, 64 clients")
+    assert "0.40 × etcd's puts/s" in orders.detail and "p50 2.50 × etcd's" in orders.detail
+    etcd = next(row for row in rows if row.measurement.startswith("etcd puts"))
+    assert etcd.result == "3,000 puts/s" and "p99 40.0 ms" in etcd.detail
+    assert "etcd" not in " ".join(row.detail for row in table_rows(_report()))
+
+
 def test_render_adds_the_lone_orders_stages_when_measured() -> None:
     assert "Where a lone order's time goes" not in render(_report())
     report = _report()

@@ -53,8 +53,15 @@ def table_rows(report: dict[str, Any]) -> list[Row]:
             check = checks.get(name, {})
             verdict = (f"{check.get('acknowledged')} acknowledged, {check.get('committed')} committed"
                        if check.get("passed") else f"MISMATCH: {check}")
+            against = (f"; **{f[name + '_per_s_to_etcd']:.2f} × etcd's puts/s**, p50 "
+                       f"{f[name + '_p50_to_etcd']:.2f} × etcd's" if f"{name}_per_s_to_etcd" in f else "")
             rows.append(Row(f"committed orders, {clients} client{'s' if clients > 1 else ''}",
-                            _rate(f[f"{name}_per_s"], "orders/s"), f"{latency(name)}; {verdict}"))
+                            _rate(f[f"{name}_per_s"], "orders/s"), f"{latency(name)}; {verdict}{against}"))
+    for clients in s["order_concurrency"]:
+        name = f"etcd_put_c{clients}"
+        if f"{name}_per_s" in f:
+            rows.append(Row(f"etcd puts (3 members, fsync), {clients} client{'s' if clients > 1 else ''}",
+                            _rate(f[f"{name}_per_s"], "puts/s"), latency(name)))
     if "failover_median_s" in f:
         rows.append(Row("failover: kill -9 leader → next order acknowledged",
                         f"median {f['failover_median_s']:.2f} s",

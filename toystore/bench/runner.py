@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
+from toystore.bench.etcd import etcd_cluster, find_etcd, put_job
 from toystore.bench.loadgen import Job, LoadResult, combine, find_wrk, median, run_python_load, run_wrk
 from toystore.bench.restart import GROUP_WINDOW, group_restart_under_load, restart_under_load
 from toystore.bench.stages import exposition, histogram_totals, stage_means_ms
@@ -93,6 +94,8 @@ class Bench:
             else:
                 with self._stage("group_restart_under_load"):
                     self._group_restart_under_load(cluster)
+        with self._stage("etcd"):
+            self._etcd()
         self.durations["total"] = round(time.monotonic() - began, 2)
         return self.report()
 
@@ -195,12 +198,7 @@ class Bench:
         before = latest_order_number(cluster)
         processes = self._stage_processes(cluster) if clients == 1 else {}
         histograms_before = {name: histogram_totals(exposition(url)) for name, url in processes.items()}
-        job = order_job(cluster, ORDERED_PRODUCT)
-        if self._wrk:
-            result = run_wrk(self._wrk, job.url, seconds=self.settings.seconds, concurrency=clients,
-                             method=job.method, body=job.body)
-        else:
-            result = run_python_load(job, concurrency=clients, seconds=self.settings.seconds)
+        result = self._drive(order_job(cluster, ORDERED_PRODUCT), clients)
         self._check_committed(cluster, f"orders_c{clients}", before, result)
         self.figures[f"orders_c{clients}_per_s"] = round(result.ok_per_second, 1)
         self.figures[f"orders_c{clients}_p50_ms"] = round(result.p50_ms, 2)
@@ -215,6 +213,36 @@ class Bench:
             self.details["orders_c1_stages"] = stages
             self.say("  where a lone order's time goes (means): " +
                      "; ".join(f"{stage} {figure['mean_ms']:.2f} ms" for stage, figure in stages.items()))
+
+    def _drive(self, job: Job, clients: int) -> LoadResult:
+        """One load point of ``job`` at ``clients`` connections, with wrk when it is there."""
+        if self._wrk:
+            return run_wrk(self._wrk, job.url, seconds=self.settings.seconds, concurrency=clients,
+                           method=job.method, body=job.body)
+        return run_python_load(job, concurrency=clients, seconds=self.settings.seconds)
+
+    def _etcd(self) -> None:
+        """etcd's puts at the order points' connections, and each order figure against them."""
+        etcd = find_etcd()
+        if etcd is None or self.settings.quick:
+            self.details["etcd"] = "skipped: " + ("a quick run" if etcd else "no etcd (apt-get install etcd-server)")
+            self.say(f"etcd {self.details['etcd']}")
+            return
+        with etcd_cluster(etcd, self.settings.data_dir / "etcd") as urls:
+            for clients in self.settings.order_concurrency:
+                result = self._drive(put_job(urls[0]), clients)
+                name = f"etcd_put_c{clients}"
+                self.figures[f"{name}_per_s"] = round(result.ok_per_second, 1)
+                self.figures[f"{name}_p50_ms"] = round(result.p50_ms, 2)
+                self.figures[f"{name}_p99_ms"] = round(result.p99_ms, 2)
+                self.details[name] = {**asdict(result), "ok_per_second": result.ok_per_second}
+                orders = self.figures.get(f"orders_c{clients}_per_s")
+                if orders and result.ok_per_second > 0 and result.p50_ms > 0:
+                    self.figures[f"orders_c{clients}_per_s_to_etcd"] = round(orders / result.ok_per_second, 3)
+                    self.figures[f"orders_c{clients}_p50_to_etcd"] = round(
+                        self.figures[f"orders_c{clients}_p50_ms"] / result.p50_ms, 3)
+                self.say(f"etcd puts, {clients} clients: {result.ok_per_second:,.0f}/s, p50 {result.p50_ms:.1f} ms, "
+                         f"p99 {result.p99_ms:.1f} ms")
 
     @staticmethod
     def _stage_processes(cluster: LocalCluster) -> dict[str, str]:
