@@ -38,6 +38,12 @@ def test_quick_run_reports_every_figure(tmp_path: Path) -> None:
     assert report["all_checks_passed"], report["checks"]
     assert report["machine"]["cores"] >= 1 and report["durations_s"]["total"] > 0
     assert "| cached GET /products/<name> |" in done.stdout
+    # Where a lone order's time went, read from every process's histograms.
+    stages = report["details"]["orders_c1_stages"]
+    assert {"frontend POST /orders", "leader POST /order", "Raft round: proposal to commit"} <= set(stages)
+    assert all(stage["count"] > 0 and stage["mean_ms"] > 0 for stage in stages.values())
+    assert "Where a lone order's time goes" in done.stdout
+    assert report["details"]["etcd"] == "skipped: a quick run"
     if shutil.which("pgrep"):
         leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
         assert leftovers.stdout == "", "processes still running from this run"
