@@ -173,6 +173,17 @@ def test_render_states_machine_generators_and_durations() -> None:
     assert "Some checks failed" not in text
 
 
+def test_cached_reads_are_set_against_the_bare_resource_and_uncached_against_cached() -> None:
+    report = _report()
+    report["figures"].update({"cached_get_to_bare_resource": 0.92, "cached_get_to_bare_resource_min": 0.9,  # type: ignore[attr-defined]
+                              "cached_get_to_bare_resource_max": 0.95, "bare_resource_get_rps": 1850.0,
+                              "uncached_get_to_cached": 0.35})
+    rows = {row.measurement: row for row in table_rows(report)}
+    assert "0.92 × a bare twisted.web Resource** (windows 0.90 to 0.95; it served 1,850 req/s)" in rows[
+        "cached GET /products/<name>"].detail
+    assert "0.35 × cached" in rows["uncached GET /products/<name> (cache size 0)"].detail
+
+
 def test_orders_are_set_against_etcd_when_it_was_measured() -> None:
     report = _report()
     report["figures"].update({"etcd_put_c64_per_s": 3000.0, "etcd_put_c64_p50_ms": 20.0,  # type: ignore[attr-defined]

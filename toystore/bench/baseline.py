@@ -4,7 +4,10 @@ no cache, no lock and no I/O. The cached ``GET /products/<name>`` is reported as
 it. Served through Klein's own resource instead, it would be a lower ceiling than the
 frontend's, and the ratio would credit the cache with what the lean resource saves.
 
-``python -m toystore.bench.baseline --port 8999`` serves until SIGTERM or Ctrl-C.
+With ``--bare`` it serves the same answer from a plain ``twisted.web.resource.Resource``
+instead: the floor of the web framework itself, without Klein's routing.
+
+``python -m toystore.bench.baseline --port 8999 [--bare]`` serves until SIGTERM or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Sequence
 
 from klein import Klein
 from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
 
 from toystore.http import JSON_CONTENT_TYPE, QuietSite, api_root, install_json_errors
 
@@ -37,15 +41,29 @@ class BaselineApi:
 install_json_errors(BaselineApi.app)
 
 
+class BareProductResource(Resource):
+    """The same route and answer from twisted.web alone: the body is encoded per request."""
+
+    isLeaf = True
+
+    def render_GET(self, request: IRequest) -> bytes:
+        request.setHeader(b"content-type", JSON_CONTENT_TYPE)
+        if not request.path.startswith(b"/products/"):
+            request.setResponseCode(404)
+            return b'{"error":{"code":404,"message":"Not found."}}'
+        return json.dumps({"data": FIXED_PRODUCT}, separators=(",", ":")).encode("utf-8")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m toystore.bench.baseline",
-                                     description="Serve a bare Klein app with a fixed JSON body.")
+                                     description="Serve a bare Klein app (or twisted.web Resource) with a fixed JSON body.")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--interface", default="127.0.0.1")
+    parser.add_argument("--bare", action="store_true", help="a plain twisted.web Resource instead of Klein")
     args = parser.parse_args(argv)
     from twisted.internet import reactor
 
-    site = QuietSite(api_root(BaselineApi().app))
+    site = QuietSite(BareProductResource() if args.bare else api_root(BaselineApi().app))
     reactor.listenTCP(args.port, site, interface=args.interface)  # type: ignore[attr-defined]
     reactor.run()  # type: ignore[attr-defined]
     return 0

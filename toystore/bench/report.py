@@ -41,12 +41,18 @@ def table_rows(report: dict[str, Any]) -> list[Row]:
         spread = (f"median of its windows, each against the baseline windows either side: "
                   f"{f['cached_get_to_baseline_min']:.2f} to {f['cached_get_to_baseline_max']:.2f}; "
                   if "cached_get_to_baseline_min" in f else "")
+        floor = (f"**{f['cached_get_to_bare_resource']:.2f} × a bare twisted.web Resource** (windows "
+                 f"{f['cached_get_to_bare_resource_min']:.2f} to {f['cached_get_to_bare_resource_max']:.2f}; it "
+                 f"served {f['bare_resource_get_rps']:,.0f} req/s); " if "cached_get_to_bare_resource" in f else "")
         rows.append(Row("cached GET /products/<name>", _rate(f["cached_get_rps"], "req/s"),
-                        (f"**{ratio:.2f} × baseline**; " if ratio is not None else "") + spread + latency("cached_get")))
+                        (f"**{ratio:.2f} × baseline**; " if ratio is not None else "") + spread + floor
+                        + latency("cached_get")))
     if "uncached_get_rps" in f:
         ratio = f.get("uncached_get_to_baseline")
+        of_cached = f"{f['uncached_get_to_cached']:.2f} × cached; " if "uncached_get_to_cached" in f else ""
         rows.append(Row("uncached GET /products/<name> (cache size 0)", _rate(f["uncached_get_rps"], "req/s"),
-                        (f"{ratio:.2f} × baseline; " if ratio is not None else "") + latency("uncached_get")))
+                        (f"{ratio:.2f} × baseline; " if ratio is not None else "") + of_cached
+                        + latency("uncached_get")))
     for clients in s["order_concurrency"]:
         name = f"orders_c{clients}"
         if f"{name}_per_s" in f:

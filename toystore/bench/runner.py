@@ -173,24 +173,38 @@ class Bench:
             status, _ = http_json("GET", url)
             if status != 200:
                 raise RuntimeError(f"warming the cache: GET {url} answered {status}")
+        cached_runs, baseline_runs = self._alternate(url, bare=False)
+        self._record_get("cached_get", combine(cached_runs))
+        self._record_get("baseline_get", combine(baseline_runs))
+        self._record_ratios("cached_get_to_baseline", window_ratios(cached_runs, baseline_runs))
+        baseline = self.figures["baseline_get_rps"]
+        if baseline > 0 and "uncached_get_rps" in self.figures:
+            self.figures["uncached_get_to_baseline"] = round(self.figures["uncached_get_rps"] / baseline, 3)
+        if self.figures["cached_get_rps"] > 0 and "uncached_get_rps" in self.figures:
+            self.figures["uncached_get_to_cached"] = round(
+                self.figures["uncached_get_rps"] / self.figures["cached_get_rps"], 3)
+        if not self.settings.quick:  # the framework's floor: twisted.web alone
+            cached_runs, bare_runs = self._alternate(url, bare=True)
+            self._record_get("bare_resource_get", combine(bare_runs))
+            self._record_ratios("cached_get_to_bare_resource", window_ratios(cached_runs, bare_runs))
+
+    def _alternate(self, url: str, *, bare: bool) -> tuple[list[LoadResult], list[LoadResult]]:
+        """Windows of ``url`` between windows of a baseline server, the baseline first and last."""
         window = self.settings.seconds / READ_WINDOWS
-        with baseline_server() as baseline_url:
+        with baseline_server(bare=bare) as baseline_url:
             baseline_url = f"{baseline_url}/products/{CACHED_PRODUCT}"
             baseline_runs = [self._load_get(baseline_url, window)]
             cached_runs = []
             for _ in range(READ_WINDOWS):
                 cached_runs.append(self._load_get(url, window))
                 baseline_runs.append(self._load_get(baseline_url, window))
-        self._record_get("cached_get", combine(cached_runs))
-        self._record_get("baseline_get", combine(baseline_runs))
-        ratios = window_ratios(cached_runs, baseline_runs)
+        return cached_runs, baseline_runs
+
+    def _record_ratios(self, name: str, ratios: list[float]) -> None:
         if ratios:
-            self.figures["cached_get_to_baseline"] = round(median(ratios), 3)
-            self.figures["cached_get_to_baseline_min"] = round(min(ratios), 3)
-            self.figures["cached_get_to_baseline_max"] = round(max(ratios), 3)
-        baseline = self.figures["baseline_get_rps"]
-        if baseline > 0 and "uncached_get_rps" in self.figures:
-            self.figures["uncached_get_to_baseline"] = round(self.figures["uncached_get_rps"] / baseline, 3)
+            self.figures[name] = round(median(ratios), 3)
+            self.figures[f"{name}_min"] = round(min(ratios), 3)
+            self.figures[f"{name}_max"] = round(max(ratios), 3)
 
     # -- orders -------------------------------------------------------------------------
 
@@ -502,10 +516,12 @@ class OrderProber:
 
 
 @contextmanager
-def baseline_server() -> Iterator[str]:
-    """The bare Klein app in its own process; its URL while the block runs."""
+def baseline_server(*, bare: bool = False) -> Iterator[str]:
+    """The bare Klein app (``bare``: the plain twisted.web Resource) in its own process; its
+    URL while the block runs."""
     port = free_ports(1)[0]
-    process = subprocess.Popen([sys.executable, "-m", "toystore.bench.baseline", "--port", str(port)],
+    process = subprocess.Popen([sys.executable, "-m", "toystore.bench.baseline", "--port", str(port)]
+                               + (["--bare"] if bare else []),
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                env={**os.environ, "PYTHONPATH": _source_root()})
     url = f"http://127.0.0.1:{port}"
