@@ -30,6 +30,7 @@ from toystore.http import ApiError, JsonClient, fetch_json
 from toystore.raft.messages import Message, MessageType, SnapshotMeta
 from toystore.raft.node import RaftNode
 from toystore.raft.statemachine import Snapshot, SnapshotSink, SnapshotSource
+from toystore.raft.transport import answers_in
 
 log = Logger()
 
@@ -143,7 +144,7 @@ class SnapshotSender:
                          status=status, body=body)
                 return False
             if last:
-                for answer in _answers(body, message.to):
+                for answer in answers_in(body, message.to, url):
                     self._on_answer(answer)
                 return True
             offset = received
@@ -166,19 +167,6 @@ def _received(body: Mapping[str, Any]) -> int | None:
     part = body.get("data") if "data" in body else body.get("error")
     value = part.get("received") if isinstance(part, dict) else None
     return value if type(value) is int and value >= 0 else None
-
-
-def _answers(body: Mapping[str, Any], peer: int) -> list[Message]:
-    answers = []
-    for item in body.get("data", {}).get("messages", []):
-        try:
-            answer = Message.from_json(item)
-        except (ValueError, KeyError, TypeError) as e:
-            log.warn("Replica {peer} answered a snapshot with a malformed message: {error}", peer=peer, error=e)
-            continue
-        if answer.sender == peer and answer.type is MessageType.APPEND_RESP:
-            answers.append(answer)
-    return answers
 
 
 class SnapshotReceiver:

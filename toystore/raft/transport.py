@@ -135,7 +135,7 @@ class HttpTransport:
         if status != 200:
             log.warn("Peer refused Raft messages at {url}: {status} {body}", url=url, status=status, body=body)
             return
-        for answer in _answers(body, peer, url):
+        for answer in answers_in(body, peer, url):
             self._on_answer(answer)
 
 
@@ -143,7 +143,7 @@ def _entry_bytes(message: Message) -> int:
     return sum(len(entry.data) for entry in message.entries)
 
 
-def _answers(body: Mapping[str, Any], peer: int, url: str) -> list[Message]:
+def answers_in(body: Mapping[str, Any], peer: int, url: str) -> list[Message]:
     """The answers in a peer's response; a malformed one is dropped (Raft copes with a lost message)."""
     data = body.get("data")
     items = data.get("messages", []) if isinstance(data, dict) else None
