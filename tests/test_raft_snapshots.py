@@ -55,6 +55,10 @@ class SnapshotCluster(Cluster):
         super().crash(i)
         self.http.down.add(f"r{i}")
 
+    def follower(self) -> int:
+        """The lowest id that does not lead."""
+        return next(i for i in REPLICAS if i != self.leader().id)
+
     def wipe(self, i: int) -> None:
         for path in self.tmp_path.glob(f"order-{i}.sqlite3*"):
             path.unlink()
@@ -62,7 +66,7 @@ class SnapshotCluster(Cluster):
     def rejoin_wiped(self) -> tuple[int, RaftReplica]:
         """A follower is down while 45 orders commit (the log is compacted past it), then
         comes back with an empty disk; :return: its id and the replica back."""
-        follower = next(i for i in REPLICAS if i != self.leader().id)
+        follower = self.follower()
         self.crash(follower)
         self.place([f"k{i}" for i in range(45)])
         self.wipe(follower)
@@ -112,10 +116,6 @@ def cluster(tmp_path: Path) -> SnapshotCluster:
     return SnapshotCluster.started(tmp_path)
 
 
-def _follower(cluster: SnapshotCluster) -> int:
-    return next(i for i in REPLICAS if i != cluster.leader().id)
-
-
 def _held(replica: RaftReplica) -> list[tuple[int, str]]:
     return [(o.number, o.request_id) for o in replica.orders.page(-1, 1000)]
 
@@ -129,7 +129,7 @@ def test_the_log_is_compacted_every_n_entries_and_a_restart_reads_only_its_tail(
     leader = cluster.leader()
     expected = _held(leader)
     assert [n for n, _ in expected] == list(range(50))
-    follower = _follower(cluster)
+    follower = cluster.follower()
     cluster.crash(follower)
     restarted = cluster.boot(follower)
     assert restarted.node is not None and restarted.node.core.log_entries <= SNAPSHOT_EVERY + 3
@@ -208,10 +208,10 @@ def _chunk(cluster: SnapshotCluster, to: int, *, term: int | None = None, offset
 def test_a_bad_chunk_is_refused_with_a_clear_error_and_changes_nothing(
         cluster: SnapshotCluster, change: Any, status: int, words: str) -> None:
     cluster.place(["a", "b"])
-    cluster.leader().set_leader(_follower(cluster))  # a transfer: term 1 is stale from now on
+    cluster.leader().set_leader(cluster.follower())  # a transfer: term 1 is stale from now on
     cluster.run(1.0)
     assert cluster.leader().node.core.term > 1  # type: ignore[union-attr]
-    follower = _follower(cluster)
+    follower = cluster.follower()
     replica = cluster.replicas[follower]
     before = (_held(replica), replica.node.core.commit_index if replica.node else None)
     body = _chunk(cluster, follower, size=3)
@@ -223,7 +223,7 @@ def test_a_bad_chunk_is_refused_with_a_clear_error_and_changes_nothing(
 
 
 def test_an_out_of_order_chunk_names_the_count_held(cluster: SnapshotCluster) -> None:
-    follower = _follower(cluster)
+    follower = cluster.follower()
     code, payload = cluster.post_chunk(follower, _chunk(cluster, follower, size=5, items=[
         {"number": n, "request_id": f"s{n}", "name": "Tux", "quantity": 1} for n in range(2)]))
     assert code == 200 and payload["data"]["received"] == 2
@@ -233,7 +233,7 @@ def test_an_out_of_order_chunk_names_the_count_held(cluster: SnapshotCluster) ->
 
 
 def test_an_oversized_chunk_body_is_refused(cluster: SnapshotCluster) -> None:
-    follower = _follower(cluster)
+    follower = cluster.follower()
     body = _chunk(cluster, follower, size=1, items=[{"number": 0, "request_id": "x" * (5 << 20), "name": "Tux",
                                                      "quantity": 1}])
     code, payload = cluster.post_chunk(follower, body)
@@ -292,7 +292,7 @@ def test_a_lost_answer_to_the_last_chunk_costs_two_empty_requests_not_a_second_t
 
 def test_chunks_are_cut_by_their_encoded_size(cluster: SnapshotCluster, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(snapshots, "CHUNK_ITEM_BYTES", 400)
-    follower = _follower(cluster)
+    follower = cluster.follower()
     cluster.crash(follower)
     cluster.place([f"{'🧸' * 5}{i}" for i in range(45)])  # each key escapes to over 60 bytes
     cluster.wipe(follower)

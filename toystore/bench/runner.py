@@ -552,16 +552,19 @@ def _source_root() -> str:
     return os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
 
 
+def machine_basics() -> dict[str, Any]:
+    """The machine a bench ran on: cores, Python, platform and load average at the start."""
+    return {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+            "load_average": [round(x, 2) for x in os.getloadavg()]}
+
+
 def machine_description(generator: str, wrk: str | None) -> dict[str, Any]:
     wrk_version = None
     if wrk:
         done = subprocess.run([wrk, "--version"], capture_output=True, text=True, check=False)
         wrk_version = (done.stdout or done.stderr).split("\n")[0].split(" Copyright")[0].strip()
     return {
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
+        **machine_basics(),
         "read_load_generator": wrk_version or "python (processes × keep-alive http.client threads)",
         "order_load_generator": wrk_version or "python (processes × keep-alive http.client threads)",
-        "load_average": [round(x, 2) for x in os.getloadavg()],
     }

@@ -26,7 +26,6 @@ import argparse
 import http.client
 import json
 import os
-import platform
 import queue
 import shutil
 import signal
@@ -42,7 +41,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from toystore.bench import whole_numbers
 from toystore.bench.loadgen import run_python_load
-from toystore.bench.runner import latest_order_number, order_job, replica_latest, wait_converged
+from toystore.bench.runner import latest_order_number, machine_basics, order_job, replica_latest, wait_converged
 from toystore.bench.stages import exposition
 from toystore.catalog.store import INITIAL_TOYS
 from toystore.cluster import ClusterConfig, LocalCluster
@@ -381,7 +380,7 @@ class SnapshotBench:
         self.runs: list[dict[str, Any]] = []
         self.durations: dict[str, float] = {}
         self.error: str | None = None
-        self._machine = machine_description()
+        self._machine = machine_basics()
 
     def run(self) -> dict[str, Any]:
         began = time.monotonic()
@@ -744,11 +743,6 @@ def _log_tails(cluster: LocalCluster, lines: int = 6) -> str:
             tail = process.log_path.read_text(errors="replace").splitlines()[-lines:]
             parts.append(f"--- {process.name}:\n" + "\n".join(tail))
     return "\n".join(parts)
-
-
-def machine_description() -> dict[str, Any]:
-    return {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-            "load_average": [round(x, 2) for x in os.getloadavg()]}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

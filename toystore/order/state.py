@@ -146,8 +146,6 @@ class OrderStateMachine:
         order = self._recent_by_request.get(request_id)
         if order is None and self._table is not None:
             order = self._table.by_request(request_id)
-            if order is not None and order.number > self._latest:
-                return None  # moved aside, and the move is not durable yet
         return order
 
     def page(self, after: int, limit: int) -> list[Order]:

@@ -98,8 +98,8 @@ class SqliteOrderTable:
         return Order(*row) if row is not None else None
 
 
-def _orders(conn: sqlite3.Connection, first: int, limit: int, table: str = "orders") -> list[Order]:
-    rows = conn.execute(f"SELECT {_ORDER_COLUMNS} FROM {table} WHERE number >= ? ORDER BY number LIMIT ?",
+def _orders(conn: sqlite3.Connection, first: int, limit: int) -> list[Order]:
+    rows = conn.execute(f"SELECT {_ORDER_COLUMNS} FROM orders WHERE number >= ? ORDER BY number LIMIT ?",
                         (first, limit))
     return [Order(*row) for row in rows]
 
