@@ -9,11 +9,14 @@ from typing import Any
 import pytest
 
 from toystore.raft.core import RaftCore
+from toystore.raft.membership import Configuration
 from toystore.raft.messages import Entry, HardState, Message, MessageType, Role, SnapshotMeta
 
 from tests.raft.cores import entries, make, msg, sent, take
 
 T = MessageType
+#: The configuration of the cores that ``make`` builds, which their snapshots record.
+THREE = Configuration.of((1, 2, 3))
 
 
 def compacted_leader(keep: int = 0) -> RaftCore:
@@ -78,11 +81,11 @@ def test_a_follower_behind_the_compaction_gets_the_snapshot_then_entries() -> No
     sent(leader)
     follower = make(2)
     snapshot = snapshot_to_2(leader)
-    assert snapshot == msg(T.SNAPSHOT, 1, 2, 1, index=6, log_term=1)
+    assert snapshot == msg(T.SNAPSHOT, 1, 2, 1, index=6, log_term=1, config=THREE)
 
     follower.step(snapshot)
     ready = take(follower)
-    assert ready.snapshot == SnapshotMeta(6, 1)
+    assert ready.snapshot == SnapshotMeta(6, 1, THREE)
     assert ready.committed_entries == () and ready.entries == ()
     assert ready.hard_state == HardState(term=1, vote=0, commit=6)
     [answer] = ready.messages
@@ -104,7 +107,7 @@ def test_a_rejection_below_the_compaction_is_answered_with_the_snapshot() -> Non
     leader.step(msg(T.VOTE_RESP, 3, 1, 2))
     assert msg(T.APPEND, 1, 2, 2, index=6, log_term=1, entries=(Entry(7, 2, ""),), commit=6) in sent(leader)
     leader.step(msg(T.APPEND_RESP, 2, 1, 2, index=6, reject=True, reject_hint=0))
-    assert sent(leader) == [msg(T.SNAPSHOT, 1, 2, 2, index=6, log_term=1)]
+    assert sent(leader) == [msg(T.SNAPSHOT, 1, 2, 2, index=6, log_term=1, config=THREE)]
 
 
 def test_a_follower_that_lost_its_disk_is_probed_again_from_where_it_is() -> None:
@@ -120,7 +123,7 @@ def test_a_follower_that_lost_its_disk_is_probed_again_from_where_it_is() -> Non
     [answer] = sent(follower)
     assert answer == msg(T.HEARTBEAT_RESP, 2, 1, 1, reject=True, reject_hint=0)
     leader.step(answer)
-    assert sent(leader) == [msg(T.SNAPSHOT, 1, 2, 1, index=6, log_term=1)]
+    assert sent(leader) == [msg(T.SNAPSHOT, 1, 2, 1, index=6, log_term=1, config=THREE)]
 
 
 def test_nothing_more_goes_to_a_follower_until_its_snapshot_is_in_place() -> None:
@@ -232,7 +235,7 @@ def test_a_snapshot_that_the_log_does_not_hold_replaces_it() -> None:
     # Entries 5 and 6 were an old leader's; the new one's snapshot ends at 8, of term 3.
     core.step(msg(T.SNAPSHOT, 1, 2, 3, index=8, log_term=3))
     ready = take(core)
-    assert ready.snapshot == SnapshotMeta(8, 3)
+    assert ready.snapshot == SnapshotMeta(8, 3, THREE)
     assert ready.committed_entries == ()
     assert (core.term, core.leader_id, core.snapshot_index, core.log_entries, core.last_index) == (3, 1, 8, 0, 8)
     # An append after it matches at the snapshot's last entry.
@@ -247,7 +250,7 @@ def test_a_candidate_that_gets_a_snapshot_follows_its_sender() -> None:
     core.campaign()
     sent(core)
     core.step(msg(T.SNAPSHOT, 1, 2, 1, index=4, log_term=1))
-    assert (core.role, core.leader_id, take(core).snapshot) == (Role.FOLLOWER, 1, SnapshotMeta(4, 1))
+    assert (core.role, core.leader_id, take(core).snapshot) == (Role.FOLLOWER, 1, SnapshotMeta(4, 1, THREE))
 
 
 def test_a_truncate_that_would_cut_every_entry_held_is_left_to_the_next_append() -> None:
@@ -303,7 +306,7 @@ def test_a_node_restarted_from_a_snapshot_and_a_tail_elects_itself_and_replicate
     assert (append.index, append.log_term, [e.index for e in append.entries]) == (4, 1, [5, 6, 7, 8])
     # Node 3 lacks everything from 2 on: only the snapshot can catch it up.
     core.step(msg(T.APPEND_RESP, 3, 1, 3, index=7, reject=True, reject_hint=1, conflict_term=1))
-    assert sent(core) == [msg(T.SNAPSHOT, 1, 3, 3, index=6, log_term=2)]
+    assert sent(core) == [msg(T.SNAPSHOT, 1, 3, 3, index=6, log_term=2, config=THREE)]
     core.step(msg(T.APPEND_RESP, 2, 1, 3, index=8))
     assert core.commit_index == 8
 

@@ -9,7 +9,10 @@ Implemented: leader election with randomized timeouts, pre-vote and check-quorum
 leases (Ongaro's dissertation 9.6), log replication with probe/replicate flow control
 and fast backup, commit of current-term entries only (Figure 8), ReadIndex, leadership
 transfer (3.10), TRUNCATE of an outdated follower suffix, learners (members that receive
-the log but vote in nothing, as etcd's learners), and log compaction: the host
+the log but vote in nothing, as etcd's learners), membership changes one server at a
+time (4.1: the configuration in force is the latest in the log, committed or not; a
+leader changes it only once an entry of its term committed; a removed leader hands
+over once its removal commits), and log compaction: the host
 reports the snapshots it made durable (:meth:`RaftCore.compact`), a follower that needs
 entries compacted away is sent a SNAPSHOT, and a follower that receives one hands it to
 its host in ``Ready.snapshot`` (chapter 5; what the snapshot holds, and how its bytes
@@ -21,8 +24,10 @@ from __future__ import annotations
 import random
 from typing import Callable, Sequence
 
+from toystore.raft.membership import Configuration, MembershipError
 from toystore.raft.messages import (
     Entry,
+    EntryKind,
     HardState,
     Message,
     MessageType,
@@ -57,6 +62,17 @@ class NotLeader(Exception):
         self.leader_id = leader_id
 
 
+class ChangeInProgress(Exception):
+    """A membership change waits: an earlier one has not committed yet, or this leader has
+    not yet committed an entry of its term (the fix Ongaro posted to raft-dev in 2015: a
+    new leader's change could otherwise overlap an uncommitted one of a deposed leader)."""
+
+
+class LearnerBehind(ChangeInProgress):
+    """A learner is not promoted before it holds the log (to within a bound): a voter that
+    lags behind could leave the group without a quorum that holds new entries."""
+
+
 class TermChanged(Exception):
     """A proposal was made for a term that is no longer this leader's current one.
 
@@ -77,6 +93,9 @@ class RaftCore:
     :param peers: every voting node id of the cluster (this one included, unless it is a learner).
     :param learners: the ids of non-voting members (etcd's learners, hashicorp's non-voters):
         they receive the log, but are counted in no quorum and never campaign.
+    :param configuration: in place of ``peers`` and ``learners``: the configuration before
+        any in ``snapshot`` or ``entries`` (the one a group was started with). Empty for a
+        node that waits to be added: it never campaigns, and takes a leader's messages.
     :param hard_state: the persisted term, vote and commit index.
     :param snapshot: the latest durable snapshot of the state machine, if any.
     :param entries: the persisted log, contiguous: from index 1 without a snapshot;
@@ -99,9 +118,10 @@ class RaftCore:
     def __init__(
         self,
         node_id: int,
-        peers: Sequence[int],
+        peers: Sequence[int] = (),
         *,
         learners: Sequence[int] = (),
+        configuration: Configuration | None = None,
         hard_state: HardState = HardState(),
         snapshot: SnapshotMeta | None = None,
         entries: Sequence[Entry] = (),
@@ -113,24 +133,25 @@ class RaftCore:
         check_quorum: bool = True,
         max_entries_per_append: int = 512,
     ) -> None:
-        members = [*peers, *learners]
-        if node_id < 1 or node_id not in members or len(set(members)) != len(members) or min(members) < 1 or not peers:
-            raise ValueError(f"peers {list(peers)} and learners {list(learners)} must be distinct ids >= 1, "
-                             f"at least one peer, {node_id} among them")
+        if configuration is None:
+            members = [*peers, *learners]
+            if node_id not in members or len(set(members)) != len(members) or min(members) < 1 or not peers:
+                raise ValueError(f"peers {list(peers)} and learners {list(learners)} must be distinct ids >= 1, "
+                                 f"at least one peer, {node_id} among them")
+            if hard_state.vote and hard_state.vote not in peers:
+                raise ValueError(f"persisted vote for unknown node {hard_state.vote}")
+            configuration = Configuration.of(peers, learners)
+        elif peers or learners:
+            raise ValueError("give the peers and learners, or the configuration, not both")
+        if node_id < 1:
+            raise ValueError(f"a node id is at least 1, not {node_id}")
         if not 1 <= heartbeat_ticks < election_ticks:
             raise ValueError("need 1 <= heartbeat_ticks < election_ticks")
         if max_entries_per_append < 1:
             raise ValueError("max_entries_per_append must be at least 1")
-        if hard_state.vote and hard_state.vote not in peers:
-            raise ValueError(f"persisted vote for unknown node {hard_state.vote}")
         if snapshot is not None and not 1 <= snapshot.index <= applied:
             raise ValueError(f"a snapshot at {snapshot.index} must be in the state machine (applied: {applied})")
         self._id = node_id
-        self._voters = frozenset(peers)
-        # Everyone this node exchanges messages with: a leader replicates to learners too.
-        self._others = tuple(sorted(member for member in members if member != node_id))
-        self._other_voters = tuple(peer for peer in self._others if peer in self._voters)
-        self._quorum = len(peers) // 2 + 1
         self._rng = rng
         self._election_ticks = election_ticks
         self._heartbeat_ticks = heartbeat_ticks
@@ -144,6 +165,8 @@ class RaftCore:
         # An applied entry was committed, even if the commit index on disk lags behind.
         self._log = RaftLog(tail, compacted_index=boundary.index, compacted_term=boundary.term,
                             commit=max(hard_state.commit, applied), applied=applied)
+        if snapshot is not None and snapshot.config is None:
+            snapshot = SnapshotMeta(snapshot.index, snapshot.term, configuration)
         # The snapshot to send a follower that needs entries compacted away.
         self._snapshot = snapshot
         # A leader's snapshot that replaced the log, for the host to install.
@@ -161,7 +184,19 @@ class RaftCore:
         self._votes: dict[int, bool] = {}
         self._progress: dict[int, Progress] = {}
         self._transferee = 0
-        self._reads = PendingReads(self._quorum)
+        self._reads = PendingReads(1)
+        # (index, configuration) from the one in force at the snapshot (or before the log),
+        # then each configuration entry of the log: the last is in force.
+        self._configurations: list[tuple[int, Configuration]] = [
+            (snapshot.index, snapshot.config) if snapshot is not None and snapshot.config is not None
+            else (0, configuration)]
+        self._note_configurations(tail)
+        self._config = Configuration()
+        self._voters: frozenset[int] = frozenset()
+        self._others: tuple[int, ...] = ()
+        self._other_voters: tuple[int, ...] = ()
+        self._quorum = 1
+        self._configuration_changed()
         # ReadIndex requests that wait for the first commit of the leader's own term.
         self._early_reads: list[str] = []
         self._handlers: dict[Role, Callable[[Message], None]] = {
@@ -232,6 +267,33 @@ class RaftCore:
         """The last index of the latest snapshot (made here or installed), 0 when none."""
         return self._snapshot.index if self._snapshot is not None else 0
 
+    @property
+    def configuration(self) -> Configuration:
+        """The configuration in force: the latest in the log, committed or not."""
+        return self._config
+
+    @property
+    def committed_configuration(self) -> Configuration:
+        """The latest configuration whose entry is committed (or in the snapshot)."""
+        return self.configuration_at(self._log.commit)
+
+    def configuration_at(self, index: int) -> Configuration:
+        """The configuration in force at ``index`` (no earlier than the snapshot)."""
+        for at, config in reversed(self._configurations):
+            if at <= index:
+                return config
+        return self._configurations[0][1]
+
+    @property
+    def configuration_pending(self) -> bool:
+        """Is the configuration in force not committed yet?"""
+        return self._configurations[-1][0] > self._log.commit
+
+    def match_of(self, peer: int) -> int | None:
+        """How much of the log a leader knows ``peer`` holds; None off the leader or for a non-member."""
+        progress = self._progress.get(peer) if self._role is Role.LEADER else None
+        return progress.match if progress is not None else None
+
     # -- inputs ------------------------------------------------------------------------
 
     def tick(self) -> None:
@@ -276,6 +338,36 @@ class RaftCore:
         entries = [self._append(data) for data in batch]
         self._broadcast_append()
         return [(entry.index, entry.term) for entry in entries]
+
+    def propose_configuration(self, config: Configuration) -> tuple[int, int]:
+        """Append a configuration entry that puts ``config`` in force at once.
+
+        :return: the entry's (index, term), as :meth:`propose`.
+        :raises NotLeader: as :meth:`propose`.
+        :raises ChangeInProgress: while the configuration in force is not committed, or
+            before an entry of this leader's term committed.
+        :raises LearnerBehind: when ``config`` promotes a learner whose log ends more than
+            ``max_entries_per_append`` entries before this leader's.
+        :raises MembershipError: unless ``config`` is one server added as a learner,
+            promoted, or removed, from the configuration in force.
+        """
+        if self._role is not Role.LEADER:
+            raise NotLeader(self._leader_id)
+        if self._transferee:
+            raise NotLeader(0)
+        if self.configuration_pending:
+            raise ChangeInProgress(f"the change at {self._configurations[-1][0]} has not committed yet")
+        if self._log.term_at(self._log.commit) != self._term:
+            raise ChangeInProgress("this leader has not committed an entry of its term yet")
+        if not config.is_single_change_from(self._config):
+            raise MembershipError("a change adds one learner, promotes one, or removes one member")
+        for promoted in config.voters & self._config.learners:
+            match = self._progress[promoted].match
+            if match + self._max_entries < self._log.last_index:
+                raise LearnerBehind(f"learner {promoted} holds the log to {match} of {self._log.last_index}")
+        entry = self._append(config.encode(), EntryKind.CONFIG)
+        self._broadcast_append()
+        return entry.index, entry.term
 
     def read_index(self, context: str) -> None:
         """Ask for a linearizable read point; a ``ReadState(context, index)`` comes out in
@@ -332,10 +424,16 @@ class RaftCore:
             raise ValueError(f"a snapshot at {snapshot_index} is not within the applied log (1 to {self._log.applied})")
         if snapshot_index < self.snapshot_index:
             return self._log.compacted_index
-        term = self._log.term_at(snapshot_index)
-        assert term is not None, f"snapshot at {snapshot_index}, compacted up to {self._log.compacted_index}"
-        self._snapshot = SnapshotMeta(snapshot_index, term)
+        self._snapshot = self.snapshot_meta_at(snapshot_index)
+        self._configurations = [(snapshot_index, self._snapshot.config), *(
+            (at, config) for at, config in self._configurations if at > snapshot_index)]
         return self._log.compact(self.compaction_point(snapshot_index, keep=keep))
+
+    def snapshot_meta_at(self, index: int) -> SnapshotMeta:
+        """What a snapshot of the state machine at ``index`` (held, or the compaction boundary) records."""
+        term = self._log.term_at(index)
+        assert term is not None, f"snapshot at {index}, compacted up to {self._log.compacted_index}"
+        return SnapshotMeta(index, term, self.configuration_at(index))
 
     def compaction_point(self, snapshot_index: int, *, keep: int = 0) -> int:
         """Where :meth:`compact` would leave the log's boundary; changes nothing, so that
@@ -361,8 +459,11 @@ class RaftCore:
             progress.snapshot_ended(failed=failed)
 
     def step(self, message: Message) -> None:
-        """Handle a message from a peer; wrong-addressed or malformed ones are ignored."""
-        if message.to != self._id or message.sender not in self._others:
+        """Handle a message from a peer; wrong-addressed or malformed ones are ignored, and so
+        are votes asked by a node that is no voter here (a removed node that campaigns)."""
+        if message.to != self._id or message.sender == self._id or message.sender < 1:
+            return
+        if message.type in _RESPONSE_TO_VOTE and message.sender not in self._voters:
             return
         if message.term > self._term:
             if not self._accept_higher_term(message):
@@ -607,7 +708,9 @@ class RaftCore:
         # cut here; RaftLog.append asserts it.
         conflict = log.find_conflict(message.entries)
         if conflict:
-            log.append(message.entries[conflict - message.index - 1 :])
+            new = message.entries[conflict - message.index - 1 :]
+            log.append(new)
+            self._log_replaced_from(conflict, new)
         last_new = message.index + len(message.entries)
         log.commit_to(min(message.commit, last_new))
         self._send_append_response(message.sender, index=last_new)
@@ -623,7 +726,10 @@ class RaftCore:
         if not 1 <= message.log_term <= message.term:
             return
         if log.restore(message.index, message.log_term):
-            self._snapshot = self._snapshot_to_install = SnapshotMeta(message.index, message.log_term)
+            config = message.config or self.configuration_at(message.index)
+            self._snapshot = self._snapshot_to_install = SnapshotMeta(message.index, message.log_term, config)
+            self._configurations = [(message.index, config)]
+            self._configuration_changed()
         self._send_append_response(message.sender, index=message.index)
 
     def _handle_truncate(self, message: Message) -> None:
@@ -641,6 +747,7 @@ class RaftCore:
         # deletion to storage, so it must be one we hold.
         if log.first_index <= keep < log.last_index and log.last_term < self._term:
             log.truncate_after(keep)
+            self._log_replaced_from(keep + 1, ())
 
     def _send_append_response(self, to: int, *, index: int, **fields: int | bool) -> None:
         self._send(
@@ -686,13 +793,15 @@ class RaftCore:
 
     def _quorum_active(self) -> bool:
         """Did a quorum answer during the last election timeout? Starts the next period."""
-        active = 1 + sum(self._progress[peer].recent_active for peer in self._other_voters)
+        active = (self._id in self._voters) + sum(self._progress[peer].recent_active for peer in self._other_voters)
         for peer in self._others:
             self._progress[peer].recent_active = False
         return active >= self._quorum
 
     def _step_leader(self, message: Message) -> None:
-        progress = self._progress[message.sender]
+        progress = self._progress.get(message.sender)
+        if progress is None:
+            return  # not a member (any more)
         if message.type is MessageType.APPEND_RESP:
             progress.recent_active = progress.answered_lately = True
             if message.index <= self._log.last_index:
@@ -733,6 +842,8 @@ class RaftCore:
                 progress.become_replicate()
             if not self._maybe_commit():
                 self._send_commit(peer)
+            elif self._role is not Role.LEADER:
+                return  # its own removal committed
             while self._send_append(peer, allow_empty=False):
                 pass
             if peer == self._transferee and progress.match == self._log.last_index:
@@ -747,9 +858,14 @@ class RaftCore:
         """Commit what a quorum persisted, if it is of our term (Figure 8). :return: whether commit moved."""
         matches = sorted((progress.match for peer, progress in self._progress.items() if peer in self._voters),
                          reverse=True)
+        if len(matches) < self._quorum:
+            return False
         candidate = matches[self._quorum - 1]
         if self._log.term_at(candidate) != self._term or not self._log.commit_to(candidate):
             return False
+        if self._id not in self.committed_configuration.voters:
+            self._hand_over_after_removal()
+            return True
         if self._early_reads:
             early, self._early_reads = self._early_reads, []
             for context in early:
@@ -760,9 +876,12 @@ class RaftCore:
                 self._send_commit(peer)
         return True
 
-    def _append(self, data: str) -> Entry:
-        entry = Entry(self._log.last_index + 1, self._term, data)
+    def _append(self, data: str, kind: EntryKind = EntryKind.NORMAL) -> Entry:
+        entry = Entry(self._log.last_index + 1, self._term, data, kind)
         self._log.append((entry,))
+        if kind is EntryKind.CONFIG:
+            self._note_configurations((entry,))
+            self._configuration_changed()
         return entry
 
     def _broadcast_append(self) -> None:
@@ -802,7 +921,8 @@ class RaftCore:
         transfer ended. :return: True (sent)."""
         # Entries are compacted only once a snapshot covers them.
         assert self._snapshot is not None
-        self._send(MessageType.SNAPSHOT, peer, index=self._snapshot.index, log_term=self._snapshot.term)
+        self._send(MessageType.SNAPSHOT, peer, index=self._snapshot.index, log_term=self._snapshot.term,
+                   config=self._snapshot.config)
         progress.become_snapshot(self._snapshot.index)
         return True
 
@@ -824,10 +944,65 @@ class RaftCore:
             self._send_heartbeat(peer, context)
 
     def _start_read(self, context: str) -> None:
-        if self._quorum == 1:
+        if self._quorum == 1 and self._id in self._voters:
             self._read_states.append(ReadState(context, self._log.commit))
-        elif self._reads.add(context, self._log.commit, self._id):
+        elif self._reads.add(context, self._log.commit, self._id if self._id in self._voters else 0):
             self._broadcast_heartbeat(context)
+
+    def _hand_over_after_removal(self) -> None:
+        """This leader's removal committed: tell the followers, have the voter that holds
+        the most of the log campaign at once (no election timeout without a leader), and
+        step down. Not a voter any more, it never campaigns again."""
+        for peer in self._others:
+            if not self._send_append(peer, allow_empty=False):
+                self._send_commit(peer)
+        voters = [peer for peer in self._other_voters if peer in self._progress]
+        if voters:
+            successor = max(voters, key=lambda peer: (self._progress[peer].match, -peer))
+            self._send(MessageType.TIMEOUT_NOW, successor)
+        self._become_follower(self._term, 0)
+
+    # -- membership --------------------------------------------------------------------
+
+    def _note_configurations(self, entries: Sequence[Entry]) -> None:
+        for entry in entries:
+            config = entry.configuration
+            if config is not None:
+                self._configurations.append((entry.index, config))
+
+    def _log_replaced_from(self, index: int, entries: Sequence[Entry]) -> None:
+        """The log from ``index`` on was cut and ``entries`` appended there: a configuration
+        that was cut is no longer in force; the one before it is again."""
+        kept = [(at, config) for at, config in self._configurations[1:] if at < index]
+        before = len(self._configurations)
+        self._configurations[1:] = kept
+        self._note_configurations(entries)
+        if len(kept) + 1 != before or len(self._configurations) != before:
+            self._configuration_changed()
+
+    def _configuration_changed(self) -> None:
+        """Put the last configuration in force: quorums, peers, and a leader's progress."""
+        config = self._configurations[-1][1]
+        if config == self._config:
+            return
+        self._config = config
+        self._voters = config.voters
+        # Everyone this node exchanges messages with: a leader replicates to learners too.
+        self._others = tuple(sorted(config.ids - {self._id}))
+        self._other_voters = tuple(peer for peer in self._others if peer in self._voters)
+        self._quorum = len(self._voters) // 2 + 1
+        self._reads.quorum = self._quorum
+        if self._role is Role.LEADER:
+            for peer in self._others:
+                if peer not in self._progress:
+                    # Probed from our last entry: an append finds where its log ends.
+                    self._progress[peer] = Progress(match=0, next=self._log.last_index + 1,
+                                                    inflights=Inflights(MAX_INFLIGHT_APPENDS))
+                    self._send_append(peer)
+            for peer in [peer for peer in self._progress if peer != self._id and peer not in config.ids]:
+                del self._progress[peer]
+            if self._transferee and self._transferee not in self._voters:
+                self._transferee = 0
 
     # -- helpers -----------------------------------------------------------------------
 

@@ -11,6 +11,8 @@ import enum
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from toystore.raft.membership import Configuration
+
 #: The largest integer a peer may send (an index or a term); bounds arithmetic on input.
 MAX_INT = 2**63 - 1
 #: Bounds on untrusted input, far above what a correct peer sends.
@@ -48,34 +50,62 @@ class Role(enum.Enum):
     LEADER = "leader"
 
 
+class EntryKind(enum.Enum):
+    """What an entry's data is; the value is the wire and storage name."""
+
+    NORMAL = "normal"  # the application's (opaque to the library)
+    CONFIG = "config"  # a :class:`~toystore.raft.membership.Configuration`, encoded
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One log entry.
 
     :param index: position in the log, from 1.
     :param term: the term of the leader that created it.
-    :param data: ``""`` for a leader's no-op, otherwise an opaque application string.
+    :param data: ``""`` for a leader's no-op, otherwise an opaque application string, or
+        for a configuration entry the configuration it puts in force.
     """
 
     index: int
     term: int
     data: str
+    kind: EntryKind = EntryKind.NORMAL
+
+    @property
+    def configuration(self) -> Configuration | None:
+        """The configuration a configuration entry holds; None for other entries."""
+        return Configuration.decode(self.data) if self.kind is EntryKind.CONFIG else None
 
     def to_json(self) -> dict[str, Any]:
         """:return: a JSON-ready dict."""
-        return {"index": self.index, "term": self.term, "data": self.data}
+        value: dict[str, Any] = {"index": self.index, "term": self.term, "data": self.data}
+        if self.kind is not EntryKind.NORMAL:
+            value["kind"] = self.kind.value
+        return value
 
     @classmethod
     def from_json(cls, value: Any) -> Entry:
         """Parse and validate an entry.
 
-        :raises ValueError: on a missing, extra or ill-typed field.
+        :raises ValueError: on a missing, extra or ill-typed field, or a configuration
+            entry that holds no configuration.
         """
-        fields = _fields(value, "entry", required=("index", "term", "data"), optional=())
+        fields = _fields(value, "entry", required=("index", "term", "data"), optional=("kind",))
         data = fields["data"]
         if not isinstance(data, str):
             raise ValueError("entry field 'data' must be a string")
-        return cls(index=_int(fields, "index", minimum=1), term=_int(fields, "term", minimum=1), data=data)
+        try:
+            kind = EntryKind(fields.get("kind", EntryKind.NORMAL.value))
+        except (ValueError, TypeError):
+            raise ValueError(f"unknown entry kind {fields.get('kind')!r}") from None
+        entry = cls(index=_int(fields, "index", minimum=1), term=_int(fields, "term", minimum=1), data=data, kind=kind)
+        if kind is EntryKind.CONFIG:
+            try:
+                entry.configuration
+            except ValueError as e:
+                raise ValueError(f"a configuration entry holds no configuration: {e}") from None
+        return entry
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +130,8 @@ class Message:
       the heartbeat's ``commit`` (it lost its disk), ``reject_hint`` = its last index.
     - ``TRUNCATE``: ``index`` = the leader's last index; older-term entries past it go.
     - ``SNAPSHOT``: ``index``/``log_term`` = the last entry that the leader's snapshot
-      covers; the snapshot itself travels beside the message (the hosts' business).
+      covers, ``config`` = the configuration in force there; the snapshot itself travels
+      beside the message (the hosts' business).
     - ``TIMEOUT_NOW``: only ``term``.
     """
 
@@ -116,10 +147,11 @@ class Message:
     reject_hint: int = 0
     conflict_term: int = 0
     context: str = ""
+    config: Configuration | None = None
 
     def to_json(self) -> dict[str, Any]:
         """:return: a JSON-ready dict that :meth:`from_json` accepts."""
-        return {
+        value: dict[str, Any] = {
             "type": self.type.value,
             "sender": self.sender,
             "to": self.to,
@@ -133,6 +165,9 @@ class Message:
             "conflict_term": self.conflict_term,
             "context": self.context,
         }
+        if self.config is not None:
+            value["config"] = self.config.to_json()
+        return value
 
     @classmethod
     def from_json(cls, value: Any) -> Message:
@@ -144,7 +179,8 @@ class Message:
             value,
             "message",
             required=("type", "sender", "to", "term"),
-            optional=("log_term", "index", "entries", "commit", "reject", "reject_hint", "conflict_term", "context"),
+            optional=("log_term", "index", "entries", "commit", "reject", "reject_hint", "conflict_term", "context",
+                      "config"),
         )
         try:
             kind = MessageType(fields["type"])
@@ -158,6 +194,11 @@ class Message:
             raise ValueError(f"message field 'context' must be a string of at most {MAX_CONTEXT_LENGTH} characters")
         index = _int(fields, "index")
         term = _int(fields, "term")
+        config = None
+        if "config" in fields:
+            if kind is not MessageType.SNAPSHOT:
+                raise ValueError(f"a {kind.value} message carries no configuration")
+            config = Configuration.from_json(fields["config"])
         return cls(
             type=kind,
             sender=_int(fields, "sender", minimum=1),
@@ -171,6 +212,7 @@ class Message:
             reject_hint=_int(fields, "reject_hint"),
             conflict_term=_int(fields, "conflict_term"),
             context=context,
+            config=config,
         )
 
 
@@ -201,10 +243,13 @@ class HardState:
 
 @dataclass(frozen=True, slots=True)
 class SnapshotMeta:
-    """What the log needs to know of a snapshot: the last entry whose effect it holds."""
+    """What the log needs to know of a snapshot: the last entry whose effect it holds, and
+    the configuration in force there (None only in a snapshot made before membership
+    changes existed: the host then knows the members)."""
 
     index: int
     term: int
+    config: Configuration | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from toystore.raft.core import NotLeader, RaftCore
+from toystore.raft.core import ChangeInProgress, NotLeader, RaftCore
+from toystore.raft.membership import Configuration, MembershipError
 from toystore.raft.messages import Entry, HardState, Message, MessageType, Ready, ReadState, Role, SnapshotMeta
 
 #: Ticks per simulated second: with the default 10-tick election timeout, an election
@@ -90,9 +91,11 @@ class SimNode:
         crashes, as a real host's durable state does); an installed snapshot replaces it.
     :param received_snapshot: the last snapshot that came with a SNAPSHOT message, kept
         until the core says to install it.
+    :param bootstrap: the configuration it was first started with (empty: it waits to be added).
     """
 
     id: int
+    bootstrap: Configuration = Configuration()
     storage: SimStorage = field(default_factory=SimStorage)
     applied: list[Entry] = field(default_factory=list)
     read_states: list[ReadState] = field(default_factory=list)
@@ -209,6 +212,8 @@ class InvariantChecker:
       later term than the one that committed it.
     - Linearizable reads: a ReadIndex answer covers every entry applied anywhere before
       the request.
+    - Membership: each committed configuration differs from the one before by a single
+      server (so majorities of the two overlap and no two can elect leaders apart).
     """
 
     def __init__(self, seed: int) -> None:
@@ -218,6 +223,7 @@ class InvariantChecker:
         self._leaders: dict[int, int] = {}
         # ReadIndex context -> the highest index applied anywhere when the read began.
         self._read_floors: dict[str, int] = {}
+        self.configuration: Configuration | None = None  # the latest committed
 
     def fail(self, now: int, problem: str) -> None:
         """Raise a violation that names how to replay it."""
@@ -231,6 +237,13 @@ class InvariantChecker:
         if known is None:
             # The committing leader's term is at most every term now in the cluster.
             self.committed[entry.index] = (entry, max_term)
+            config = entry.configuration
+            if config is not None:
+                # Entries are committed in sequence: the first node to apply this one
+                # applied every earlier one, so this follows the latest committed one.
+                if self.configuration is not None and not config.is_single_change_from(self.configuration):
+                    self.fail(now, f"committed {config} does not follow {self.configuration} by one server")
+                self.configuration = config
         elif known[0] != entry:
             self.fail(now, f"node {node.id} applies {entry} where another node applied {known[0]}")
 
@@ -279,6 +292,8 @@ class Cluster:
     :param snapshot_every: a node snapshots its state machine once it applied this many
         entries since its last snapshot (0: never, and logs keep every entry).
     :param snapshot_keep: the entries before a snapshot that its node's log keeps.
+
+    Members join with :meth:`add_node` and change with :meth:`change_membership`.
     """
 
     def __init__(
@@ -303,7 +318,9 @@ class Cluster:
         self.election_ticks = election_ticks
         self.network = SimNetwork(random.Random(self.rng.getrandbits(64)))
         self.checker = InvariantChecker(seed)
-        self.nodes = {node_id: SimNode(node_id) for node_id in self.ids}
+        initial = Configuration.of(self.voters, self.ids[size:])
+        self.checker.configuration = initial
+        self.nodes = {node_id: SimNode(node_id, bootstrap=initial) for node_id in self.ids}
         self.snapshot_every = snapshot_every
         self.snapshot_keep = snapshot_keep
         self._options = dict(
@@ -332,8 +349,7 @@ class Cluster:
         node.led_term = 0
         node.core = RaftCore(
             node_id,
-            self.voters,
-            learners=self.ids[len(self.voters):],
+            configuration=node.bootstrap,
             hard_state=node.storage.hard_state,
             snapshot=node.storage.snapshot,
             entries=node.storage.entries,
@@ -342,6 +358,31 @@ class Cluster:
             **self._options,  # type: ignore[arg-type]
         )
         self._flush(node)
+
+    def add_node(self, node_id: int) -> None:
+        """Start a new, empty node that waits to be added (``--join``): it never campaigns."""
+        assert node_id not in self.nodes, f"node {node_id} exists"
+        self.ids = (*self.ids, node_id)
+        self.nodes[node_id] = SimNode(node_id)
+        self.restart(node_id)
+
+    def wipe(self, node_id: int) -> None:
+        """Crash a node and lose its disk; it comes back empty, waiting to be added again."""
+        self.crash(node_id)
+        self.nodes[node_id] = SimNode(node_id)
+
+    def change_membership(self, node_id: int, change: Callable[[Configuration], Configuration]) -> tuple[int, int] | None:
+        """Propose ``change(configuration in force)`` on a node. :return: (index, term), or
+        None if it is down, not leader, a change is under way, or the change is not allowed."""
+        node = self.nodes[node_id]
+        if node.core is None:
+            return None
+        try:
+            placed = node.core.propose_configuration(change(node.core.configuration))
+        except (NotLeader, ChangeInProgress, MembershipError):
+            return None
+        self._flush(node)
+        return placed
 
     def is_up(self, node_id: int) -> bool:
         """Is the node running?"""
@@ -388,7 +429,8 @@ class Cluster:
                 self.network.lose(message)
                 continue
             if message.type is MessageType.SNAPSHOT:
-                node.received_snapshot = (SnapshotMeta(message.index, message.log_term), attachment)  # type: ignore[assignment]
+                snapshot = SnapshotMeta(message.index, message.log_term, message.config)
+                node.received_snapshot = (snapshot, attachment)  # type: ignore[assignment]
             node.core.step(message)
             self._flush(node)
             if message.type is MessageType.SNAPSHOT:
@@ -550,7 +592,7 @@ class Cluster:
             for message in ready.messages:
                 attachment = None
                 if message.type is MessageType.SNAPSHOT:
-                    assert node.storage.snapshot == SnapshotMeta(message.index, message.log_term)
+                    assert node.storage.snapshot == SnapshotMeta(message.index, message.log_term, message.config)
                     attachment = node.storage.snapshot_data
                 self.network.send(message, self.now, attachment)
             if ready.committed_entries:
@@ -582,9 +624,8 @@ class Cluster:
         the last snapshot, make it durable, then let the core compact its log."""
         if not self.snapshot_every or core.applied_index - core.snapshot_index < self.snapshot_every:
             return
-        index = core.applied_index
-        snapshot = SnapshotMeta(index, node.applied[index - 1].term)
-        compaction_point = core.compact(index, keep=self.snapshot_keep)
+        snapshot = core.snapshot_meta_at(core.applied_index)
+        compaction_point = core.compact(snapshot.index, keep=self.snapshot_keep)
         node.storage.keep_snapshot(snapshot, tuple(node.applied), compaction_point)
 
     def _report_snapshot(self, message: Message, *, failed: bool) -> None:
