@@ -5,7 +5,8 @@ from pathlib import Path
 
 from toystore.db import Database, connect
 from toystore.order.state import Order, OrderCommand, OrderStateMachine
-from toystore.order.store import SCHEMA, Changes, ReplicaStore, SqliteOrderTable
+from toystore.order.store import SCHEMA, Changes, ReplicaStore, SqliteOrderTable, snapshot_header
+from toystore.raft.membership import Configuration
 from toystore.raft.messages import Entry, HardState, SnapshotMeta
 from toystore.raft.statemachine import Snapshot
 from twisted.python.failure import Failure
@@ -121,7 +122,8 @@ def test_a_truncated_tail_is_forgotten(tmp_path: Path) -> None:
 
 
 def _snapshot(index: int, size: int, term: int = 1) -> Snapshot:
-    return Snapshot(SnapshotMeta(index, term), size, {"members": [{"id": 1, "url": "http://a", "voter": True}]})
+    meta = SnapshotMeta(index, term, Configuration.of((1,), addresses={1: "http://a"}))
+    return Snapshot(meta, size, snapshot_header(meta))
 
 
 def test_a_snapshot_drops_the_log_before_it_and_restarts_from_its_tail(tmp_path: Path) -> None:

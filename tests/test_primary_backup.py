@@ -166,7 +166,8 @@ def test_the_leader_numbers_orders_densely_and_every_follower_holds_them(cluster
     assert all(cluster.catalog.settled[f"k{i}"] == "confirm" for i in range(5))
     assert leader.status() == {"id": 3, "role": "leader", "term": 0, "leader_id": 3, "commit_index": 5,
                                "last_index": 5, "snapshot_index": 0, "log_entries": 0,
-                               "replication": "primary-backup", "caught_up": True, "conflict": False}
+                               "replication": "primary-backup", "caught_up": True, "conflict": False,
+                               "members": [{"id": i, "url": f"http://r{i}", "voter": True} for i in (1, 2, 3)]}
     assert cluster.replicas[1].status()["role"] == "follower"
 
 

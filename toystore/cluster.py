@@ -118,6 +118,7 @@ class LocalCluster:
             base = config.base_port
             self.ports = {"frontend": base, "catalog": base + 1,
                           **{f"order-{i}": base + 100 + i for i in range(1, config.replicas + 1)}}
+        self._replica_ids = list(range(1, config.replicas + 1))
         self.links: dict[str, LinkSpec] = {}
         if config.proxied:
             self._plan_proxy()
@@ -154,7 +155,8 @@ class LocalCluster:
 
     @property
     def replica_ids(self) -> list[int]:
-        return list(range(1, self.config.replicas + 1))
+        """Every replica started, those added since (:meth:`add_replica`) included."""
+        return list(self._replica_ids)
 
     def replica_url(self, replica_id: int) -> str:
         return self.url(f"order-{replica_id}")
@@ -223,6 +225,24 @@ class LocalCluster:
         process.popen = subprocess.Popen(process.argv, stdout=log_file, stderr=subprocess.STDOUT,
                                          env=self.environment(name), cwd=self.data_dir, start_new_session=True)
         log_file.close()
+
+    def add_replica(self, replica_id: int | None = None) -> int:
+        """Start a new order replica with ``--join`` on a free port: it waits to be added
+        (``python -m toystore.admin add ID URL``). :return: its id."""
+        assert not self.config.proxied, "the fault proxy's links are planned at start"
+        replica_id = replica_id or max(self._replica_ids) + 1
+        name = f"order-{replica_id}"
+        assert name not in self.processes, f"{name} exists"
+        self.ports[name] = free_ports(1)[0]
+        self._replica_ids.append(replica_id)
+        self.processes[name] = Process(name, self._argv(name) + ["--join"], self.log_dir / f"{name}.log")
+        self.start_process(name)
+        return replica_id
+
+    def wipe(self, replica_id: int) -> None:
+        """kill -9 a replica and delete its data folder: its disk is gone."""
+        self.kill(f"order-{replica_id}")
+        shutil.rmtree(self.data_dir / f"order-{replica_id}", ignore_errors=True)
 
     def signal(self, name: str, signum: int) -> None:
         process = self.processes[name]

@@ -117,6 +117,17 @@ class Database:
         """Run a read on the calling thread; only before the reactor runs (service start-up)."""
         return work(self._conn)
 
+    def write_at_start(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a write on the calling thread, durable when it returns; only before the reactor runs."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = work(self._conn)
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+        return result
+
     def look_up(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run a short read (an indexed lookup) at once, on the calling thread; it sees every
         write committed before it. For lookups that must answer synchronously, such as a

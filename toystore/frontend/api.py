@@ -116,7 +116,7 @@ class FrontendApi:
         self._token = token
         self._catalog_timeout = catalog_timeout
         self._fills: SingleFlight[str, Product] = SingleFlight()
-        self._status = StatusReport(catalog_url, tracker.replicas, client, clock, token)
+        self._status = StatusReport(catalog_url, lambda: tracker.replicas, client, clock, token)
 
     # ------------------------------------------------------------ products
 

@@ -38,6 +38,7 @@ class HealthReport:
     term: int
     leader_id: int | None
     caught_up: bool = True  # primary-backup says so; a Raft replica's log is caught up by its election
+    members: Mapping[int, str] | None = None  # {id: URL} of its committed configuration, when it says
 
     @classmethod
     def from_payload(cls, replica_id: int, payload: Mapping[str, Any]) -> HealthReport | None:
@@ -50,7 +51,29 @@ class HealthReport:
             return None
         if leader_id is not None and type(leader_id) is not int:
             return None
-        return cls(replica_id, role, term, leader_id or None, data.get("caught_up", True) is True)
+        return cls(replica_id, role, term, leader_id or None, data.get("caught_up", True) is True,
+                   _member_urls(data.get("members")))
+
+
+def _member_urls(value: Any) -> dict[int, str] | None:
+    """``{id: URL}`` of a ``members`` list; None when it is absent or not that shape."""
+    if not isinstance(value, list) or not value:
+        return None
+    urls = {}
+    for member in value:
+        if not isinstance(member, dict) or type(member.get("id")) is not int or not isinstance(member.get("url"), str):
+            return None
+        if member["url"]:
+            urls[member["id"]] = member["url"]
+    return urls or None
+
+
+def followed_members(current: Mapping[int, str], leader: HealthReport | None) -> dict[int, str] | None:
+    """The replicas to check from now on, when the leader's committed members differ from
+    ``current``: the group's membership changed (a member added or removed). None: keep them."""
+    if leader is None or leader.role != "leader" or leader.members is None or leader.members == current:
+        return None
+    return dict(leader.members)
 
 
 def choose_leader(reports: Iterable[HealthReport]) -> int | None:
@@ -163,7 +186,8 @@ def classify(status: int, payload: Mapping[str, Any]) -> Outcome:
 class LeaderTracker:
     """Knows the current order leader from health checks and 421 hints.
 
-    :param replicas: ``{id: base URL}`` of every order replica.
+    :param replicas: ``{id: base URL}`` of the order replicas to start with; from then on,
+        those of the leader's committed membership (its health check names them).
     :param client: the service's treq client.
     :param clock: every timer runs on it.
     :param token: the cluster token, or None with ``--insecure``.
@@ -274,6 +298,11 @@ class LeaderTracker:
             log.info("Order replicas answering health checks: {ids}", ids=sorted(reports))
             self._answering = set(reports)
         leader = choose_leader(reports.values())
+        members = followed_members(self.replicas, reports.get(leader) if leader is not None else None)
+        if members is not None:
+            log.info("Order replicas are now {members} (the leader's committed membership)",
+                     members=", ".join(f"{i}={url}" for i, url in sorted(members.items())))
+            self.replicas = members
         self._set_leader(leader, self.replicas.get(leader) if leader is not None else None, "health checks")
         return reports
 

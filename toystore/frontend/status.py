@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from importlib import resources
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
@@ -68,16 +68,16 @@ class StatusReport:
     """Gathers the status page's figures on each request (the page polls about once a second).
 
     :param catalog_url: base URL of the catalog.
-    :param replicas: ``{id: base URL}`` of every order replica.
+    :param replicas: ``{id: base URL}`` of the order replicas now (they follow membership changes).
     :param client: the frontend's treq client.
     :param clock: for the per-request timeout.
     :param token: the cluster token, or None with ``--insecure``; sent to peers, never to the browser.
     """
 
-    def __init__(self, catalog_url: str, replicas: Mapping[int, str], client: JsonClient, clock: IReactorTime,
-                 token: str | None, timeout: float = STATUS_TIMEOUT) -> None:
+    def __init__(self, catalog_url: str, replicas: Callable[[], Mapping[int, str]], client: JsonClient,
+                 clock: IReactorTime, token: str | None, timeout: float = STATUS_TIMEOUT) -> None:
         self._catalog_url = catalog_url
-        self._replicas = dict(replicas)
+        self._replicas = replicas
         self._client = client
         self._clock = clock
         self._token = token
@@ -93,7 +93,8 @@ class StatusReport:
         """``{"toys", "catalog_reachable", "reservations", "replicas", "frontend_leader_id",
         "time"}``; an unreachable peer is reported as such, never as a failure of the whole page."""
         catalog = Deferred.fromCoroutine(self._get(f"{self._catalog_url}/ledger"))
-        replicas = [Deferred.fromCoroutine(self._get(f"{url}/health_check")) for _, url in sorted(self._replicas.items())]
+        members = dict(self._replicas())
+        replicas = [Deferred.fromCoroutine(self._get(f"{url}/health_check")) for _, url in sorted(members.items())]
         answers = await gatherResults([catalog, *replicas])
         toys = _toys(answers[0][1]) if answers[0][0] == 200 else None
         return {
@@ -101,7 +102,7 @@ class StatusReport:
             "catalog_reachable": toys is not None,
             "reservations": _backlog(answers[0][1]) if toys is not None else None,
             "replicas": [_replica(replica_id, status, payload)
-                         for replica_id, (status, payload) in zip(sorted(self._replicas), answers[1:])],
+                         for replica_id, (status, payload) in zip(sorted(members), answers[1:])],
             "frontend_leader_id": frontend_leader,
             "time": self._clock.seconds(),
         }

@@ -164,6 +164,17 @@ class OrderApi:
         self._replica.set_leader(replica_id)
         return json_response(request, {"accepted": True})
 
+    @app.route("/members", methods=["GET"])
+    async def members(self, request: IRequest) -> bytes:
+        require_token(request, self._token)
+        return json_response(request, self._replica.members())
+
+    @app.route("/members", methods=["POST"])
+    async def change_members(self, request: IRequest) -> bytes:
+        """Raft: add or remove one member (:mod:`toystore.raft.members`)."""
+        require_token(request, self._token)
+        return json_response(request, await self._replica.change_members(read_json_object(request)))
+
     @app.route("/install_snapshot", methods=["POST"])
     async def install_snapshot(self, request: IRequest) -> bytes:
         """Raft: one chunk of the leader's snapshot (:mod:`toystore.raft.snapshots`)."""

@@ -38,6 +38,8 @@ from toystore.order.moved_aside import PENDING, MovedAsideStore
 from toystore.order.replica import not_leader, place_one_by_one, unavailable
 from toystore.order.state import Order, OrderCommand
 from toystore.order.store import Changes, ReplicaStore
+from toystore.raft.members import members_answer
+from toystore.raft.membership import Configuration
 
 log = Logger()
 
@@ -495,7 +497,15 @@ class PrimaryBackupReplica:
         return {"id": self.id, "role": "leader" if self.leader_id == self.id else "follower", "term": 0,
                 "leader_id": self.leader_id, "commit_index": held, "last_index": held,
                 "snapshot_index": 0, "log_entries": 0,  # no log: each order is pushed as it is
-                "replication": "primary-backup", "caught_up": self.ready, "conflict": self._conflict is not None}
+                "replication": "primary-backup", "caught_up": self.ready, "conflict": self._conflict is not None,
+                **self.members()}
+
+    def members(self) -> dict[str, Any]:
+        """Primary-backup's members are the replicas named at start, for good."""
+        return members_answer(Configuration.of(sorted(self._replicas), addresses=self._replicas))
+
+    async def change_members(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        raise ApiError(400, "Primary-backup's members are fixed at start; membership changes need --replication raft.")
 
     def set_leader(self, replica_id: int) -> None:
         if replica_id not in self._replicas:

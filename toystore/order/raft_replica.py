@@ -23,8 +23,10 @@ from toystore.order.reaper import LeaderView, ReservationReaper
 from toystore.order.replica import not_leader, unavailable
 from toystore.order.history import parse_replicated_orders
 from toystore.order.state import Applied, Order, OrderCommand
-from toystore.order.store import Changes, ReplicaStore
+from toystore.order.store import Changes, ReplicaStore, snapshot_header
 from toystore.raft.core import NotLeader, TermChanged
+from toystore.raft.members import change_members, members_answer
+from toystore.raft.membership import Configuration
 from toystore.raft.messages import Entry, Message, Ready, Role, SnapshotMeta
 from toystore.raft.node import ProposalDropped, RaftNode
 from toystore.raft.snapshots import SnapshotReceiver
@@ -50,7 +52,8 @@ class RaftReplica:
     """One order replica in Raft mode.
 
     :param store: the durable state, loaded; its orders are the state machine.
-    :param replicas: ``{id: URL}`` of every replica, for leader hints.
+    :param replicas: ``{id: URL}`` of the replicas named at start (``TOYSTORE_ORDER_REPLICAS``):
+        where to reach them until the configuration in force says otherwise.
     """
 
     def __init__(self, node_id: int, store: ReplicaStore, catalog: CatalogClient,
@@ -59,7 +62,8 @@ class RaftReplica:
         self.orders = orders = store.orders
         self._store = store
         self._catalog = catalog
-        self._replicas = dict(replicas)
+        self._named_at_start = dict(replicas)
+        self._replicas = dict(replicas)  # where each replica is reached: for hints and routing
         self._clock = clock
         self._attempts: SingleFlight[str, Order] = SingleFlight()
         self._uncommitted_memo: tuple[tuple[int, int, int] | None, frozenset[str]] = (None, frozenset())
@@ -73,7 +77,19 @@ class RaftReplica:
     def attach(self, node: RaftNode) -> None:
         """The node is built with this replica as its state machine and its storage."""
         self.node = node
-        self._snapshots = SnapshotReceiver(self.id, [i for i in self._replicas if i != self.id], self, node)
+        self._snapshots = SnapshotReceiver(self.id, self, node)
+        node.membership_listeners.insert(0, self._route_to)
+
+    def _route_to(self, config: Configuration) -> None:
+        """Members are reached where the configuration says; others named at start still
+        are (a leader this replica's log does not list yet, a server being added)."""
+        self._replicas = {**self._named_at_start,
+                          **{member.id: member.address for member in config.members if member.address}}
+
+    @property
+    def peers(self) -> dict[int, str]:
+        """``{id: URL}`` of every other replica this one may have to reach."""
+        return {i: url for i, url in self._replicas.items() if i != self.id}
 
     @property
     def _core(self) -> Any:
@@ -104,8 +120,7 @@ class RaftReplica:
 
     async def save_snapshot(self, meta: SnapshotMeta, compact_before: int) -> None:
         # Called between cycles: every order applied so far is durable, none past meta.index.
-        members = [{"id": i, "url": url, "voter": True} for i, url in sorted(self._replicas.items())]
-        await self._store.save_snapshot(Snapshot(meta, self.orders.latest_number + 1, {"members": members}),
+        await self._store.save_snapshot(Snapshot(meta, self.orders.latest_number + 1, snapshot_header(meta)),
                                         compact_before)
         log.info("Snapshot at {index}: {orders} orders; the log keeps {entries} entries", index=meta.index,
                  orders=self.orders.latest_number + 1, entries=self._core.last_index - max(compact_before, 1) + 1)
@@ -239,10 +254,18 @@ class RaftReplica:
 
     def status(self) -> dict[str, Any]:
         assert self.node is not None
-        return {**self.node.status(), "replication": "raft", "settlement": self.reaper.counts()}
+        return {**self.node.status(), "replication": "raft", "settlement": self.reaper.counts(),
+                **self.members()}
+
+    def members(self) -> dict[str, Any]:
+        return members_answer(self._core.committed_configuration)
+
+    async def change_members(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        assert self.node is not None
+        return await change_members(self.node, body, lambda leader_id: not_leader(leader_id, self._replicas))
 
     def set_leader(self, replica_id: int) -> None:
-        if self._core.role is Role.LEADER and replica_id != self.id and replica_id in self._replicas:
+        if self._core.role is Role.LEADER and replica_id != self.id and replica_id in self._core.configuration.voters:
             log.info("Transferring leadership to {target} at the frontend's request", target=replica_id)
             assert self.node is not None
             self.node.transfer_leadership(replica_id)

@@ -38,6 +38,12 @@ class OrderReplica(Protocol):
     def set_leader(self, replica_id: int) -> None:
         """The frontend's preference for the leader."""
 
+    def members(self) -> dict[str, Any]:
+        """The ``GET /members`` body: the committed configuration."""
+
+    async def change_members(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``POST /members``: one membership change, answered once committed (ApiError otherwise)."""
+
     async def receive_peer(self, endpoint: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """A replication RPC from another replica (raises ApiError(400) on bad input); the
         sender's answer waits for it, so a mode can answer only once durable. Returns what

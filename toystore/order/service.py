@@ -22,6 +22,7 @@ from toystore.order.primary_backup import PrimaryBackupReplica
 from toystore.order.raft_replica import ORDER_TIMEOUT, RaftReplica
 from toystore.order.store import SCHEMA, ReplicaState, ReplicaStore
 from toystore.raft.core import RaftCore
+from toystore.raft.membership import Configuration
 from toystore.raft.node import RaftNode, Timing
 from toystore.raft.snapshots import SnapshotSender
 from toystore.raft.transport import HttpTransport
@@ -60,10 +61,10 @@ class ReplicaParts:
 
 
 def _open_parts(reactor: Any, node_id: int, catalog_url: str, data_dir: Path, token: str | None,
-                db_delay: float) -> ReplicaParts:
+                db_delay: float, first_configuration: Configuration = Configuration()) -> ReplicaParts:
     db = Database.open_threaded(data_dir / f"order-{node_id}" / "order.sqlite3", SCHEMA, reactor, db_delay=db_delay)
     store = ReplicaStore(db)
-    state = store.load_at_start()
+    state = store.load_at_start(first_configuration)
     http_client, http_pool = make_internal_client(reactor)
     return ReplicaParts(store, state, http_client,
                         CatalogClient(http_client, catalog_url, clock=reactor, token=token), http_pool, db)
@@ -85,33 +86,47 @@ def _serve(reactor: Any, replica: RaftReplica | PrimaryBackupReplica, parts: Rep
 def build_raft_replica(*, reactor: Any, node_id: int, replicas: Mapping[int, str], catalog_url: str,
                        data_dir: Path, token: str | None, interface: str, port: int,
                        db_delay: float = 0.0, timing: Timing = Timing(),
-                       snapshot_every: int = DEFAULT_SNAPSHOT_EVERY) -> OrderReplicaService:
+                       snapshot_every: int = DEFAULT_SNAPSHOT_EVERY, join: bool = False) -> OrderReplicaService:
     """One Raft order replica listening on ``interface:port``, its files in ``data_dir/order-N``.
 
+    :param replicas: the group a first start makes, unless ``join``; later starts take
+        their membership from disk, and reach the replicas named here besides.
     :param snapshot_every: entries applied between two snapshots (0: none); the log keeps
         a tenth of that before each, for followers a little behind.
+    :param join: at a first start, wait to be added to a running group (``POST /members``
+        at its leader) instead of making one: it never campaigns on its own.
     """
-    parts = _open_parts(reactor, node_id, catalog_url, data_dir, token, db_delay)
+    first = Configuration() if join else Configuration.of(sorted(replicas), addresses=dict(replicas))
+    parts = _open_parts(reactor, node_id, catalog_url, data_dir, token, db_delay, first)
     state = parts.state
+    assert state.bootstrap is not None
     replica = RaftReplica(node_id, parts.store, parts.catalog, replicas, clock=reactor)
-    core = RaftCore(node_id, sorted(replicas), hard_state=state.hard_state,
+    core = RaftCore(node_id, configuration=state.bootstrap, hard_state=state.hard_state,
                     snapshot=state.snapshot.meta if state.snapshot is not None else None, entries=state.entries,
                     applied=state.applied, rng=random.Random(), election_ticks=timing.election_ticks,
                     heartbeat_ticks=timing.heartbeat_ticks)
-    peers = {i: url for i, url in replicas.items() if i != node_id}
     # Answers that peers send back go to the node, which is built over this transport.
-    snapshots = SnapshotSender(parts.http_client, peers, source=replica, clock=reactor, token=token,
+    snapshots = SnapshotSender(parts.http_client, {}, source=replica, clock=reactor, token=token,
                                on_answer=lambda answer: node.receive(answer),
                                on_done=lambda peer, index, failed: node.report_snapshot(peer, index, failed))
-    transport = HttpTransport(parts.http_client, peers, clock=reactor, token=token,
+    transport = HttpTransport(parts.http_client, {}, clock=reactor, token=token,
                               on_answer=lambda answer: node.receive(answer), snapshots=snapshots.send)
     node = RaftNode(core, clock=reactor, transport=transport, state_machine=replica,
                     storage=replica, timing=timing, proposal_timeout=ORDER_TIMEOUT,
                     snapshot_every=snapshot_every, snapshot_keep=snapshot_every // 10)
     replica.attach(node)
+
+    def route(_: Configuration) -> None:  # after the replica's own listener
+        transport.set_peers(replica.peers)
+        snapshots.set_peers(replica.peers)
+
+    node.membership_listeners.append(route)
+    config = core.configuration
     log.info("Order replica {id} (raft) restored term {term}, snapshot at {snapshot}, {entries} log entries, "
-             "{orders} orders", id=node_id, term=state.hard_state.term, snapshot=core.snapshot_index,
-             entries=len(state.entries), orders=parts.store.orders.latest_number + 1)
+             "{orders} orders; members {members}", id=node_id, term=state.hard_state.term,
+             snapshot=core.snapshot_index, entries=len(state.entries), orders=parts.store.orders.latest_number + 1,
+             members=", ".join(f"{m.id}{'' if m.voter else ' (learner)'}" for m in config.members) or
+             "none yet: waiting to be added")
     return _serve(reactor, replica, parts, token, interface, port, transport, snapshots)
 
 

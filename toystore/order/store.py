@@ -11,6 +11,10 @@ is the orders up to the number applied by then (its ``size``). Recording one is 
 and deleting the log before it, in one transaction. A snapshot received from a leader is
 staged in tables of its own, chunk by chunk (each durable, so a transfer resumes after a
 crash), and installed in one transaction that replaces the orders and the whole log.
+
+Membership lives in the log (configuration entries) and in the snapshot's header; the
+configuration a replica was first started with (from the environment, or none for one
+that joins) is recorded once, so that later starts ignore the environment.
 """
 
 from __future__ import annotations
@@ -22,11 +26,15 @@ from typing import Any, Sequence
 
 from toystore.db import Database
 from toystore.order.state import Order, OrderStateMachine
-from toystore.raft.messages import Entry, HardState, SnapshotMeta
+from toystore.raft.membership import Configuration
+from toystore.raft.messages import Entry, EntryKind, HardState, SnapshotMeta
 from toystore.raft.statemachine import Snapshot
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS raft_log (idx INTEGER PRIMARY KEY, term INTEGER NOT NULL, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS raft_log (
+    idx INTEGER PRIMARY KEY, term INTEGER NOT NULL, data TEXT NOT NULL, kind TEXT NOT NULL DEFAULT 'normal'
+);
+CREATE TABLE IF NOT EXISTS raft_bootstrap (one INTEGER PRIMARY KEY CHECK (one = 1), members TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS raft_state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS orders (
     number INTEGER PRIMARY KEY,
@@ -62,6 +70,7 @@ class ReplicaState:
     snapshot: Snapshot | None
     entries: list[Entry]
     applied: int
+    bootstrap: Configuration | None  # None before the first start
 
 
 @dataclass
@@ -104,21 +113,43 @@ def _orders(conn: sqlite3.Connection, first: int, limit: int) -> list[Order]:
     return [Order(*row) for row in rows]
 
 
+def snapshot_header(meta: SnapshotMeta) -> dict[str, Any]:
+    """The header a snapshot is stored and sent with: the members in force at it."""
+    return {"members": meta.config.to_json()} if meta.config is not None else {}
+
+
 def _snapshot_of(row: tuple[int, int, int, str] | None) -> Snapshot | None:
     if row is None:
         return None
     index, term, size, header = row
-    return Snapshot(SnapshotMeta(index, term), size, json.loads(header))
+    members = json.loads(header).get("members")
+    return Snapshot(SnapshotMeta(index, term, Configuration.from_json(members) if members is not None else None),
+                    size, json.loads(header))
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a database of an earlier version up to the schema (columns added since)."""
+    if "kind" not in {row[1] for row in conn.execute("PRAGMA table_info(raft_log)")}:
+        conn.execute("ALTER TABLE raft_log ADD COLUMN kind TEXT NOT NULL DEFAULT 'normal'")
 
 
 def _load(conn: sqlite3.Connection) -> tuple[ReplicaState, tuple[Snapshot, int] | None]:
+    _migrate(conn)
     values = dict(conn.execute("SELECT key, value FROM raft_state"))
     hard_state = HardState(term=values.get("term", 0), vote=values.get("vote", 0), commit=values.get("commit", 0))
-    entries = [Entry(index=i, term=t, data=d) for i, t, d in conn.execute("SELECT idx, term, data FROM raft_log ORDER BY idx")]
+    entries = [Entry(index=i, term=t, data=d, kind=EntryKind(k))
+               for i, t, d, k in conn.execute("SELECT idx, term, data, kind FROM raft_log ORDER BY idx")]
     snapshot = _snapshot_of(conn.execute("SELECT idx, term, size, header FROM raft_snapshot").fetchone())
     incoming = conn.execute("SELECT idx, term, size, header, received FROM snapshot_incoming").fetchone()
     staged = (_snapshot_of(incoming[:4]), incoming[4]) if incoming is not None else None
-    return ReplicaState(hard_state, snapshot, entries, values.get("applied", 0)), staged  # type: ignore[return-value]
+    bootstrap = conn.execute("SELECT members FROM raft_bootstrap").fetchone()
+    state = ReplicaState(hard_state, snapshot, entries, values.get("applied", 0),  # type: ignore[arg-type]
+                         Configuration.decode(bootstrap[0]) if bootstrap is not None else None)
+    return state, staged  # type: ignore[return-value]
+
+
+def _record_bootstrap(conn: sqlite3.Connection, config: Configuration) -> None:
+    conn.execute("INSERT INTO raft_bootstrap (one, members) VALUES (1, ?)", (config.encode(),))
 
 
 def _insert_orders(conn: sqlite3.Connection, orders: Sequence[Order], table: str = "orders") -> None:
@@ -135,8 +166,8 @@ def _save(conn: sqlite3.Connection, changes: Changes) -> None:
     conn.executemany("INSERT OR REPLACE INTO raft_state (key, value) VALUES (?, ?)", values.items())
     if changes.entries:
         conn.execute("DELETE FROM raft_log WHERE idx >= ?", (changes.entries[0].index,))
-        conn.executemany("INSERT INTO raft_log (idx, term, data) VALUES (?, ?, ?)",
-                         [(e.index, e.term, e.data) for e in changes.entries])
+        conn.executemany("INSERT INTO raft_log (idx, term, data, kind) VALUES (?, ?, ?, ?)",
+                         [(e.index, e.term, e.data, e.kind.value) for e in changes.entries])
     _insert_orders(conn, changes.orders)
 
 
@@ -191,8 +222,13 @@ class ReplicaStore:
         self.snapshot: Snapshot | None = None  # the latest durable one
         self._staged: tuple[Snapshot, int] | None = None  # the snapshot being received, and its items staged
 
-    def load_at_start(self) -> ReplicaState:
+    def load_at_start(self, first_configuration: Configuration = Configuration()) -> ReplicaState:
+        """The durable state; at the first start, ``first_configuration`` is recorded as
+        the one the replica starts with (later starts find it, and ignore the argument)."""
         state, self._staged = self._db.read_at_start(_load)
+        if state.bootstrap is None:
+            self._db.write_at_start(lambda conn: _record_bootstrap(conn, first_configuration))
+            state.bootstrap = first_configuration
         self.snapshot = state.snapshot
         return state
 

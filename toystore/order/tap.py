@@ -23,6 +23,10 @@ REPLICATION_MODES = ("raft", "primary-backup")
 
 
 class Options(CommonOptions):
+    optFlags = CommonOptions.optFlags + [
+        ["join", None, "Raft: at a first start (empty data folder), wait to be added to a running group "
+                       "(python -m toystore.admin add) instead of starting one; never campaign on its own."],
+    ]
     optParameters = CommonOptions.optParameters + [
         ["id", None, None, "This replica's id (1, 2, 3, ...).", int],
         ["port", "p", None, "TCP port to listen on (default 8100 + id).", int],
@@ -49,7 +53,9 @@ class Options(CommonOptions):
         self["catalog-url"] = parse_base_url(self.env_default("catalog-url", CATALOG_URL_ENV, DEFAULT_CATALOG_URL))
         replicas_text = self.env_default("order-replicas", ORDER_REPLICAS_ENV, "")
         self["order-replicas"] = parse_replicas(replicas_text) if replicas_text else default_replicas()
-        if self["id"] not in self["order-replicas"]:
+        if self["join"] and self["replication"] != "raft":
+            raise usage.UsageError("--join needs --replication raft: primary-backup's members are fixed.")
+        if self["id"] not in self["order-replicas"] and not self["join"]:
             raise usage.UsageError(f"Replica {self['id']} is not in the replica list {self['order-replicas']}.")
 
 
@@ -65,5 +71,5 @@ def makeService(config: Options) -> IService:
         interface=config["interface"], port=config["port"], db_delay=config["db-delay"],
     )
     if config["replication"] == "raft":
-        return build_raft_replica(**common, snapshot_every=config["snapshot-every"])
+        return build_raft_replica(**common, snapshot_every=config["snapshot-every"], join=bool(config["join"]))
     return build_primary_backup_replica(**common)

@@ -86,7 +86,7 @@ class Configuration:
         if node_id < 1:
             raise MembershipError(f"a member id is a whole number from 1, not {node_id}")
         if self.member(node_id) is not None:
-            raise MembershipError(f"{node_id} is a member already")
+            raise MembershipError(f"server {node_id} is a member already")
         if len(self.members) >= MAX_MEMBERS:
             raise MembershipError(f"a group holds at most {MAX_MEMBERS} members")
         return Configuration(tuple(sorted((*self.members, Member(node_id, address, False)))))
@@ -95,16 +95,16 @@ class Configuration:
         """This one with the learner ``node_id`` promoted. :raises MembershipError: if it is no learner."""
         member = self.member(node_id)
         if member is None or member.voter:
-            raise MembershipError(f"{node_id} is not a learner of the group")
+            raise MembershipError(f"server {node_id} is not a learner of the group")
         return Configuration(tuple(Member(m.id, m.address, True) if m.id == node_id else m for m in self.members))
 
     def without(self, node_id: int) -> Configuration:
         """This one less ``node_id``. :raises MembershipError: if absent, or the last voter."""
         member = self.member(node_id)
         if member is None:
-            raise MembershipError(f"{node_id} is not a member of the group")
+            raise MembershipError(f"server {node_id} is not a member of the group")
         if member.voter and len(self.voters) == 1:
-            raise MembershipError(f"{node_id} is the group's last voter")
+            raise MembershipError(f"server {node_id} is the group's last voter")
         return Configuration(tuple(m for m in self.members if m.id != node_id))
 
     def is_single_change_from(self, other: Configuration) -> bool:

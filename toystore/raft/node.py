@@ -18,19 +18,21 @@ empty and the answers go through the transport, as requests do.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, AsyncIterator, Callable, Protocol, Sequence
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.task import LoopingCall
+from twisted.internet import task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from toystore.deferreds import fire
-from toystore.raft.core import NotLeader, RaftCore, TermChanged
-from toystore.raft.messages import ANSWERS, Entry, Message, MessageType, Ready, Role, SnapshotMeta
+from toystore.raft.core import ChangeInProgress, LearnerBehind, NotLeader, RaftCore, TermChanged
+from toystore.raft.membership import Configuration, MembershipError
+from toystore.raft.messages import ANSWERS, Entry, EntryKind, Message, MessageType, Ready, Role
 from toystore.raft.statemachine import StateMachine, Storage
 
 log = Logger()
@@ -44,6 +46,10 @@ class ProposalDropped(Exception):
 class ProposalTimedOut(ProposalDropped):
     """The entry of a proposal did not commit here within the node's proposal timeout; it
     may still commit later, so the outcome is unknown."""
+
+
+class CatchUpTimedOut(Exception):
+    """A learner did not catch up with the leader's log in time; it was removed again."""
 
 
 class Transport(Protocol):
@@ -123,6 +129,10 @@ class RaftNode:
         storage records one at the applied index and the log is compacted (0: never).
     :param snapshot_keep: entries kept before a snapshot, so that a follower that far
         behind still catches up by appends rather than by the whole snapshot.
+
+    Membership changes (:meth:`add_member`, :meth:`remove_member`) run one at a time;
+    :attr:`membership_listeners` hear of each configuration put in force (before any
+    message to a new member leaves), with which the host routes messages.
     """
 
     def __init__(self, core: RaftCore, *, clock: IReactorTime, transport: Transport,
@@ -143,6 +153,9 @@ class RaftNode:
         self._inbox_proposals: list[_Proposal] = []
         self._inbox_reads: list[defer.Deferred] = []
         self._inbox_transfer: int | None = None
+        self._inbox_changes: list[tuple[Callable[[Configuration], Configuration], defer.Deferred]] = []
+        self._changing = False  # a membership change runs (add_member's catch-up included)
+        self._announced: Configuration | None = None
         self._inbox_snapshot_reports: list[tuple[int, int, bool]] = []
         self._inbox_slots: list[_AnswerSlot] = []
         self._answering: dict[int, _AnswerSlot] = {}  # in the running cycle, by peer
@@ -156,15 +169,17 @@ class RaftNode:
         self._reads: dict[str, list[defer.Deferred]] = {}
         self._reads_waiting_apply: list[tuple[int, defer.Deferred]] = []
         self._read_ids = itertools.count()
-        self._ticker = LoopingCall(self._tick)
+        self._ticker = task.LoopingCall(self._tick)
         self._ticker.clock = clock
         self.role_listeners: list[Callable[[Role, int], None]] = []
         # Told the seconds from each successful proposal to its commit (metrics).
         self.commit_listeners: list[Callable[[float], None]] = []
+        self.membership_listeners: list[Callable[[Configuration], None]] = []
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
+        self._announce_configuration()
         self._ticker.start(self._timing.tick_seconds, now=False)
         self._kick()
 
@@ -174,6 +189,9 @@ class RaftNode:
             self._ticker.stop()
         stopping = ProposalDropped("the replica is stopping")
         self._fail_waiters(stopping)
+        changes, self._inbox_changes = self._inbox_changes, []
+        for _, done in changes:
+            fire(done, [Failure(stopping)])
         proposals, self._inbox_proposals = self._inbox_proposals, []
         for proposal in proposals:
             proposal.fail(Failure(stopping))
@@ -254,6 +272,63 @@ class RaftNode:
     def transfer_leadership(self, target: int) -> None:
         self._inbox_transfer = target
         self._kick()
+
+    # -- membership --------------------------------------------------------------------
+
+    async def add_member(self, node_id: int, address: str, *, catch_up_timeout: float) -> Configuration:
+        """Add a server: as a learner first, promoted to voter once it holds the log (a
+        learner with this address already is promoted: an add cut short is resumed).
+
+        :return: the committed configuration that has it as a voter.
+        :raises NotLeader: off the leader, or when leadership is lost meanwhile.
+        :raises ChangeInProgress: while another change runs.
+        :raises MembershipError: when ``node_id`` is a member (other than that learner).
+        :raises CatchUpTimedOut: when it did not catch up within ``catch_up_timeout``
+            seconds; it is removed again, and membership is as before.
+        :raises ProposalDropped: when a change's outcome is unknown (leadership lost).
+        """
+        async with self._one_change():
+            member = self.core.configuration.member(node_id)
+            if member is None or member.voter or member.address != address:
+                await self._change(lambda config: config.with_learner(node_id, address))
+            deadline = self._clock.seconds() + catch_up_timeout
+            while True:
+                try:
+                    return await self._change(lambda config: config.with_voter(node_id))
+                except LearnerBehind:
+                    if self._clock.seconds() >= deadline:
+                        break
+                await task.deferLater(self._clock, self._timing.tick_seconds * self._timing.heartbeat_ticks, lambda: None)
+            await self._change(lambda config: config.without(node_id))
+            raise CatchUpTimedOut(f"server {node_id} did not catch up with the log within "
+                                  f"{catch_up_timeout:g} s; it was removed again")
+
+    async def remove_member(self, node_id: int) -> Configuration:
+        """Remove a server (this one included: it leads until the removal commits, then
+        hands over). :return: the committed configuration without it. :raises: as
+        :meth:`add_member`, but no catch-up."""
+        async with self._one_change():
+            return await self._change(lambda config: config.without(node_id))
+
+    @contextlib.asynccontextmanager
+    async def _one_change(self) -> AsyncIterator[None]:
+        if self._changing:
+            raise ChangeInProgress("another membership change is under way")
+        self._changing = True
+        try:
+            yield
+        finally:
+            self._changing = False
+
+    async def _change(self, change: Callable[[Configuration], Configuration]) -> Configuration:
+        """Propose ``change`` of the configuration in force; returns once it committed and applied here."""
+        done: defer.Deferred = defer.Deferred()
+        self._inbox_changes.append((change, done))
+        self._kick()
+        (outcome,) = await done
+        if isinstance(outcome, Failure):
+            outcome.raiseException()
+        return self.core.committed_configuration
 
     def _tick(self) -> None:
         self._expire_proposals()
@@ -364,6 +439,14 @@ class RaftNode:
         reports, self._inbox_snapshot_reports = self._inbox_snapshot_reports, []
         for peer, index, failed in reports:
             core.report_snapshot(peer, index, failed=failed)
+        changes, self._inbox_changes = self._inbox_changes, []
+        for change, done in changes:
+            try:
+                index, term = core.propose_configuration(change(core.configuration))
+            except (NotLeader, ChangeInProgress, MembershipError) as e:
+                fire(done, [Failure(e)])
+            else:
+                self._proposals[index] = (term, _Proposal([""], done, self._clock.seconds(), term), 0)
 
     def _propose_group(self, term: int | None, proposals: list[_Proposal]) -> None:
         """Appends the entries of ``proposals``, all prepared in ``term``, as one batch."""
@@ -385,7 +468,10 @@ class RaftNode:
             # The log was replaced by the snapshot: the state machine must be too, before
             # any entry after it applies or anyone hears of it.
             await self._storage.install_snapshot(ready.snapshot)
-        results = [self._state_machine.apply(entry) for entry in ready.committed_entries]
+        # Before any message leaves: the host routes to members that this Ready added.
+        self._announce_configuration()
+        results = [self._state_machine.apply(entry) if entry.kind is EntryKind.NORMAL else None
+                   for entry in ready.committed_entries]
         early, after_persist = self._split_messages(ready)
         for message in early:
             self._send(message)
@@ -418,12 +504,17 @@ class RaftNode:
     async def _take_snapshot(self) -> None:
         core = self.core
         index = core.applied_index
-        term = core.term_at(index)
-        assert term is not None, f"applied entry {index} is held or is the compaction boundary"
         point = core.compaction_point(index, keep=self._snapshot_keep)
         # Durable before the core forgets anything: it may send the snapshot at once.
-        await self._storage.save_snapshot(SnapshotMeta(index, term), compact_before=point)
+        await self._storage.save_snapshot(core.snapshot_meta_at(index), compact_before=point)
         core.compact(index, keep=self._snapshot_keep)
+
+    def _announce_configuration(self) -> None:
+        config = self.core.configuration
+        if config != self._announced:
+            self._announced = config
+            for listener in self.membership_listeners:
+                listener(config)
 
     def _send(self, message: Message) -> None:
         slot = self._answering.get(message.to) if message.type in ANSWERS else None
@@ -498,3 +589,4 @@ class RaftNode:
             "snapshot_index": core.snapshot_index,
             "log_entries": core.log_entries,
         }
+

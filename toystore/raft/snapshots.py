@@ -20,7 +20,7 @@ refused (409); chunks are handled one at a time, and wait while a snapshot insta
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Collection, Mapping
+from typing import Any, Callable, Mapping
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -75,6 +75,10 @@ class SnapshotSender:
         self.items_sent = 0
         self.bytes_sent = 0  # of the items, encoded
 
+    def set_peers(self, peers: Mapping[int, str]) -> None:
+        """Send to ``peers`` from now on (membership changed)."""
+        self._peers = dict(peers)
+
     def send(self, message: Message) -> None:
         if message.to not in self._peers:
             self._on_done(message.to, message.index, True)
@@ -114,8 +118,10 @@ class SnapshotSender:
 
     async def _stream(self, message: Message) -> bool:
         snapshot = self._source.latest_snapshot()
-        if snapshot is None or snapshot.meta != SnapshotMeta(message.index, message.log_term):
+        if snapshot is None or (snapshot.meta.index, snapshot.meta.term) != (message.index, message.log_term):
             return False  # a newer snapshot replaced it: the core asks again with that one
+        if message.to not in self._peers:
+            return False  # no longer a member
         url = f"{self._peers[message.to]}/{ENDPOINT}"
         log.info("Sending the snapshot at {index} ({size} items) to replica {peer}", index=snapshot.meta.index,
                  size=snapshot.size, peer=message.to)
@@ -172,12 +178,13 @@ def _received(body: Mapping[str, Any]) -> int | None:
 class SnapshotReceiver:
     """A follower's ``POST /install_snapshot``: checks a chunk, stages it, installs at the end.
 
-    :param peers: the ids a SNAPSHOT may come from.
+    A chunk may come from a leader that is not a member here yet: a server that waits to
+    be added knows no member, and a new leader may be one that this replica's log does
+    not list yet. The core takes the SNAPSHOT only from the leader of the term it is at.
     """
 
-    def __init__(self, node_id: int, peers: Collection[int], sink: SnapshotSink, node: RaftNode) -> None:
+    def __init__(self, node_id: int, sink: SnapshotSink, node: RaftNode) -> None:
         self._id = node_id
-        self._peers = frozenset(peers)
         self._sink = sink
         self._node = node
         self._lock = defer.DeferredLock()  # one chunk at a time, and none while one installs
@@ -223,8 +230,8 @@ class SnapshotReceiver:
             raise ApiError(400, f"A {message.type.value} message does not belong on /{ENDPOINT}.")
         if message.to != self._id:
             raise ApiError(400, f"This is replica {self._id}, not {message.to}.")
-        if message.sender not in self._peers:
-            raise ApiError(400, f"Replica {message.sender} is not a member.")
+        if message.sender == self._id:
+            raise ApiError(400, f"A snapshot does not come from this replica ({self._id}) itself.")
         if not (1 <= message.index and 1 <= message.log_term <= message.term):
             raise ApiError(400, "A snapshot ends at an entry (index and term from 1, the term at most the message's).")
         size, offset, items, header = body.get("size"), body.get("offset"), body.get("items"), body.get("header")
@@ -240,4 +247,5 @@ class SnapshotReceiver:
             raise ApiError(413, f"A chunk holds at most {MAX_CHUNK_ITEMS} items.")
         if offset + len(items) > size:
             raise ApiError(400, f"The chunk's items pass the snapshot's size ({size}).")
-        return message, Snapshot(SnapshotMeta(message.index, message.log_term), size, header), offset, items
+        meta = SnapshotMeta(message.index, message.log_term, message.config)
+        return message, Snapshot(meta, size, header), offset, items

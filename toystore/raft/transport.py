@@ -86,6 +86,15 @@ class HttpTransport:
         self.dropped = 0
         self.posts = 0
 
+    def set_peers(self, peers: Mapping[int, str]) -> None:
+        """Route to ``peers`` from now on (membership changed); messages queued for a peer
+        no longer among them are dropped."""
+        self._peers = dict(peers)
+        for peer in self._peers:
+            self._queues.setdefault(peer, deque())
+        for peer in [peer for peer in self._queues if peer not in self._peers]:
+            self.dropped += len(self._queues.pop(peer))
+
     def send(self, message: Message) -> None:
         if message.type is MessageType.SNAPSHOT and self._snapshots is not None:
             self._snapshots(message)
@@ -110,7 +119,7 @@ class HttpTransport:
     async def _drain(self, peer: int) -> None:
         queue = self._queues[peer]
         try:
-            while queue:
+            while queue and peer in self._peers:
                 endpoint = ENDPOINTS[queue[0].type]
                 batch = [queue.popleft()]
                 entry_bytes = _entry_bytes(batch[0])
