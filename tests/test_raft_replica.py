@@ -19,11 +19,13 @@ from toystore.order.raft_replica import ORDER_TIMEOUT, RaftReplica
 from toystore.order.state import OrderCommand
 from toystore.order.store import SCHEMA, ReplicaStore
 from toystore.raft.core import RaftCore
+from toystore.raft.membership import Configuration
 from toystore.raft.messages import Entry, Message, MessageType, Role
 from toystore.raft.node import RaftNode, Timing
 
 TIMING = Timing()
 REPLICAS = {1: "http://r1", 2: "http://r2", 3: "http://r3"}
+CATCH_UP_TIMEOUT = 3.0  # seconds an added replica has to catch up
 
 
 @dataclass
@@ -147,11 +149,14 @@ class Cluster:
         cluster.run(3.0)
         return cluster
 
-    def boot(self, i: int, **node_options: Any) -> RaftReplica:
+    def boot(self, i: int, *, join: bool = False, **node_options: Any) -> RaftReplica:
+        """Start replica ``i`` from its disk; at its first start it makes the group of
+        REPLICAS, or with ``join`` waits to be added, as the service does."""
         store = ReplicaStore(Database(connect(self.tmp_path / f"order-{i}.sqlite3", SCHEMA), self.clock))
-        state = store.load_at_start()
-        replica = RaftReplica(i, store, self.catalog, REPLICAS, clock=self.clock)
-        core = RaftCore(i, sorted(REPLICAS), hard_state=state.hard_state, entries=state.entries,
+        state = store.load_at_start(Configuration() if join else Configuration.of(sorted(REPLICAS), addresses=REPLICAS))
+        assert state.bootstrap is not None
+        replica = RaftReplica(i, store, self.catalog, REPLICAS, clock=self.clock, catch_up_timeout=CATCH_UP_TIMEOUT)
+        core = RaftCore(i, configuration=state.bootstrap, hard_state=state.hard_state, entries=state.entries,
                         snapshot=state.snapshot.meta if state.snapshot is not None else None,
                         applied=state.applied, rng=random.Random(i))
         node = RaftNode(core, clock=self.clock, transport=self.network.transport(i),

@@ -32,13 +32,14 @@ class SnapshotCluster(Cluster):
         self.chunks: dict[int, list[tuple[int, int]]] = {}  # per replica, (offset, items) of each chunk it got
         super().__init__(tmp_path)
 
-    def boot(self, i: int, **node_options: Any) -> RaftReplica:
-        replica = super().boot(i, snapshot_every=SNAPSHOT_EVERY, snapshot_keep=2)
+    def boot(self, i: int, *, join: bool = False, **node_options: Any) -> RaftReplica:
+        replica = super().boot(i, join=join, snapshot_every=SNAPSHOT_EVERY, snapshot_keep=2, **node_options)
         node = replica.node
         assert node is not None
-        sender = SnapshotSender(self.http, {p: url for p, url in REPLICAS.items() if p != i},  # type: ignore[arg-type]
+        sender = SnapshotSender(self.http, replica.peers,  # type: ignore[arg-type]
                                 source=replica, clock=self.clock, token=TOKEN, on_answer=node.receive,
                                 on_done=node.report_snapshot, chunk_items=CHUNK_ITEMS)
+        node.membership_listeners.append(lambda _: sender.set_peers(replica.peers))
         self.senders[i] = self.network.snapshot_senders[i] = sender
         receive, got = replica.receive_snapshot_chunk, self.chunks.setdefault(i, [])
 

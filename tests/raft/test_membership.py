@@ -79,7 +79,7 @@ def test_a_configuration_round_trips_and_bad_ones_are_refused() -> None:
         Entry.from_json({"index": 1, "term": 1, "data": "[1]", "kind": "config"})
 
 
-@pytest.mark.parametrize("url", ["ftp://h:1", "http://h", "h:80", "http://:80", "http://h:80/x", 8])
+@pytest.mark.parametrize("url", ["ftp://h:1", "http://h:x", "h:80", "http://:80", "http://h:80/x", "http://h:1?a", 8])
 def test_a_member_url_must_be_http_host_and_port(url: object) -> None:
     with pytest.raises(MembershipError):
         check_address(url)
@@ -252,4 +252,16 @@ def test_a_learner_is_promoted_only_once_it_holds_the_log() -> None:
         core.propose_configuration(added.with_voter(4))
     core.step(msg(T.APPEND_RESP, 4, 1, 1, index=8))  # within 4 of the end
     sent(core)
+    core.propose_configuration(added.with_voter(4))
+
+
+def test_a_learner_that_never_answered_is_not_promoted_however_short_the_log() -> None:
+    core = leader()
+    added = THREE.with_learner(4, "")
+    core.propose_configuration(added)
+    sent(core)
+    acknowledge(core, 2)
+    with pytest.raises(LearnerBehind):
+        core.propose_configuration(added.with_voter(4))  # 3 entries: within any bound, but 4 is silent
+    acknowledge(core, 4)
     core.propose_configuration(added.with_voter(4))

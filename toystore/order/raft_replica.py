@@ -25,7 +25,7 @@ from toystore.order.history import parse_replicated_orders
 from toystore.order.state import Applied, Order, OrderCommand
 from toystore.order.store import Changes, ReplicaStore, snapshot_header
 from toystore.raft.core import NotLeader, TermChanged
-from toystore.raft.members import change_members, members_answer
+from toystore.raft.members import CATCH_UP_TIMEOUT, change_members, members_answer
 from toystore.raft.membership import Configuration
 from toystore.raft.messages import Entry, Message, Ready, Role, SnapshotMeta
 from toystore.raft.node import ProposalDropped, RaftNode
@@ -54,10 +54,12 @@ class RaftReplica:
     :param store: the durable state, loaded; its orders are the state machine.
     :param replicas: ``{id: URL}`` of the replicas named at start (``TOYSTORE_ORDER_REPLICAS``):
         where to reach them until the configuration in force says otherwise.
+    :param catch_up_timeout: seconds an added server has to catch up before it is removed again.
     """
 
     def __init__(self, node_id: int, store: ReplicaStore, catalog: CatalogClient,
-                 replicas: Mapping[int, str], *, clock: IReactorTime) -> None:
+                 replicas: Mapping[int, str], *, clock: IReactorTime,
+                 catch_up_timeout: float = CATCH_UP_TIMEOUT) -> None:
         self.id = node_id
         self.orders = orders = store.orders
         self._store = store
@@ -65,6 +67,7 @@ class RaftReplica:
         self._named_at_start = dict(replicas)
         self._replicas = dict(replicas)  # where each replica is reached: for hints and routing
         self._clock = clock
+        self._catch_up_timeout = catch_up_timeout
         self._attempts: SingleFlight[str, Order] = SingleFlight()
         self._uncommitted_memo: tuple[tuple[int, int, int] | None, frozenset[str]] = (None, frozenset())
         self.node: RaftNode | None = None
@@ -262,7 +265,8 @@ class RaftReplica:
 
     async def change_members(self, body: Mapping[str, Any]) -> dict[str, Any]:
         assert self.node is not None
-        return await change_members(self.node, body, lambda leader_id: not_leader(leader_id, self._replicas))
+        return await change_members(self.node, body, lambda leader_id: not_leader(leader_id, self._replicas),
+                                    self._catch_up_timeout)
 
     def set_leader(self, replica_id: int) -> None:
         if self._core.role is Role.LEADER and replica_id != self.id and replica_id in self._core.configuration.voters:

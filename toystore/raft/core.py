@@ -346,8 +346,9 @@ class RaftCore:
         :raises NotLeader: as :meth:`propose`.
         :raises ChangeInProgress: while the configuration in force is not committed, or
             before an entry of this leader's term committed.
-        :raises LearnerBehind: when ``config`` promotes a learner whose log ends more than
-            ``max_entries_per_append`` entries before this leader's.
+        :raises LearnerBehind: when ``config`` promotes a learner that has not answered an
+            append yet, or whose log ends more than ``max_entries_per_append`` entries
+            before this leader's.
         :raises MembershipError: unless ``config`` is one server added as a learner,
             promoted, or removed, from the configuration in force.
         """
@@ -362,9 +363,10 @@ class RaftCore:
         if not config.is_single_change_from(self._config):
             raise MembershipError("a change adds one learner, promotes one, or removes one member")
         for promoted in config.voters & self._config.learners:
-            match = self._progress[promoted].match
-            if match + self._max_entries < self._log.last_index:
-                raise LearnerBehind(f"learner {promoted} holds the log to {match} of {self._log.last_index}")
+            progress = self._progress[promoted]
+            # Replicating, it has answered and takes appends (not waiting for a probe or a snapshot).
+            if progress.state is not ProgressState.REPLICATE or progress.match + self._max_entries < self._log.last_index:
+                raise LearnerBehind(f"learner {promoted} holds the log to {progress.match} of {self._log.last_index}")
         entry = self._append(config.encode(), EntryKind.CONFIG)
         self._broadcast_append()
         return entry.index, entry.term

@@ -169,9 +169,10 @@ def check_address(address: Any) -> str:
         raise MembershipError(f"a member's url is a string of at most {MAX_ADDRESS_LENGTH} characters")
     parts = urlsplit(address)
     try:
-        port = parts.port
+        parts.port
     except ValueError:
-        port = None
-    if parts.scheme not in ("http", "https") or not parts.hostname or port is None or parts.path not in ("", "/"):
+        raise MembershipError(f"a member's url has no valid port: {address!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") or (
+            parts.port is None and ":" in parts.netloc.rsplit("]", 1)[-1]) or parts.query or parts.fragment:
         raise MembershipError(f"a member's url is http://host:port, not {address!r}")
     return address.rstrip("/")
