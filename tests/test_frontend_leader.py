@@ -52,6 +52,7 @@ class FakeReplica:
         self.set_leader_calls: list[int] = []
         self.order_status: int | None = None  # force an answer for /order and /orders/<n>
         self.stock: dict[str, int] = {"Tux": 10}
+        self.members: list[int] | None = None  # the committed members its health check names, if any
 
     def lead(self, term: int) -> None:
         self.role, self.term, self.leader_id = "leader", term, self.replica_id
@@ -86,9 +87,11 @@ class FakeReplica:
     @app.route("/health_check", methods=["GET"])
     def health_check(self, request: IRequest) -> bytes:
         self._record(request, None)
-        return self._answer(request, 200, {"data": {
-            "id": self.replica_id, "role": self.role, "term": self.term, "leader_id": self.leader_id,
-            "commit_index": len(self.orders), "last_index": len(self.orders)}})
+        data = {"id": self.replica_id, "role": self.role, "term": self.term, "leader_id": self.leader_id,
+                "commit_index": len(self.orders), "last_index": len(self.orders)}
+        if self.members is not None:
+            data["members"] = [{"id": i, "url": self.network.url_of(i), "voter": True} for i in self.members]
+        return self._answer(request, 200, {"data": data})
 
     @app.route("/set_leader", methods=["POST"])
     def set_leader(self, request: IRequest) -> bytes:
@@ -336,6 +339,23 @@ def test_health_checks_find_the_leader_and_carry_the_token() -> None:
     assert tracker.current_leader() == (2, network.url_of(2))
     assert all(auth == f"Bearer {TOKEN}" for r in network.replicas.values() for *_, auth in r.requests)
     tracker.stop()
+
+
+def test_the_tracker_follows_the_members_the_leader_names_and_no_one_else() -> None:
+    clock, network, tracker = make_tracker(4)
+    network.replicas[4].follow(None, 4)
+    tracker.replicas.pop(4)  # started knowing 1 to 3; replica 4 joins later
+    network.replicas[1].lead(4)
+    network.replicas[1].members = [1, 2, 4]  # 3 was replaced by 4
+    network.replicas[2].follow(1, 4)
+    network.replicas[2].members = [2, 3]  # a follower's word does not count
+    run(clock, network, tracker.check())
+    assert tracker.replicas == {i: network.url_of(i) for i in (1, 2, 4)}
+    network.kill(1)
+    network.replicas[4].lead(5)
+    network.replicas[4].members = [1, 2, 4]
+    run(clock, network, tracker.check())
+    assert tracker.current_leader() == (4, network.url_of(4))  # the new member, once it leads
 
 
 def test_loop_runs_every_half_second_on_the_clock() -> None:

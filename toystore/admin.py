@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 from twisted.python import usage
 
@@ -31,6 +31,10 @@ MAX_REDIRECTS = 5
 
 class AdminError(Exception):
     """Why the command failed, in one sentence for the operator."""
+
+
+class Unreachable(AdminError):
+    """A replica did not answer (others may)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -54,11 +58,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """A usage error fails as every other: exit 1, one sentence."""
+        self.exit(1, f"error: {message} (see python -m toystore.admin --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m toystore.admin", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="python -m toystore.admin", description=__doc__.split("\n\n")[0])
     parser.add_argument("--replicas", default=os.environ.get(ORDER_REPLICAS_ENV, ""),
                         help=f"ID=URL,... where to start looking for the leader (default ${ORDER_REPLICAS_ENV})")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     commands.add_parser("members", help="print the committed members")
     add = commands.add_parser("add", help="add a server started with --join; it votes once it holds the log")
     add.add_argument("id", type=_member_id)
@@ -82,7 +92,10 @@ def current_members(replicas: dict[int, str], token: str | None) -> list[dict[st
     """The committed members, from the leader if one answers, else from any replica."""
     leader_url = find_leader(replicas, token)
     for url in [leader_url, *replicas.values()] if leader_url else replicas.values():
-        status, body = _request("GET", f"{url}/members", token, timeout=2.0)
+        try:
+            status, body = _request("GET", f"{url}/members", token, timeout=2.0)
+        except Unreachable:
+            continue
         if status == 200:
             return body["data"]["members"]
     raise AdminError(f"no order replica of {_listing(replicas)} answered GET /members")
@@ -114,7 +127,7 @@ def find_leader(replicas: dict[int, str], token: str | None) -> str | None:
     for url in replicas.values():
         try:
             status, body = _request("GET", f"{url}/health_check", token, timeout=2.0)
-        except AdminError:
+        except Unreachable:
             continue
         data = body.get("data") if status == 200 else None
         if not isinstance(data, dict):
@@ -130,7 +143,7 @@ def _request(method: str, url: str, token: str | None, *, body: Any = None, time
     try:
         status, answer = http_json(method, url, token=token, body=body, timeout=timeout)
     except OSError as e:
-        raise AdminError(f"{url} did not answer: {getattr(e, 'reason', e)}") from None
+        raise Unreachable(f"{url} did not answer: {getattr(e, 'reason', e)}") from None
     if status == 401:
         raise AdminError(f"{url} refused the cluster token; set {TOKEN_ENV} to the cluster's")
     return status, answer

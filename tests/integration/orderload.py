@@ -30,11 +30,13 @@ def orders_on(cluster: LocalCluster, replica_id: int) -> list[dict[str, Any]]:
 @dataclass
 class OrderLoad:
     """``connections`` threads placing orders through the frontend, each with its own key, on
-    keep-alive connections; it records when each order was acknowledged and its number."""
+    keep-alive connections; it records when each order was acknowledged and its number, and
+    each answer that was not a success (an order the store failed)."""
 
     frontend_url: str
     connections: int
     acknowledged: list[tuple[float, str, int]] = field(default_factory=list)  # (when, key, number)
+    failed: list[tuple[float, str, int]] = field(default_factory=list)  # (when, key, HTTP status)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
     _keys: Any = field(default_factory=itertools.count)
@@ -66,10 +68,17 @@ class OrderLoad:
                 continue
             if response.status == 200:
                 self.acknowledged.append((time.monotonic(), key, answer["data"]["order_number"]))
+            else:
+                self.failed.append((time.monotonic(), key, response.status))
 
     def rate(self, start: float, end: float) -> float:
         """Orders acknowledged per second between two moments."""
         return sum(start <= when < end for when, _, _ in self.acknowledged) / (end - start)
+
+    def longest_pause(self, start: float, end: float) -> float:
+        """The longest time between two acknowledgements (or either end) within ``[start, end]``."""
+        moments = sorted([start, end] + [when for when, _, _ in self.acknowledged if start <= when <= end])
+        return max(b - a for a, b in zip(moments, moments[1:]))
 
     def per_second(self, start: float, end: float) -> list[float]:
         """Orders acknowledged in each whole second from ``start`` (a part second at the end is left out)."""
