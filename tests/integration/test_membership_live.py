@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Any, Callable
 
-from tests.integration.orderload import OrderLoad, orders_on
+from toystore.bench.orderload import OrderLoad, orders_on
 from toystore.cluster import LocalCluster, http_json
 
 

@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
-from tests.integration.orderload import OrderLoad, orders_on
+from toystore.bench.orderload import OrderLoad, orders_on
 from tests.integration.test_store_end_to_end import run_load_client
 from toystore.cluster import LocalCluster, http_json
 

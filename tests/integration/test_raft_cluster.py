@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from tests.integration.orderload import OrderLoad, orders_on
+from toystore.bench.orderload import OrderLoad, orders_on
 from toystore.bench.loadgen import LoadResult, run_python_load
 from toystore.bench.runner import order_job
 from toystore.cluster import LocalCluster, http_json

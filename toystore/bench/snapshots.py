@@ -411,7 +411,7 @@ class SnapshotBench:
         }
 
     @contextmanager
-    def _cluster(self, name: str, snapshot_every: int) -> Iterator[LocalCluster]:
+    def cluster(self, name: str, snapshot_every: int) -> Iterator[LocalCluster]:
         config = ClusterConfig(data_dir=self.settings.data_dir / name, replicas=3, db_delay=self.settings.db_delay,
                                initial_stock=INITIAL_STOCK, restock_interval=0.0, snapshot_every=snapshot_every)
         config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -434,8 +434,8 @@ class SnapshotBench:
         began = time.monotonic()
         cluster: LocalCluster | None = None
         try:
-            with self._cluster(label, snapshot_every) as cluster:
-                self._history(cluster, run, label)
+            with self.cluster(label, snapshot_every) as cluster:
+                self.post_history(cluster, run, label)
                 self._after_history(cluster, run)
                 self._throughput(cluster, run, label)
                 self._restart(cluster, run, label)
@@ -450,7 +450,7 @@ class SnapshotBench:
 
     # 1. the history -----------------------------------------------------------------
 
-    def _history(self, cluster: LocalCluster, run: dict[str, Any], label: str) -> None:
+    def post_history(self, cluster: LocalCluster, run: dict[str, Any], label: str) -> None:
         s = self.settings
         # The frontend moves leadership to the highest id once it sees it; let that happen first.
         wait_converged(cluster, timeout=self.budget.cap(CONVERGE_TIMEOUT, "the fresh cluster converged"))

@@ -1,4 +1,4 @@
-"""Helpers of the integration tests that drive orders: many keep-alive connections placing
+"""Keyed order load for integration tests and benchmarks: many keep-alive connections placing
 orders, and a replica's whole history read a bounded page at a time."""
 
 from __future__ import annotations
