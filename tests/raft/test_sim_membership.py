@@ -190,3 +190,31 @@ def test_random_changes_under_faults_are_safe_then_live(seed: int) -> None:
     leader = cluster.check_one_leader(30 * TICKS_PER_SECOND)
     voters = set(cluster.core(leader).configuration.voters)
     commit_with(cluster, voters, "healed")
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("committed", [False, True], ids=["before-commit", "after-commit"])
+def test_a_leader_that_crashes_in_the_middle_of_a_change_leaves_it_whole_or_undone(seed: int, committed: bool) -> None:
+    cluster = Cluster(5, seed=seed)
+    leader = cluster.check_one_leader()
+    cluster.one("x", 5)
+    core = cluster.core(leader)
+    victim = max(i for i in cluster.ids if i != leader)
+    if not committed:
+        # Only the leader has the entry: the new leader's log cuts it, and the change is gone.
+        for peer in cluster.ids:
+            if peer != leader:
+                cluster.network.disconnect(peer)
+    index, _ = cluster.change_membership(leader, lambda c: c.without(victim)) or (0, 0)
+    assert index and core.configuration.ids == set(cluster.ids) - {victim}
+    if committed:
+        assert cluster.run_until(lambda: core.commit_index >= index, 5 * TICKS_PER_SECOND)
+    cluster.crash(leader)
+    cluster.network.heal()
+    new = cluster.check_one_leader()
+    commit_with(cluster, set(cluster.core(new).configuration.voters) - {leader}, "after the crash")
+    assert (victim in cluster.core(new).committed_configuration.ids) is not committed
+    cluster.restart(leader)  # the old leader's uncommitted entry is cut when it rejoins
+    commit_with(cluster, {leader}, "rejoined")
+    assert cluster.core(leader).configuration == cluster.core(new).committed_configuration
+    remove(cluster, min(i for i in cluster.ids if i not in (leader, victim)))  # and the next change goes through
