@@ -265,3 +265,93 @@ def test_a_learner_that_never_answered_is_not_promoted_however_short_the_log() -
         core.propose_configuration(added.with_voter(4))  # 3 entries: within any bound, but 4 is silent
     acknowledge(core, 4)
     core.propose_configuration(added.with_voter(4))
+
+
+# -- found in review: each of these failed before its fix --------------------------------
+
+class Net:
+    """Cores on a hand-driven network: every message is delivered, unless ``allow`` says no."""
+
+    def __init__(self, ids: tuple[int, ...]) -> None:
+        self.cores = {i: RaftCore(i, configuration=Configuration.of(ids), rng=random.Random(i)) for i in ids}
+        self.box: list[Message] = []
+        self.reads: dict[int, list[str]] = {i: [] for i in ids}
+
+    def add(self, node_id: int) -> None:
+        self.cores[node_id] = RaftCore(node_id, configuration=Configuration(), rng=random.Random(node_id))
+        self.reads[node_id] = []
+
+    def deliver(self, allow=lambda message: True) -> None:  # type: ignore[no-untyped-def]
+        for _ in range(50):
+            for node_id, core in self.cores.items():
+                while core.has_ready():
+                    ready = core.ready()
+                    self.box.extend(ready.messages)
+                    self.reads[node_id] += [state.context for state in ready.read_states]
+                    core.advance(ready)
+            box, self.box = self.box, []
+            for message in box:
+                if allow(message) and message.to in self.cores:
+                    self.cores[message.to].step(message)
+            if not box:
+                return
+
+    def tick(self, times: int, allow=lambda message: True) -> None:  # type: ignore[no-untyped-def]
+        for _ in range(times):
+            for core in self.cores.values():
+                core.tick()
+            self.deliver(allow)
+
+    def elect(self, node_id: int) -> RaftCore:
+        core = self.cores[node_id]
+        core.campaign()
+        self.deliver()
+        core.propose("x")
+        self.deliver()
+        assert core.role is Role.LEADER
+        return core
+
+
+def test_a_leader_that_removed_itself_confirms_no_read_by_its_own_answer() -> None:
+    net = Net((1, 2, 3, 4))
+    old = net.elect(1)
+    old.propose_configuration(old.configuration.without(1))
+    net.deliver(lambda m: m.to != 1)  # 2 to 4 hold the removal; 1 hears nothing back
+    old.read_index("r")
+    net.deliver(lambda m: m.sender in (1, 2) and m.to in (1, 2))  # only 2 answers: one of three voters
+    assert net.reads[1] == []
+
+
+def test_a_read_waiting_when_the_group_shrinks_to_its_leader_is_answered() -> None:
+    net = Net((1, 2))
+    leader = net.elect(1)
+    leader.read_index("r")
+    net.deliver(lambda m: False)  # its heartbeat is lost
+    leader.propose_configuration(leader.configuration.without(2))
+    net.deliver(lambda m: m.type is not T.HEARTBEAT_RESP)
+    assert leader.configuration.voters == {1} and net.reads[1] == ["r"]
+
+
+def test_a_leader_deposed_before_its_removal_committed_campaigns_to_commit_it() -> None:
+    net = Net((1, 2))
+    one, two = net.cores[1], net.elect(1) and net.cores[2]
+    one.propose_configuration(one.configuration.without(1))
+    net.tick(30, allow=lambda m: False)  # the removal never reaches 2; 1 loses its quorum
+    assert one.role is not Role.LEADER
+    net.tick(300)  # 2's votes lose to 1's longer log: 1 must lead, commit its removal, hand over
+    assert two.role is Role.LEADER and two.committed_configuration.voters == {2}
+    assert one.role is Role.FOLLOWER
+
+
+def test_a_voter_that_lags_a_change_still_votes_for_a_new_member() -> None:
+    net = Net((1, 2, 3))
+    leader = net.elect(1)
+    net.add(4)
+    apart = lambda m: 3 not in (m.sender, m.to)  # noqa: E731 - 3 is cut off through the changes
+    for change in (lambda c: c.with_learner(4, ""), lambda c: c.with_voter(4), lambda c: c.without(2)):
+        leader.propose_configuration(change(leader.configuration))
+        net.deliver(apart)
+    assert leader.committed_configuration.voters == {1, 3, 4} and net.cores[3].configuration.voters == {1, 2, 3}
+    del net.cores[1]  # 1 crashes; 3 is back: 3 and 4 are two of the three voters
+    net.tick(300)
+    assert {core.role for core in (net.cores[3], net.cores[4])} >= {Role.LEADER}

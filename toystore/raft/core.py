@@ -184,13 +184,14 @@ class RaftCore:
         self._votes: dict[int, bool] = {}
         self._progress: dict[int, Progress] = {}
         self._transferee = 0
-        self._reads = PendingReads(1)
+        self._reads = PendingReads()
         # (index, configuration) from the one in force at the snapshot (or before the log),
         # then each configuration entry of the log: the last is in force.
         self._configurations: list[tuple[int, Configuration]] = [
             (snapshot.index, snapshot.config) if snapshot is not None and snapshot.config is not None
             else (0, configuration)]
-        self._note_configurations(tail)
+        # Entries up to the snapshot that the log keeps are in its configuration already.
+        self._note_configurations([entry for entry in tail if entry.index > self._configurations[0][0]])
         self._config = Configuration()
         self._voters: frozenset[int] = frozenset()
         self._others: tuple[int, ...] = ()
@@ -304,12 +305,12 @@ class RaftCore:
         self._election_elapsed += 1
         if self._election_elapsed >= self._timeout:
             self._election_elapsed = 0
-            if self._id in self._voters:  # a learner never campaigns
+            if self._may_campaign():
                 self._campaign(pre_vote=self._pre_vote)
 
     def campaign(self) -> None:
         """Start an election now (through pre-vote when enabled); no-op on a leader or a learner."""
-        if self._role is not Role.LEADER and self._id in self._voters:
+        if self._role is not Role.LEADER and self._may_campaign():
             self._campaign(pre_vote=self._pre_vote)
 
     def propose(self, data: str) -> tuple[int, int]:
@@ -461,11 +462,13 @@ class RaftCore:
             progress.snapshot_ended(failed=failed)
 
     def step(self, message: Message) -> None:
-        """Handle a message from a peer; wrong-addressed or malformed ones are ignored, and so
-        are votes asked by a node that is no voter here (a removed node that campaigns)."""
+        """Handle a message from a peer; wrong-addressed or malformed ones are ignored.
+
+        Votes are asked and granted across configurations (dissertation 4.1): a voter
+        whose log lags a change must still elect a new member. A removed node that
+        campaigns disrupts nothing all the same: its pre-votes lose to longer logs, and
+        to the lease of a live leader."""
         if message.to != self._id or message.sender == self._id or message.sender < 1:
-            return
-        if message.type in _RESPONSE_TO_VOTE and message.sender not in self._voters:
             return
         if message.term > self._term:
             if not self._accept_higher_term(message):
@@ -574,8 +577,9 @@ class RaftCore:
             self._role = Role.CANDIDATE
             self._vote = self._id
             kind, term = MessageType.VOTE, self._term
-        self._votes = {self._id: True}
-        if self._quorum == 1:
+        # A node that is removing itself campaigns for the others' sake, without a vote of its own.
+        self._votes = {self._id: True} if self._id in self._voters else {}
+        if self._quorum == 1 and self._id in self._voters:
             self._won_election()
             return
         for peer in self._other_voters:
@@ -590,6 +594,12 @@ class RaftCore:
                     context=TRANSFER_CONTEXT if transfer else "",
                 )
             )
+
+    def _may_campaign(self) -> bool:
+        """A voter may; so may a node whose removal has not committed (dissertation 4.2.2):
+        if it holds the removal alone, the group needs it to lead and commit it."""
+        return self._id in self._voters or (self.configuration_pending
+                                            and self._id in self.committed_configuration.voters)
 
     def _won_election(self) -> None:
         if self._role is Role.PRE_CANDIDATE:
@@ -652,7 +662,7 @@ class RaftCore:
             self._election_elapsed = 0
             self._leader_id = message.sender
             self._handle_from_leader(message)
-        elif message.type is MessageType.TIMEOUT_NOW and self._id in self._voters:
+        elif message.type is MessageType.TIMEOUT_NOW and self._may_campaign():
             self._campaign(pre_vote=False, transfer=True)
 
     def _step_candidate(self, message: Message) -> None:
@@ -948,7 +958,7 @@ class RaftCore:
     def _start_read(self, context: str) -> None:
         if self._quorum == 1 and self._id in self._voters:
             self._read_states.append(ReadState(context, self._log.commit))
-        elif self._reads.add(context, self._log.commit, self._id if self._id in self._voters else 0):
+        elif self._reads.add(context, self._log.commit, self._id):
             self._broadcast_heartbeat(context)
 
     def _hand_over_after_removal(self) -> None:
@@ -960,7 +970,8 @@ class RaftCore:
                 self._send_commit(peer)
         voters = [peer for peer in self._other_voters if peer in self._progress]
         if voters:
-            successor = max(voters, key=lambda peer: (self._progress[peer].match, -peer))
+            # A transfer under way keeps its target: a second TimeoutNow would split the vote.
+            successor = self._transferee or max(voters, key=lambda peer: (self._progress[peer].match, -peer))
             self._send(MessageType.TIMEOUT_NOW, successor)
         self._become_follower(self._term, 0)
 
@@ -993,7 +1004,7 @@ class RaftCore:
         self._others = tuple(sorted(config.ids - {self._id}))
         self._other_voters = tuple(peer for peer in self._others if peer in self._voters)
         self._quorum = len(self._voters) // 2 + 1
-        self._reads.quorum = self._quorum
+        self._read_states.extend(self._reads.set_voters(self._voters))
         if self._role is Role.LEADER:
             for peer in self._others:
                 if peer not in self._progress:

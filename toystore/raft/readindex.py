@@ -15,12 +15,13 @@ class _Request:
 
 @dataclass
 class PendingReads:
-    """ReadIndex requests as they arrived, each with the peers that acknowledged it.
+    """ReadIndex requests as they arrived, each with the nodes that acknowledged it.
 
-    :param quorum: how many acknowledgements (the leader's own included) confirm a read.
+    :param voters: whose acknowledgements count; a majority of them confirms a read. A
+        leader that is not among them (it removed itself) confirms nothing by its own.
     """
 
-    quorum: int
+    voters: frozenset[int] = frozenset()
     _requests: dict[str, _Request] = field(default_factory=dict)
 
     def add(self, context: str, index: int, leader_id: int) -> bool:
@@ -48,15 +49,27 @@ class PendingReads:
         if request is None:
             return []
         request.acks.add(sender)
-        if len(request.acks) < self.quorum:
-            return []
+        return self._release_through(context) if self._confirmed(request) else []
+
+    def set_voters(self, voters: frozenset[int]) -> list[ReadState]:
+        """The configuration changed: count only these from now on. :return: the requests
+        that these voters confirm already (a group shrunk to its leader, say)."""
+        self.voters = voters
+        newest = next((context for context, request in reversed(self._requests.items())
+                       if self._confirmed(request)), None)
+        return self._release_through(newest) if newest is not None else []
+
+    def clear(self) -> None:
+        """Drop every request (leadership lost; the node times them out)."""
+        self._requests.clear()
+
+    def _confirmed(self, request: _Request) -> bool:
+        return len(request.acks & self.voters) >= len(self.voters) // 2 + 1
+
+    def _release_through(self, context: str) -> list[ReadState]:
         confirmed = []
         for pending in list(self._requests):
             confirmed.append(ReadState(pending, self._requests.pop(pending).index))
             if pending == context:
                 break
         return confirmed
-
-    def clear(self) -> None:
-        """Drop every request (leadership lost; the node times them out)."""
-        self._requests.clear()
