@@ -349,8 +349,10 @@ def test_the_tracker_follows_the_members_the_leader_names_and_no_one_else() -> N
     network.replicas[1].members = [1, 2, 4]  # 3 was replaced by 4
     network.replicas[2].follow(1, 4)
     network.replicas[2].members = [2, 3]  # a follower's word does not count
+    network.add("http://way-to-2.test:9", network.replicas[2].app.resource())
+    tracker.replicas[2] = "http://way-to-2.test:9"  # this frontend's way to 2 is not the leader's
     run(clock, network, tracker.check())
-    assert tracker.replicas == {i: network.url_of(i) for i in (1, 2, 4)}
+    assert tracker.replicas == {1: network.url_of(1), 2: "http://way-to-2.test:9", 4: network.url_of(4)}
     network.kill(1)
     network.replicas[4].lead(5)
     network.replicas[4].members = [1, 2, 4]

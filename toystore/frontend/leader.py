@@ -69,11 +69,14 @@ def _member_urls(value: Any) -> dict[int, str] | None:
 
 
 def followed_members(current: Mapping[int, str], leader: HealthReport | None) -> dict[int, str] | None:
-    """The replicas to check from now on, when the leader's committed members differ from
-    ``current``: the group's membership changed (a member added or removed). None: keep them."""
-    if leader is None or leader.role != "leader" or leader.members is None or leader.members == current:
+    """The replicas to check from now on, when the leader's committed members are not
+    those of ``current``: the group's membership changed (a member added or removed).
+    None: keep them. A member this frontend reaches already keeps its address: the
+    leader's is where the leader reaches it, which need not be the way from here (a
+    proxy, another network)."""
+    if leader is None or leader.role != "leader" or leader.members is None or leader.members.keys() == current.keys():
         return None
-    return dict(leader.members)
+    return {i: current.get(i, url) for i, url in leader.members.items()}
 
 
 def choose_leader(reports: Iterable[HealthReport]) -> int | None:

@@ -84,10 +84,11 @@ class RaftReplica:
         node.membership_listeners.insert(0, self._route_to)
 
     def _route_to(self, config: Configuration) -> None:
-        """Members are reached where the configuration says; others named at start still
-        are (a leader this replica's log does not list yet, a server being added)."""
-        self._replicas = {**self._named_at_start,
-                          **{member.id: member.address for member in config.members if member.address}}
+        """Replicas named at start are reached as named (the configuration holds the
+        addresses as whichever leader wrote it saw them); members added since, where the
+        configuration says."""
+        self._replicas = {**{member.id: member.address for member in config.members if member.address},
+                          **self._named_at_start}
 
     @property
     def peers(self) -> dict[int, str]:
