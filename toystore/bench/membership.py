@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import signal
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from typing import Any, Callable, Sequence
 
 from toystore import admin
 from toystore.bench.orderload import OrderLoad, orders_on
-from toystore.bench.snapshots import SNAPSHOT_EVERY, Settings, SnapshotBench, log_findings, text_table
+from toystore.bench.snapshots import SNAPSHOT_EVERY, Settings, SnapshotBench, log_findings, publish, text_table
 from toystore.cluster import LocalCluster, http_json
 
 DEFAULT_ORDERS = 100_000
@@ -172,19 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"interrupted; every process was stopped (state and logs kept in {data_dir})", file=sys.stderr)
         return 130
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    print()
-    print(render(report))
-    clean = report["all_checks_passed"] and not report["log_errors"]
-    if report["error"]:
-        print(f"\nerror: {report['error']}\n(state and logs kept in {data_dir})", file=sys.stderr)
-    elif args.data_dir is None and clean:
-        shutil.rmtree(data_dir, ignore_errors=True)
-    else:
-        print(f"\nState and logs kept in {data_dir}")
-    return 0 if report["all_checks_passed"] else 1
+    return publish(report, render(report), args.json, data_dir, keep_data=args.data_dir is not None)
 
 
 if __name__ == "__main__":

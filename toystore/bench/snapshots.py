@@ -764,17 +764,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"interrupted; every process was stopped (state and logs kept in {data_dir})", file=sys.stderr)
         return 130
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return publish(report, render(report), args.json, data_dir, keep_data=args.data_dir is not None)
+
+
+def publish(report: dict[str, Any], text: str, json_path: Path | None, data_dir: Path, *, keep_data: bool) -> int:
+    """Print a benchmark's report (and write its JSON), remove its data folder after a clean
+    run unless asked to keep it, and return the exit status: 0 when every check passed."""
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report, indent=2) + "\n")
     print()
-    print(render(report))
-    if args.json is not None:
-        print(f"\nJSON: {args.json}")
+    print(text)
+    if json_path is not None:
+        print(f"\nJSON: {json_path}")
     clean = report["all_checks_passed"] and not report["log_errors"]
     if report["error"]:
         print(f"\nerror: {report['error']}\n(state and logs kept in {data_dir})", file=sys.stderr)
-    elif args.data_dir is None and clean:
+    elif not keep_data and clean:
         shutil.rmtree(data_dir, ignore_errors=True)
     else:
         print(f"\nState and logs kept in {data_dir}")
