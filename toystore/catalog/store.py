@@ -2,9 +2,10 @@
 
 Every operation is one function of a SQLite connection run by :class:`toystore.db.Database`,
 so each is one transaction: an operation that raises :class:`CatalogError` changes nothing.
-The reservation table carries the order saga of DESIGN.md: ``buy`` holds stock for a
-request id, ``confirm`` keeps it for good, ``release`` gives it back, and the highest
-Raft term seen fences releases from deposed leaders.
+Each reads the rows it touches, applies the saga's rules (:mod:`toystore.catalog.rules`:
+``buy`` holds stock for a request id, ``confirm`` keeps it for good, ``release`` gives it
+back, and the highest Raft term seen fences releases from deposed leaders) and writes what
+they changed.
 """
 
 from __future__ import annotations
@@ -19,12 +20,25 @@ from typing import Any, Sequence, TypeVar
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
+from toystore.catalog.rules import (
+    CONFIRMED,
+    HELD,
+    RELEASED,
+    STATES,
+    Bought,
+    CatalogError,
+    Conflict,
+    NotFound,
+    ReservationRow,
+    buy_batch,
+    confirm_one,
+    release_one,
+    restocked,
+)
 from toystore.db import Database, connect
 
-HELD = "held"
-CONFIRMED = "confirmed"
-RELEASED = "released"
-STATES = (HELD, CONFIRMED, RELEASED)
+__all__ = ["CONFIRMED", "HELD", "RELEASED", "STATES", "Bought", "CatalogError", "CatalogStore", "Conflict",
+           "Cursor", "NotFound", "Page", "Reservation", "Toy", "as_json", "open_database", "schema"]
 
 # Name and price of the toys a new catalog starts with.
 INITIAL_TOYS: tuple[tuple[str, float], ...] = (
@@ -101,37 +115,11 @@ def open_database(path: Path, clock: IReactorTime, initial_stock: int) -> Databa
     return Database(connect(path, schema(initial_stock)), clock)
 
 
-class CatalogError(Exception):
-    """A refused operation; nothing changed. ``message`` is one sentence for the client."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class NotFound(CatalogError):
-    """No such toy or reservation."""
-
-
-class Conflict(CatalogError):
-    """The operation contradicts the current state (stock short, fenced, wrong state)."""
-
-
 @dataclass(frozen=True)
 class Toy:
     name: str
     price: float
     quantity: int
-
-
-@dataclass(frozen=True)
-class Bought:
-    """The answer to a buy; a retry of the same request id gets the same one."""
-
-    request_id: str
-    name: str
-    quantity: int
-    remaining: int
 
 
 @dataclass(frozen=True)
@@ -183,65 +171,38 @@ def _see_term(conn: sqlite3.Connection, term: int) -> None:
 _RESERVATION_COLUMNS = "request_id, name, quantity, state, term, created, remaining, released_term"
 
 
+def _rows(conn: sqlite3.Connection, request_ids: Sequence[str]) -> dict[str, ReservationRow]:
+    unique = list(set(request_ids))
+    return {row[0]: ReservationRow(*row) for row in conn.execute(
+        f"SELECT {_RESERVATION_COLUMNS} FROM reservations WHERE request_id IN ({_marks(unique)})", unique)}
+
+
+def _write_rows(conn: sqlite3.Connection, rows: Sequence[ReservationRow]) -> None:
+    # An upsert, not INSERT OR REPLACE: a replaced row would not fire the counting triggers.
+    conn.executemany(f"INSERT INTO reservations ({_RESERVATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                     " ON CONFLICT (request_id) DO UPDATE SET name = excluded.name, quantity = excluded.quantity,"
+                     " state = excluded.state, term = excluded.term, created = excluded.created,"
+                     " remaining = excluded.remaining, released_term = excluded.released_term",
+                     [(r.request_id, r.name, r.quantity, r.state, r.term, r.created, r.remaining, r.released_term)
+                      for r in rows])
+
+
 def _buy_each(reservations: Sequence[tuple[str, str, int, int]], now: float,
               conn: sqlite3.Connection) -> list[Bought | CatalogError]:
     """Each buy of ``(request_id, name, quantity, term)``, in order, as if it ran alone: a
     refused one changes nothing. The rows they touch are read, and the changes written, a few
     statements for the whole batch: seven statements per buy, each giving up the interpreter
     lock and waiting to take it back from a busy reactor, made a batch's write 3 to 5 ms longer."""
-    request_ids = list({request_id for request_id, _, _, _ in reservations})
     names = list({name for _, name, _, _ in reservations})
-    rows: dict[str, tuple[Any, ...]] = {row[0]: row for row in conn.execute(
-        f"SELECT {_RESERVATION_COLUMNS} FROM reservations WHERE request_id IN ({_marks(request_ids)})", request_ids)}
     stock: dict[str, int] = dict(conn.execute(f"SELECT name, quantity FROM toys WHERE name IN ({_marks(names)})", names))
-    held: dict[str, tuple[Any, ...]] = {}  # reservations (re)held by this batch
-    highest_term: int | None = None  # of the buys that went through
-    outcomes: list[Bought | CatalogError] = []
-    for request_id, name, quantity, term in reservations:
-        row = rows.get(request_id)
-        try:
-            outcome = _buy_one(request_id, name, quantity, term, row, stock)
-        except CatalogError as refused:
-            outcomes.append(refused)
-            continue
-        if row is None or row[3] == RELEASED:
-            rows[request_id] = held[request_id] = (request_id, name, quantity, HELD, term, now, outcome.remaining, None)
-        highest_term = term if highest_term is None else max(highest_term, term)
-        outcomes.append(outcome)
-    if held:
+    batch = buy_batch(reservations, now, _rows(conn, [r[0] for r in reservations]), stock)
+    if batch.held:
         conn.executemany("UPDATE toys SET quantity = ? WHERE name = ?",
-                         [(stock[name], name) for name in {row[1] for row in held.values()}])
-        # An upsert, not INSERT OR REPLACE: a replaced row would not fire the counting triggers.
-        conn.executemany(f"INSERT INTO reservations ({_RESERVATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-                         " ON CONFLICT (request_id) DO UPDATE SET name = excluded.name, quantity = excluded.quantity,"
-                         " state = excluded.state, term = excluded.term, created = excluded.created,"
-                         " remaining = excluded.remaining, released_term = excluded.released_term",
-                         held.values())
-    if highest_term is not None:
-        _see_term(conn, highest_term)
-    return outcomes
-
-
-def _buy_one(request_id: str, name: str, quantity: int, term: int, row: tuple[Any, ...] | None,
-             stock: dict[str, int]) -> Bought:
-    """One buy against its reservation's row (None if new) and the stock, which it takes from."""
-    if row is not None:
-        _, held_name, held_quantity, state, _, _, remaining, released_term = row
-        if (held_name, held_quantity) != (name, quantity):
-            raise Conflict(f"Request {request_id!r} was already used for {held_quantity} {held_name}.")
-        if state != RELEASED:
-            return Bought(request_id, name, quantity, remaining)
-        if term < released_term:
-            raise Conflict(
-                f"Request {request_id!r} was fenced by a newer term: released in term {released_term}, "
-                f"asked again in term {term}."
-            )
-    if name not in stock:
-        raise NotFound(f"There is no toy named {name!r}.")
-    if stock[name] < quantity:
-        raise Conflict(f"Not enough {name} in stock: {stock[name]} left, {quantity} asked.")
-    stock[name] -= quantity
-    return Bought(request_id, name, quantity, stock[name])
+                         [(stock[name], name) for name in {row.name for row in batch.held.values()}])
+        _write_rows(conn, list(batch.held.values()))
+    if batch.highest_term is not None:
+        _see_term(conn, batch.highest_term)
+    return batch.outcomes
 
 
 def _marks(values: Sequence[Any]) -> str:
@@ -249,46 +210,31 @@ def _marks(values: Sequence[Any]) -> str:
 
 
 def _release(request_id: str, term: int, conn: sqlite3.Connection) -> str:
-    highest = _highest_term(conn)
-    if term < highest:
-        raise Conflict(f"Release of {request_id!r} was fenced by a newer term: {term} < {highest}.")
-    row = conn.execute(
-        "SELECT name, quantity, state FROM reservations WHERE request_id = ?", (request_id,)
-    ).fetchone()
-    if row is None:
-        raise NotFound(f"There is no reservation {request_id!r}.")
-    name, quantity, state = row
-    if state == CONFIRMED:
-        raise Conflict(f"Reservation {request_id!r} is confirmed and cannot be released.")
+    row = _rows(conn, [request_id]).get(request_id)
+    released = release_one(request_id, term, row, _highest_term(conn))
+    assert row is not None  # release_one refuses an absent one
     _see_term(conn, term)
-    if state == HELD:
-        conn.execute("UPDATE toys SET quantity = quantity + ? WHERE name = ?", (quantity, name))
-        conn.execute(
-            "UPDATE reservations SET state = ?, released_term = ? WHERE request_id = ?",
-            (RELEASED, term, request_id),
-        )
-    return name
+    if released != row:
+        conn.execute("UPDATE toys SET quantity = quantity + ? WHERE name = ?", (row.quantity, row.name))
+        _write_rows(conn, [released])
+    return row.name
 
 
 def _confirm_each(request_ids: Sequence[str], term: int, conn: sqlite3.Connection) -> list[None | CatalogError]:
     """Each confirm, in order, as if it ran alone, in a few statements for the batch (as
     :func:`_buy_each`): the reaper confirms a quarter second's orders at a time."""
-    unique = list(set(request_ids))
-    states: dict[str, str] = dict(conn.execute(
-        f"SELECT request_id, state FROM reservations WHERE request_id IN ({_marks(unique)})", unique))
+    rows = _rows(conn, request_ids)
     outcomes: list[None | CatalogError] = []
-    confirmed: list[str] = []
+    confirmed: dict[str, ReservationRow] = {}
     for request_id in request_ids:
-        state = states.get(request_id)
-        if state is None:
-            outcomes.append(NotFound(f"There is no reservation {request_id!r}."))
-        elif state == RELEASED:
-            outcomes.append(Conflict(f"Reservation {request_id!r} was released and cannot be confirmed."))
-        else:
-            outcomes.append(None)
-            if state == HELD:
-                states[request_id] = CONFIRMED
-                confirmed.append(request_id)
+        try:
+            row = confirm_one(request_id, rows.get(request_id))
+        except CatalogError as refused:
+            outcomes.append(refused)
+            continue
+        outcomes.append(None)
+        if row != rows[request_id]:
+            rows[request_id] = confirmed[request_id] = row
     conn.executemany("UPDATE reservations SET state = ? WHERE request_id = ?",
                      [(CONFIRMED, request_id) for request_id in confirmed])
     if None in outcomes:
@@ -396,12 +342,7 @@ class CatalogStore:
         returns how much each restocked toy got."""
 
         def work(conn: sqlite3.Connection) -> dict[str, int]:
-            if name is not None and conn.execute("SELECT 1 FROM toys WHERE name = ?", (name,)).fetchone() is None:
-                raise NotFound(f"There is no toy named {name!r}.")
-            rows = conn.execute(
-                "SELECT name FROM toys WHERE quantity = 0 AND (? IS NULL OR name = ?) ORDER BY name", (name, name)
-            ).fetchall()
-            added = {row[0]: restock_to for row in rows if restock_to > 0}
+            added = restocked(dict(conn.execute("SELECT name, quantity FROM toys")), restock_to, name)
             conn.executemany(
                 "UPDATE toys SET quantity = ?, restocked = restocked + ? WHERE name = ?",
                 [(restock_to, restock_to, toy) for toy in added],
