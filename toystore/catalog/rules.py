@@ -130,6 +130,25 @@ def release_one(request_id: str, term: int, row: ReservationRow | None, highest_
     return row
 
 
+def confirm_batch(request_ids: Sequence[str], rows: Mapping[str, ReservationRow]
+                  ) -> tuple[list[None | CatalogError], dict[str, ReservationRow]]:
+    """Each confirm, in order, as if it ran alone: an outcome per request id (None once
+    confirmed), and the rows that moved from held to confirmed."""
+    rows = dict(rows)
+    outcomes: list[None | CatalogError] = []
+    confirmed: dict[str, ReservationRow] = {}
+    for request_id in request_ids:
+        try:
+            row = confirm_one(request_id, rows.get(request_id))
+        except CatalogError as refused:
+            outcomes.append(refused)
+            continue
+        outcomes.append(None)
+        if row != rows[request_id]:
+            rows[request_id] = confirmed[request_id] = row
+    return outcomes, confirmed
+
+
 def confirm_one(request_id: str, row: ReservationRow | None) -> ReservationRow:
     """The reservation once confirmed (unchanged if it was confirmed already).
 

@@ -24,7 +24,7 @@ from toystore.catalog.rules import (
     CatalogError,
     ReservationRow,
     buy_batch,
-    confirm_one,
+    confirm_batch,
     release_one,
     restocked,
 )
@@ -65,10 +65,7 @@ class CatalogCommand:
     @classmethod
     def decode(cls, data: str) -> CatalogCommand:
         """:raises ValueError: when ``data`` is not an encoded catalog command."""
-        try:
-            fields = json.loads(data)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"not JSON: {e}") from None
+        fields = json.loads(data)  # a JSONDecodeError is a ValueError
         if not isinstance(fields, dict) or set(fields) != {"op", "items", "term", "at", "to", "name"}:
             raise ValueError(f"not a catalog command: {data[:200]!r}")
         op, items, term, at, to, name = (fields[k] for k in ("op", "items", "term", "at", "to", "name"))
@@ -146,16 +143,8 @@ class CatalogStateMachine:
         return batch.outcomes
 
     def _confirm(self, command: CatalogCommand) -> list[None | CatalogError]:
-        rows = self._rows(command.items)
-        outcomes: list[None | CatalogError] = []
-        for request_id in command.items:
-            try:
-                row = confirm_one(request_id, rows.get(request_id))
-            except CatalogError as refused:
-                outcomes.append(refused)
-                continue
-            outcomes.append(None)
-            rows[request_id] = row
+        outcomes, confirmed = confirm_batch(command.items, self._rows(command.items))
+        for row in confirmed.values():
             self._set_row(row)
         if None in outcomes:
             self._see_term(command.term)

@@ -31,7 +31,7 @@ from toystore.catalog.rules import (
     NotFound,
     ReservationRow,
     buy_batch,
-    confirm_one,
+    confirm_batch,
     release_one,
     restocked,
 )
@@ -223,18 +223,7 @@ def _release(request_id: str, term: int, conn: sqlite3.Connection) -> str:
 def _confirm_each(request_ids: Sequence[str], term: int, conn: sqlite3.Connection) -> list[None | CatalogError]:
     """Each confirm, in order, as if it ran alone, in a few statements for the batch (as
     :func:`_buy_each`): the reaper confirms a quarter second's orders at a time."""
-    rows = _rows(conn, request_ids)
-    outcomes: list[None | CatalogError] = []
-    confirmed: dict[str, ReservationRow] = {}
-    for request_id in request_ids:
-        try:
-            row = confirm_one(request_id, rows.get(request_id))
-        except CatalogError as refused:
-            outcomes.append(refused)
-            continue
-        outcomes.append(None)
-        if row != rows[request_id]:
-            rows[request_id] = confirmed[request_id] = row
+    outcomes, confirmed = confirm_batch(request_ids, _rows(conn, request_ids))
     conn.executemany("UPDATE reservations SET state = ? WHERE request_id = ?",
                      [(CONFIRMED, request_id) for request_id in confirmed])
     if None in outcomes:

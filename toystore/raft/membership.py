@@ -156,11 +156,7 @@ class Configuration:
     @classmethod
     def decode(cls, data: str) -> Configuration:
         """:raises ValueError: when ``data`` is not an encoded configuration."""
-        try:
-            value = json.loads(data)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"not JSON: {e}") from None
-        return cls.from_json(value)
+        return cls.from_json(json.loads(data))  # a JSONDecodeError is a ValueError
 
 
 def check_address(address: Any) -> str:
