@@ -290,11 +290,6 @@ class RaftCore:
         """Is the configuration in force not committed yet?"""
         return self._configurations[-1][0] > self._log.commit
 
-    def match_of(self, peer: int) -> int | None:
-        """How much of the log a leader knows ``peer`` holds; None off the leader or for a non-member."""
-        progress = self._progress.get(peer) if self._role is Role.LEADER else None
-        return progress.match if progress is not None else None
-
     # -- inputs ------------------------------------------------------------------------
 
     def tick(self) -> None:
