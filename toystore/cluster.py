@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -30,18 +31,42 @@ from toystore.faults.links import LinkSpec, link_name
 ROLE_PLUGINS = {"catalog": "toystore-catalog", "frontend": "toystore-frontend", "order": "toystore-order"}
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel just handed out on 127.0.0.1 (free now; taken again only by chance)."""
-    sockets = []
+def ephemeral_port_range() -> tuple[int, int]:
+    """The range the kernel picks outgoing connections' source ports from."""
     try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+_PORTS_HANDED_OUT: set[int] = set()
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports on 127.0.0.1 that are free now, chosen outside the ephemeral range.
+
+    A port the kernel hands out for ``bind(0)`` is ephemeral: between our check and the
+    service's bind, any outgoing connection (a load client opens hundreds) may take it as its
+    source port. Below the ephemeral range only a listener can take it. A port is handed out
+    once per process, so two clusters planned side by side never share one.
+    """
+    low, high = ephemeral_port_range()
+    candidates = range(10000, low) if low > 12000 else range(high + 1, 65536)
+    ports: list[int] = []
+    for port in random.sample(candidates, len(candidates)):
+        if port in _PORTS_HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == count:
+            _PORTS_HANDED_OUT.update(ports)
+            return ports
+    raise OSError(f"not {count} free ports in {candidates}")
 
 
 def twistd_command() -> list[str]:
@@ -315,8 +340,22 @@ class LocalCluster:
             if value:
                 return value
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{what} not within {timeout} s; logs in {self.log_dir}")
+                raise TimeoutError(f"{what} not within {timeout} s; logs in {self.log_dir}\n{self.log_tails()}")
             time.sleep(interval)
+
+    def log_tails(self, lines: int = 12) -> str:
+        """The last lines of every process's log, and how each exited: a failed start's
+        temporary folder may be gone by the time anyone reads it."""
+        parts = []
+        for process in self.processes.values():
+            state = "running" if process.running else (
+                "not started" if process.popen is None else f"exited {process.popen.returncode}")
+            try:
+                tail = process.log_path.read_text(errors="replace").splitlines()[-lines:]
+            except OSError:
+                tail = []
+            parts.append(f"--- {process.name} ({state})\n" + "\n".join(tail))
+        return "\n".join(parts)
 
     def _answers(self, name: str, path: str) -> bool:
         try:
