@@ -5,7 +5,8 @@ from pathlib import Path
 
 from toystore.db import Database, connect
 from toystore.order.state import Order, OrderCommand, OrderStateMachine
-from toystore.order.store import SCHEMA, Changes, ReplicaStore, SqliteOrderTable, snapshot_header
+from toystore.order.store import SCHEMA, Changes, ReplicaStore, SqliteOrderTable
+from toystore.raft.sqlite_log import snapshot_header
 from toystore.raft.membership import Configuration
 from toystore.raft.messages import Entry, HardState, SnapshotMeta
 from toystore.raft.statemachine import Snapshot
@@ -162,10 +163,10 @@ def test_a_staged_snapshot_survives_a_crash_and_installs_whole(tmp_path: Path) -
     state = reopened.load_at_start()
     assert state.applied == 3 and state.snapshot is None and len(state.entries) == 3
     assert reopened.orders.latest_number == 0 and reopened.orders.get(0) == Order(0, "old", "Tux", 1)
-    assert reopened.received(snapshot) == 3 and reopened.received(_snapshot(50, 5, term=3)) == 0
-    assert reopened.received_snapshot() is None
+    assert reopened.snapshots.received(snapshot) == 3 and reopened.snapshots.received(_snapshot(50, 5, term=3)) == 0
+    assert reopened.snapshots.received_whole() is None
     _stage(reopened, snapshot, 3, _orders(3, 5))
-    assert reopened.received_snapshot() == snapshot
+    assert reopened.snapshots.received_whole() == snapshot
     assert defer.ensureDeferred(reopened.install(snapshot)).called
     assert reopened.orders.page(-1, 10) == _orders(0, 5)
     state = _store(path).load_at_start()
@@ -205,7 +206,7 @@ def test_a_new_snapshot_restarts_the_staging(tmp_path: Path) -> None:
     _stage(store, _snapshot(50, 5), 0, _orders(0, 4))
     newer = _snapshot(80, 2, term=3)
     _stage(store, newer, 0, _orders(0, 2, prefix="n"))
-    assert store.received(_snapshot(50, 5)) == 0 and store.received_snapshot() == newer
+    assert store.snapshots.received(_snapshot(50, 5)) == 0 and store.snapshots.received_whole() == newer
     assert defer.ensureDeferred(store.install(newer)).called
     assert store.orders.page(-1, 10) == _orders(0, 2, prefix="n")
 
@@ -222,7 +223,7 @@ def test_an_install_that_fails_midway_leaves_the_old_state_whole(tmp_path: Path)
     assert isinstance(failed.result, Failure)
     failed.addErrback(lambda _: None)
     reopened = _assert_holds_its_one_order(path)
-    assert reopened.received_snapshot() == snapshot  # still staged whole: the next try installs it
+    assert reopened.snapshots.received_whole() == snapshot  # still staged whole: the next try installs it
 
 
 def test_a_snapshot_whose_write_fails_leaves_the_whole_log(tmp_path: Path) -> None:

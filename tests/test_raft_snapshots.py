@@ -220,7 +220,7 @@ def test_a_bad_chunk_is_refused_with_a_clear_error_and_changes_nothing(
     code, payload = cluster.post_chunk(follower, body)
     assert code == status and words in payload["error"]["message"], payload
     assert (_held(replica), replica.node.core.commit_index if replica.node else None) == before
-    assert replica._store._staged is None  # nothing staged
+    assert replica._store.snapshots.staged is None  # nothing staged
 
 
 def test_an_out_of_order_chunk_names_the_count_held(cluster: SnapshotCluster) -> None:
@@ -288,7 +288,7 @@ def test_a_lost_answer_to_the_last_chunk_costs_two_empty_requests_not_a_second_t
     first = len(range(0, size, CHUNK_ITEMS))
     # The retry hears that the follower holds it all, and sends the last chunk empty.
     assert cluster.chunks[follower][first:] == [(0, CHUNK_ITEMS), (size, 0)]
-    assert back._store._staged is None
+    assert back._store.snapshots.staged is None
 
 
 def test_chunks_are_cut_by_their_encoded_size(cluster: SnapshotCluster, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,7 +23,8 @@ from toystore.order.reaper import LeaderView, ReservationReaper
 from toystore.order.replica import not_leader, unavailable
 from toystore.order.history import parse_replicated_orders
 from toystore.order.state import Applied, Order, OrderCommand
-from toystore.order.store import Changes, ReplicaStore, snapshot_header
+from toystore.order.store import Changes, ReplicaStore
+from toystore.raft.sqlite_log import snapshot_header
 from toystore.raft.core import NotLeader, TermChanged
 from toystore.raft.members import CATCH_UP_TIMEOUT, change_members, members_answer
 from toystore.raft.membership import Configuration
@@ -130,7 +131,7 @@ class RaftReplica:
                  orders=self.orders.latest_number + 1, entries=self._core.last_index - max(compact_before, 1) + 1)
 
     async def install_snapshot(self, meta: SnapshotMeta) -> None:
-        staged = self._store.received_snapshot()
+        staged = self._store.snapshots.received_whole()
         if staged is None or staged.meta != meta:
             raise RuntimeError(f"asked to install the snapshot at {meta}, but {staged} is staged")
         await self._store.install(staged)
@@ -146,7 +147,7 @@ class RaftReplica:
         return [order.replicated() for order in await self._store.snapshot_orders(snapshot, offset, limit)]
 
     def received(self, snapshot: Snapshot) -> int:
-        return self._store.received(snapshot)
+        return self._store.snapshots.received(snapshot)
 
     def parse_items(self, items: list[Any], offset: int) -> list[Order]:
         try:

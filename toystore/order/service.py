@@ -20,11 +20,12 @@ from toystore.order.catalog_client import CatalogClient
 from toystore.order.moved_aside import MovedAsideStore
 from toystore.order.primary_backup import PrimaryBackupReplica
 from toystore.order.raft_replica import ORDER_TIMEOUT, RaftReplica
-from toystore.order.store import SCHEMA, ReplicaState, ReplicaStore
+from toystore.order.store import SCHEMA, ReplicaStore
 from toystore.raft.core import RaftCore
 from toystore.raft.membership import Configuration
 from toystore.raft.node import RaftNode, Timing
 from toystore.raft.snapshots import SnapshotSender
+from toystore.raft.sqlite_log import RaftState
 from toystore.raft.transport import HttpTransport
 from toystore.runtime import GarbageCollectorTuning
 
@@ -53,7 +54,7 @@ class ReplicaParts:
     """What both replication modes build alike: storage restored from disk, HTTP client, catalog."""
 
     store: ReplicaStore
-    state: ReplicaState
+    state: RaftState
     http_client: JsonClient
     catalog: CatalogClient
     http_pool: HTTPConnectionPool

@@ -19,37 +19,24 @@ that joins) is recorded once, so that later starts ignore the environment.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 from toystore.db import Database
 from toystore.order.state import Order, OrderStateMachine
+from toystore.raft import sqlite_log as raft_sqlite
 from toystore.raft.membership import Configuration
-from toystore.raft.messages import Entry, EntryKind, HardState, SnapshotMeta
+from toystore.raft.messages import Entry, HardState
+from toystore.raft.sqlite_log import RaftState, StagedSnapshots
 from toystore.raft.statemachine import Snapshot
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS raft_log (
-    idx INTEGER PRIMARY KEY, term INTEGER NOT NULL, data TEXT NOT NULL, kind TEXT NOT NULL DEFAULT 'normal'
-);
-CREATE TABLE IF NOT EXISTS raft_bootstrap (one INTEGER PRIMARY KEY CHECK (one = 1), members TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS raft_state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+SCHEMA = raft_sqlite.SCHEMA + """
 CREATE TABLE IF NOT EXISTS orders (
     number INTEGER PRIMARY KEY,
     request_id TEXT NOT NULL UNIQUE,
     name TEXT NOT NULL,
     quantity INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS raft_snapshot (
-    one INTEGER PRIMARY KEY CHECK (one = 1),
-    idx INTEGER NOT NULL, term INTEGER NOT NULL, size INTEGER NOT NULL, header TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS snapshot_incoming (
-    one INTEGER PRIMARY KEY CHECK (one = 1),
-    idx INTEGER NOT NULL, term INTEGER NOT NULL, size INTEGER NOT NULL, header TEXT NOT NULL,
-    received INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS snapshot_incoming_orders (
     number INTEGER PRIMARY KEY,
@@ -60,17 +47,6 @@ CREATE TABLE IF NOT EXISTS snapshot_incoming_orders (
 """
 
 _ORDER_COLUMNS = "number, request_id, name, quantity"
-
-
-@dataclass
-class ReplicaState:
-    """What a replica reads back at start: never the orders, only the log after its snapshot."""
-
-    hard_state: HardState
-    snapshot: Snapshot | None
-    entries: list[Entry]
-    applied: int
-    bootstrap: Configuration | None  # None before the first start
 
 
 @dataclass
@@ -113,100 +89,34 @@ def _orders(conn: sqlite3.Connection, first: int, limit: int) -> list[Order]:
     return [Order(*row) for row in rows]
 
 
-def snapshot_header(meta: SnapshotMeta) -> dict[str, Any]:
-    """The header a snapshot is stored and sent with: the members in force at it."""
-    return {"members": meta.config.to_json()} if meta.config is not None else {}
-
-
-def _snapshot_of(row: tuple[int, int, int, str] | None) -> Snapshot | None:
-    if row is None:
-        return None
-    index, term, size, header = row
-    members = json.loads(header).get("members")
-    return Snapshot(SnapshotMeta(index, term, Configuration.from_json(members) if members is not None else None),
-                    size, json.loads(header))
-
-
-def _migrate(conn: sqlite3.Connection) -> None:
-    """Bring a database of an earlier version up to the schema (columns added since)."""
-    if "kind" not in {row[1] for row in conn.execute("PRAGMA table_info(raft_log)")}:
-        conn.execute("ALTER TABLE raft_log ADD COLUMN kind TEXT NOT NULL DEFAULT 'normal'")
-
-
-def _load(conn: sqlite3.Connection) -> tuple[ReplicaState, tuple[Snapshot, int] | None]:
-    _migrate(conn)
-    values = dict(conn.execute("SELECT key, value FROM raft_state"))
-    hard_state = HardState(term=values.get("term", 0), vote=values.get("vote", 0), commit=values.get("commit", 0))
-    entries = [Entry(index=i, term=t, data=d, kind=EntryKind(k))
-               for i, t, d, k in conn.execute("SELECT idx, term, data, kind FROM raft_log ORDER BY idx")]
-    snapshot = _snapshot_of(conn.execute("SELECT idx, term, size, header FROM raft_snapshot").fetchone())
-    incoming = conn.execute("SELECT idx, term, size, header, received FROM snapshot_incoming").fetchone()
-    staged = (_snapshot_of(incoming[:4]), incoming[4]) if incoming is not None else None
-    bootstrap = conn.execute("SELECT members FROM raft_bootstrap").fetchone()
-    state = ReplicaState(hard_state, snapshot, entries, values.get("applied", 0),  # type: ignore[arg-type]
-                         Configuration.decode(bootstrap[0]) if bootstrap is not None else None)
-    return state, staged  # type: ignore[return-value]
-
-
-def _record_bootstrap(conn: sqlite3.Connection, config: Configuration) -> None:
-    conn.execute("INSERT INTO raft_bootstrap (one, members) VALUES (1, ?)", (config.encode(),))
-
-
 def _insert_orders(conn: sqlite3.Connection, orders: Sequence[Order], table: str = "orders") -> None:
     conn.executemany(f"INSERT INTO {table} ({_ORDER_COLUMNS}) VALUES (?, ?, ?, ?)",
                      [(o.number, o.request_id, o.name, o.quantity) for o in orders])
 
 
 def _save(conn: sqlite3.Connection, changes: Changes) -> None:
-    values: dict[str, int] = {}
-    if changes.hard_state is not None:
-        values.update(term=changes.hard_state.term, vote=changes.hard_state.vote, commit=changes.hard_state.commit)
-    if changes.applied is not None:
-        values["applied"] = changes.applied
-    conn.executemany("INSERT OR REPLACE INTO raft_state (key, value) VALUES (?, ?)", values.items())
-    if changes.entries:
-        conn.execute("DELETE FROM raft_log WHERE idx >= ?", (changes.entries[0].index,))
-        conn.executemany("INSERT INTO raft_log (idx, term, data, kind) VALUES (?, ?, ?, ?)",
-                         [(e.index, e.term, e.data, e.kind.value) for e in changes.entries])
+    raft_sqlite.save(conn, changes.hard_state, changes.entries, changes.applied)
     _insert_orders(conn, changes.orders)
-
-
-def _record_snapshot(conn: sqlite3.Connection, table: str, snapshot: Snapshot, *extra: int) -> None:
-    meta = snapshot.meta
-    marks = ", ?" * len(extra)
-    conn.execute(f"INSERT OR REPLACE INTO {table} VALUES (1, ?, ?, ?, ?{marks})",
-                 (meta.index, meta.term, snapshot.size, json.dumps(snapshot.header, sort_keys=True), *extra))
-
-
-def _save_snapshot(conn: sqlite3.Connection, snapshot: Snapshot, compact_before: int) -> None:
-    _record_snapshot(conn, "raft_snapshot", snapshot)
-    conn.execute("DELETE FROM raft_log WHERE idx < ?", (compact_before,))
 
 
 def _stage(conn: sqlite3.Connection, snapshot: Snapshot, offset: int, orders: Sequence[Order]) -> None:
     if offset == 0:
         conn.execute("DELETE FROM snapshot_incoming_orders")
     _insert_orders(conn, orders, "snapshot_incoming_orders")
-    _record_snapshot(conn, "snapshot_incoming", snapshot, offset + len(orders))
+    raft_sqlite.record_staged(conn, snapshot, offset + len(orders))
 
 
 def _discard_staged(conn: sqlite3.Connection) -> None:
     conn.execute("DELETE FROM snapshot_incoming_orders")
-    conn.execute("DELETE FROM snapshot_incoming")
+    raft_sqlite.discard_staged(conn)
 
 
 def _install(conn: sqlite3.Connection, snapshot: Snapshot) -> None:
-    row = conn.execute("SELECT idx, term, size, header, received FROM snapshot_incoming").fetchone()
-    if row is None or _snapshot_of(row[:4]) != snapshot or row[4] != snapshot.size:
-        raise RuntimeError(f"the snapshot at {snapshot.meta} is not staged whole")
+    raft_sqlite.check_staged_whole(conn, snapshot)
     conn.execute("DELETE FROM orders")
     conn.execute(f"INSERT INTO orders ({_ORDER_COLUMNS}) SELECT {_ORDER_COLUMNS} FROM snapshot_incoming_orders")
-    _discard_staged(conn)
-    conn.execute("DELETE FROM raft_log")
-    _record_snapshot(conn, "raft_snapshot", snapshot)
-    index = snapshot.meta.index
-    conn.executemany("INSERT OR REPLACE INTO raft_state (key, value) VALUES (?, ?)",
-                     [("applied", index), ("commit", index)])
+    conn.execute("DELETE FROM snapshot_incoming_orders")
+    raft_sqlite.installed(conn, snapshot)
 
 
 class ReplicaStore:
@@ -219,18 +129,22 @@ class ReplicaStore:
     def __init__(self, db: Database) -> None:
         self._db = db
         self.orders = OrderStateMachine(SqliteOrderTable(db))
-        self.snapshot: Snapshot | None = None  # the latest durable one
-        self._staged: tuple[Snapshot, int] | None = None  # the snapshot being received, and its items staged
+        self.snapshots = StagedSnapshots(RaftState(HardState(), None, [], 0, None, None))
 
-    def load_at_start(self, first_configuration: Configuration = Configuration()) -> ReplicaState:
+    def load_at_start(self, first_configuration: Configuration = Configuration()) -> RaftState:
         """The durable state; at the first start, ``first_configuration`` is recorded as
         the one the replica starts with (later starts find it, and ignore the argument)."""
-        state, self._staged = self._db.read_at_start(_load)
+        state = self._db.read_at_start(raft_sqlite.load)
         if state.bootstrap is None:
-            self._db.write_at_start(lambda conn: _record_bootstrap(conn, first_configuration))
+            self._db.write_at_start(lambda conn: raft_sqlite.record_bootstrap(conn, first_configuration))
             state.bootstrap = first_configuration
-        self.snapshot = state.snapshot
+        self.snapshots = StagedSnapshots(state)
         return state
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        """The latest durable snapshot."""
+        return self.snapshots.latest
 
     async def save(self, changes: Changes) -> None:
         """Returns once every part of ``changes`` is durable (fsync)."""
@@ -241,39 +155,28 @@ class ReplicaStore:
     async def save_snapshot(self, snapshot: Snapshot, compact_before: int) -> None:
         """Records ``snapshot`` (of orders durable already) and deletes the log before
         ``compact_before``, in one transaction."""
-        await self._db.write(lambda conn: _save_snapshot(conn, snapshot, compact_before))
-        self.snapshot = snapshot
+        await self._db.write(lambda conn: raft_sqlite.save_snapshot(conn, snapshot, compact_before))
+        self.snapshots.latest = snapshot
 
     async def snapshot_orders(self, snapshot: Snapshot, offset: int, limit: int) -> list[Order]:
         """Orders ``offset`` to ``offset + limit`` of ``snapshot`` (fewer at its end)."""
         limit = max(0, min(limit, snapshot.size - offset))
         return await self._db.read(lambda conn: _orders(conn, offset, limit)) if limit else []
 
-    def received_snapshot(self) -> Snapshot | None:
-        """The snapshot staged whole, if one is."""
-        return self._staged[0] if self._staged is not None and self._staged[1] == self._staged[0].size else None
-
-    def received(self, snapshot: Snapshot) -> int:
-        """Orders of ``snapshot`` staged so far; 0 when another one is staged, all when it is
-        the latest snapshot here (installed: a leader that missed the answer asks again)."""
-        if snapshot == self.snapshot:
-            return snapshot.size
-        return self._staged[1] if self._staged is not None and self._staged[0] == snapshot else 0
-
     async def discard_staged(self) -> None:
         """Drops the snapshot being received, if any."""
-        if self._staged is not None:
+        if self.snapshots.staged is not None:
             await self._db.write(_discard_staged)
-            self._staged = None
+            self.snapshots.staged = None
 
     async def stage(self, snapshot: Snapshot, offset: int, orders: Sequence[Order]) -> None:
         """Stages ``orders``, ``snapshot``'s from ``offset`` on (0 starts it afresh)."""
         await self._db.write(lambda conn: _stage(conn, snapshot, offset, orders))
-        self._staged = (snapshot, offset + len(orders))
+        self.snapshots.staged = (snapshot, offset + len(orders))
 
     async def install(self, snapshot: Snapshot) -> None:
         """The staged ``snapshot`` replaces the orders and the whole log, in one transaction."""
         await self._db.write(lambda conn: _install(conn, snapshot))
-        self._staged = None
-        self.snapshot = snapshot
+        self.snapshots.staged = None
+        self.snapshots.latest = snapshot
         self.orders.reload()
