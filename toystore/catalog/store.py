@@ -160,26 +160,26 @@ class Page:
     next: Cursor | None
 
 
-def _highest_term(conn: sqlite3.Connection) -> int:
+def highest_term(conn: sqlite3.Connection) -> int:
     return conn.execute("SELECT value FROM meta WHERE key = 'highest_term'").fetchone()[0]
 
 
-def _see_term(conn: sqlite3.Connection, term: int) -> None:
+def see_term(conn: sqlite3.Connection, term: int) -> None:
     conn.execute("UPDATE meta SET value = MAX(value, ?) WHERE key = 'highest_term'", (term,))
 
 
-_RESERVATION_COLUMNS = "request_id, name, quantity, state, term, created, remaining, released_term"
+RESERVATION_COLUMNS = "request_id, name, quantity, state, term, created, remaining, released_term"
 
 
-def _rows(conn: sqlite3.Connection, request_ids: Sequence[str]) -> dict[str, ReservationRow]:
+def read_reservations(conn: sqlite3.Connection, request_ids: Sequence[str]) -> dict[str, ReservationRow]:
     unique = list(set(request_ids))
     return {row[0]: ReservationRow(*row) for row in conn.execute(
-        f"SELECT {_RESERVATION_COLUMNS} FROM reservations WHERE request_id IN ({_marks(unique)})", unique)}
+        f"SELECT {RESERVATION_COLUMNS} FROM reservations WHERE request_id IN ({_marks(unique)})", unique)}
 
 
-def _write_rows(conn: sqlite3.Connection, rows: Sequence[ReservationRow]) -> None:
+def write_reservations(conn: sqlite3.Connection, rows: Sequence[ReservationRow]) -> None:
     # An upsert, not INSERT OR REPLACE: a replaced row would not fire the counting triggers.
-    conn.executemany(f"INSERT INTO reservations ({_RESERVATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    conn.executemany(f"INSERT INTO reservations ({RESERVATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
                      " ON CONFLICT (request_id) DO UPDATE SET name = excluded.name, quantity = excluded.quantity,"
                      " state = excluded.state, term = excluded.term, created = excluded.created,"
                      " remaining = excluded.remaining, released_term = excluded.released_term",
@@ -195,13 +195,13 @@ def _buy_each(reservations: Sequence[tuple[str, str, int, int]], now: float,
     lock and waiting to take it back from a busy reactor, made a batch's write 3 to 5 ms longer."""
     names = list({name for _, name, _, _ in reservations})
     stock: dict[str, int] = dict(conn.execute(f"SELECT name, quantity FROM toys WHERE name IN ({_marks(names)})", names))
-    batch = buy_batch(reservations, now, _rows(conn, [r[0] for r in reservations]), stock)
+    batch = buy_batch(reservations, now, read_reservations(conn, [r[0] for r in reservations]), stock)
     if batch.held:
         conn.executemany("UPDATE toys SET quantity = ? WHERE name = ?",
                          [(stock[name], name) for name in {row.name for row in batch.held.values()}])
-        _write_rows(conn, list(batch.held.values()))
+        write_reservations(conn, list(batch.held.values()))
     if batch.highest_term is not None:
-        _see_term(conn, batch.highest_term)
+        see_term(conn, batch.highest_term)
     return batch.outcomes
 
 
@@ -210,24 +210,24 @@ def _marks(values: Sequence[Any]) -> str:
 
 
 def _release(request_id: str, term: int, conn: sqlite3.Connection) -> str:
-    row = _rows(conn, [request_id]).get(request_id)
-    released = release_one(request_id, term, row, _highest_term(conn))
+    row = read_reservations(conn, [request_id]).get(request_id)
+    released = release_one(request_id, term, row, highest_term(conn))
     assert row is not None  # release_one refuses an absent one
-    _see_term(conn, term)
+    see_term(conn, term)
     if released != row:
         conn.execute("UPDATE toys SET quantity = quantity + ? WHERE name = ?", (row.quantity, row.name))
-        _write_rows(conn, [released])
+        write_reservations(conn, [released])
     return row.name
 
 
 def _confirm_each(request_ids: Sequence[str], term: int, conn: sqlite3.Connection) -> list[None | CatalogError]:
     """Each confirm, in order, as if it ran alone, in a few statements for the batch (as
     :func:`_buy_each`): the reaper confirms a quarter second's orders at a time."""
-    outcomes, confirmed = confirm_batch(request_ids, _rows(conn, request_ids))
+    outcomes, confirmed = confirm_batch(request_ids, read_reservations(conn, request_ids))
     conn.executemany("UPDATE reservations SET state = ? WHERE request_id = ?",
                      [(CONFIRMED, request_id) for request_id in confirmed])
     if None in outcomes:
-        _see_term(conn, term)
+        see_term(conn, term)
     return outcomes
 
 
@@ -355,7 +355,7 @@ class CatalogStore:
             (oldest,) = conn.execute("SELECT MIN(created) FROM reservations WHERE state = ?", (HELD,)).fetchone()
             oldest_age = 0.0 if oldest is None else max(0.0, now - oldest)
             return {"toys": toys, "reservations": counts, "oldest_held_age": round(oldest_age, 3),
-                    "highest_term": _highest_term(conn)}
+                    "highest_term": highest_term(conn)}
 
         return await self._db.read(work)
 

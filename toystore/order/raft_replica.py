@@ -20,23 +20,19 @@ from toystore.deferreds import SingleFlight
 from toystore.http import ApiError
 from toystore.order.catalog_client import CatalogClient
 from toystore.order.reaper import LeaderView, ReservationReaper
-from toystore.order.replica import not_leader, unavailable
 from toystore.order.history import parse_replicated_orders
 from toystore.order.state import Applied, Order, OrderCommand
 from toystore.order.store import Changes, ReplicaStore
-from toystore.raft.sqlite_log import snapshot_header
 from toystore.raft.core import NotLeader, TermChanged
-from toystore.raft.members import CATCH_UP_TIMEOUT, change_members, members_answer
-from toystore.raft.membership import Configuration
-from toystore.raft.messages import Entry, Message, Ready, Role, SnapshotMeta
+from toystore.raft.host import RaftHost, unavailable
+from toystore.raft.members import CATCH_UP_TIMEOUT
+from toystore.raft.messages import Entry, Ready, Role, SnapshotMeta
 from toystore.raft.node import ProposalDropped, RaftNode
-from toystore.raft.snapshots import SnapshotReceiver
+from toystore.raft.sqlite_log import snapshot_header
 from toystore.raft.statemachine import Snapshot
-from toystore.raft.transport import ACCEPTED
 
 log = Logger()
 
-MAX_MESSAGES_PER_POST = 1024
 ORDER_TIMEOUT = 5.0   # an order not committed by then is answered 503 (outcome unknown)
 READ_TIMEOUT = 2.0    # a ReadIndex round that cannot reach a majority by then is 503
 
@@ -65,41 +61,32 @@ class RaftReplica:
         self.orders = orders = store.orders
         self._store = store
         self._catalog = catalog
-        self._named_at_start = dict(replicas)
-        self._replicas = dict(replicas)  # where each replica is reached: for hints and routing
+        self.host = RaftHost(node_id, replicas, clock=clock, redirect="send orders to the leader",
+                             read_timeout=READ_TIMEOUT, catch_up_timeout=catch_up_timeout)
         self._clock = clock
-        self._catch_up_timeout = catch_up_timeout
         self._attempts: SingleFlight[str, Order] = SingleFlight()
         self._uncommitted_memo: tuple[tuple[int, int, int] | None, frozenset[str]] = (None, frozenset())
-        self.node: RaftNode | None = None
-        self._snapshots: SnapshotReceiver | None = None
         self.reaper = ReservationReaper(catalog, LeaderView(
             can_judge=self._can_judge_reservations, term=lambda: self._core.term,
             committed=lambda rid: orders.for_request(rid) is not None, in_flight=self._in_flight,
         ), clock=clock)
 
     def attach(self, node: RaftNode) -> None:
-        """The node is built with this replica as its state machine and its storage."""
-        self.node = node
-        self._snapshots = SnapshotReceiver(self.id, self, node)
-        node.membership_listeners.insert(0, self._route_to)
+        """The node is built with this replica as its state machine, storage and snapshot sink."""
+        self.host.attach(node, self)
 
-    def _route_to(self, config: Configuration) -> None:
-        """Replicas named at start are reached as named (the configuration holds the
-        addresses as whichever leader wrote it saw them); members added since, where the
-        configuration says."""
-        self._replicas = {**{member.id: member.address for member in config.members if member.address},
-                          **self._named_at_start}
+    @property
+    def node(self) -> RaftNode | None:
+        return self.host.node
 
     @property
     def peers(self) -> dict[int, str]:
         """``{id: URL}`` of every other replica this one may have to reach."""
-        return {i: url for i, url in self._replicas.items() if i != self.id}
+        return self.host.peers
 
     @property
     def _core(self) -> Any:
-        assert self.node is not None
-        return self.node.core
+        return self.host.core
 
     # -- the node's state machine and storage (toystore.raft.statemachine) ------------
 
@@ -167,8 +154,7 @@ class RaftReplica:
         await self._store.discard_staged()
 
     async def receive_snapshot_chunk(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        assert self._snapshots is not None
-        return await self._snapshots.receive(body)
+        return await self.host.receive_snapshot_chunk(body)
 
     # -- orders ---------------------------------------------------------------------
 
@@ -184,7 +170,7 @@ class RaftReplica:
         if not new:
             return outcomes  # type: ignore[return-value]
         if self._core.role is not Role.LEADER:
-            placed: list[Order | Failure] = [Failure(not_leader(self._core.leader_id, self._replicas))] * len(new)
+            placed: list[Order | Failure] = [Failure(self.host.not_leader())] * len(new)
         else:
             # A retry while the first attempt still runs shares its outcome.
             placed = await self._attempts.run_each([(c.request_id, c) for c in new], self._commit_orders)
@@ -204,7 +190,7 @@ class RaftReplica:
             await self.reaper.wait_released(command.request_id)
         core = self._core
         if core.role is not Role.LEADER:
-            return [Failure(not_leader(core.leader_id, self._replicas))] * len(commands)
+            return [Failure(self.host.not_leader())] * len(commands)
         term = core.term
         refusals = await self._catalog.reserve_each([(c.name, c.quantity, c.request_id) for c in commands], term)
         reserved = [command.encode() for command, refusal in zip(commands, refusals) if refusal is None]
@@ -216,10 +202,10 @@ class RaftReplica:
         if not isinstance(outcome, Failure):
             return outcome.order
         if outcome.check(NotLeader):
-            return Failure(not_leader(outcome.value.leader_id, self._replicas))
+            return Failure(self.host.not_leader(outcome.value.leader_id))
         if outcome.check(TermChanged):  # nothing was appended; a retry reserves again
             if self._core.role is not Role.LEADER:
-                return Failure(not_leader(self._core.leader_id, self._replicas))
+                return Failure(self.host.not_leader())
             return Failure(unavailable("Leadership changed while the stock was reserved; retry with the same "
                                        "Idempotency-Key."))
         if outcome.check(ProposalDropped):  # ProposalTimedOut included
@@ -246,29 +232,19 @@ class RaftReplica:
 
     async def read_order(self, number: int) -> Order | None:
         if self._core.role is Role.LEADER:
-            assert self.node is not None
-            try:
-                await self.node.read_barrier().addTimeout(READ_TIMEOUT, self._clock)
-            except NotLeader as e:
-                raise not_leader(e.leader_id, self._replicas) from None
-            except (ProposalDropped, defer.TimeoutError):
-                raise unavailable("This replica could not confirm it is still the leader.") from None
+            await self.host.read_barrier()
         return self.orders.get(number)
 
     # -- cluster --------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        assert self.node is not None
-        return {**self.node.status(), "replication": "raft", "settlement": self.reaper.counts(),
-                **self.members()}
+        return {**self.host.status(), "replication": "raft", "settlement": self.reaper.counts()}
 
     def members(self) -> dict[str, Any]:
-        return members_answer(self._core.committed_configuration)
+        return self.host.members()
 
     async def change_members(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        assert self.node is not None
-        return await change_members(self.node, body, lambda leader_id: not_leader(leader_id, self._replicas),
-                                    self._catch_up_timeout)
+        return await self.host.change_members(body)
 
     def set_leader(self, replica_id: int) -> None:
         if self._core.role is Role.LEADER and replica_id != self.id and replica_id in self._core.configuration.voters:
@@ -277,28 +253,7 @@ class RaftReplica:
             self.node.transfer_leadership(replica_id)
 
     async def receive_peer(self, endpoint: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        """One Raft message, or ``{"messages": [...]}`` in order, all from one peer; all are
-        checked before any is stepped. Returns our answers to them, once durable."""
-        batch = body.get("messages")
-        items = batch if isinstance(batch, list) else [body]
-        if not items or len(items) > MAX_MESSAGES_PER_POST:
-            raise ApiError(400, f"A batch holds 1 to {MAX_MESSAGES_PER_POST} Raft messages.")
-        messages = []
-        for item in items:
-            try:
-                message = Message.from_json(item)
-            except (ValueError, KeyError, TypeError) as e:
-                raise ApiError(400, f"Not a Raft message: {e}") from None
-            if message.type not in ACCEPTED[endpoint]:
-                raise ApiError(400, f"A {message.type.value} message does not belong on /{endpoint}.")
-            if message.to != self.id:
-                raise ApiError(400, f"This is replica {self.id}, not {message.to}.")
-            if messages and message.sender != messages[0].sender:
-                raise ApiError(400, "A batch holds the messages of one sender.")
-            messages.append(message)
-        assert self.node is not None
-        answers = await self.node.exchange(messages[0].sender, messages)
-        return {"messages": [answer.to_json() for answer in answers]}
+        return await self.host.receive_peer(endpoint, body)
 
     def start(self) -> None:
         assert self.node is not None

@@ -13,6 +13,9 @@ from twisted.python.failure import Failure
 
 from toystore.http import ApiError
 from toystore.order.state import Order, OrderCommand, OrderStateMachine
+from toystore.raft.host import not_leader_error, unavailable
+
+__all__ = ["InstallsSnapshots", "MovesAside", "OrderReplica", "not_leader", "place_one_by_one", "unavailable"]
 
 
 class OrderReplica(Protocol):
@@ -68,14 +71,7 @@ class InstallsSnapshots(Protocol):
 
 def not_leader(leader_id: int | None, replicas: Mapping[int, str]) -> ApiError:
     """421 with the leader's id and URL, so the frontend can go there at once."""
-    details: dict[str, Any] = {"leader_id": leader_id or 0}
-    if leader_id in replicas:
-        details["leader_url"] = replicas[leader_id]
-    return ApiError(421, "This replica is not the leader; send orders to the leader.", details=details)
-
-
-def unavailable(message: str) -> ApiError:
-    return ApiError(503, message, headers={"Retry-After": "1"})
+    return not_leader_error(leader_id, replicas, "send orders to the leader")
 
 
 async def place_one_by_one(replica: OrderReplica, commands: Sequence[OrderCommand]) -> list[Order | Failure]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -21,9 +20,9 @@ from toystore.order.moved_aside import MovedAsideStore
 from toystore.order.primary_backup import PrimaryBackupReplica
 from toystore.order.raft_replica import ORDER_TIMEOUT, RaftReplica
 from toystore.order.store import SCHEMA, ReplicaStore
-from toystore.raft.core import RaftCore
 from toystore.raft.membership import Configuration
-from toystore.raft.node import RaftNode, Timing
+from toystore.raft.host import build_node
+from toystore.raft.node import Timing
 from toystore.raft.snapshots import SnapshotSender
 from toystore.raft.sqlite_log import RaftState
 from toystore.raft.transport import HttpTransport
@@ -92,36 +91,19 @@ def build_raft_replica(*, reactor: Any, node_id: int, replicas: Mapping[int, str
 
     :param replicas: the group a first start makes, unless ``join``; later starts take
         their membership from disk, and reach the replicas named here besides.
-    :param snapshot_every: entries applied between two snapshots (0: none); the log keeps
-        a tenth of that before each, for followers a little behind.
+    :param snapshot_every: entries applied between two snapshots (0: none; see :func:`build_node`).
     :param join: at a first start, wait to be added to a running group (``POST /members``
         at its leader) instead of making one: it never campaigns on its own.
     """
     first = Configuration() if join else Configuration.of(sorted(replicas), addresses=dict(replicas))
     parts = _open_parts(reactor, node_id, catalog_url, data_dir, token, db_delay, first)
     state = parts.state
-    assert state.bootstrap is not None
     replica = RaftReplica(node_id, parts.store, parts.catalog, replicas, clock=reactor)
-    core = RaftCore(node_id, configuration=state.bootstrap, hard_state=state.hard_state,
-                    snapshot=state.snapshot.meta if state.snapshot is not None else None, entries=state.entries,
-                    applied=state.applied, rng=random.Random(), election_ticks=timing.election_ticks,
-                    heartbeat_ticks=timing.heartbeat_ticks)
-    # Answers that peers send back go to the node, which is built over this transport.
-    snapshots = SnapshotSender(parts.http_client, {}, source=replica, clock=reactor, token=token,
-                               on_answer=lambda answer: node.receive(answer),
-                               on_done=lambda peer, index, failed: node.report_snapshot(peer, index, failed))
-    transport = HttpTransport(parts.http_client, {}, clock=reactor, token=token,
-                              on_answer=lambda answer: node.receive(answer), snapshots=snapshots.send)
-    node = RaftNode(core, clock=reactor, transport=transport, state_machine=replica,
-                    storage=replica, timing=timing, proposal_timeout=ORDER_TIMEOUT,
-                    snapshot_every=snapshot_every, snapshot_keep=snapshot_every // 10)
-    replica.attach(node)
-
-    def route(_: Configuration) -> None:  # after the replica's own listener
-        transport.set_peers(replica.peers)
-        snapshots.set_peers(replica.peers)
-
-    node.membership_listeners.append(route)
+    node, transport, snapshots = build_node(
+        replica.host, state, machine=replica, storage=replica, source=replica, sink=replica,
+        http_client=parts.http_client, reactor=reactor, token=token, timing=timing, proposal_timeout=ORDER_TIMEOUT,
+        snapshot_every=snapshot_every)
+    core = node.core
     config = core.configuration
     log.info("Order replica {id} (raft) restored term {term}, snapshot at {snapshot}, {entries} log entries, "
              "{orders} orders; members {members}", id=node_id, term=state.hard_state.term,
