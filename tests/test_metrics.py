@@ -188,7 +188,7 @@ def test_a_failing_refresh_still_answers_with_the_last_figures() -> None:
             raise OSError("disk gone")
 
     metrics, stub = serve(Clock())
-    metrics.add(CatalogCollector(BrokenLedger()))
+    metrics.add(CatalogCollector(BrokenLedger().ledger))
     logged: list[dict[str, Any]] = []
     globalLogPublisher.addObserver(logged.append)
     try:
@@ -310,7 +310,7 @@ def test_catalog_collector_and_group_commits_from_a_real_store(tmp_path: Path) -
     store = CatalogStore(db, clock)
     metrics = ServiceMetrics(clock)
     watch_database(metrics, db)
-    metrics.add(CatalogCollector(store))
+    metrics.add(CatalogCollector(store.ledger))
     _case.successResultOf(defer.ensureDeferred(store.buy("r1", "Tux", 3)))
     _case.successResultOf(defer.ensureDeferred(store.buy("r2", "Fox", 1)))
     _case.successResultOf(defer.ensureDeferred(store.release("r2", 1)))

@@ -332,20 +332,16 @@ class ElectionCounter(Collector):
         yield elections
 
 
-class Ledger(Protocol):
-    async def ledger(self) -> dict[str, Any]: ...
-
-
 class CatalogCollector(Collector):
     """Stock and price per toy and reservations per state, read from the catalog's ledger
     just before each scrape (:meth:`refresh`)."""
 
-    def __init__(self, store: Ledger) -> None:
-        self._store = store
+    def __init__(self, ledger: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+        self._read_ledger = ledger
         self._ledger: dict[str, Any] = {"toys": {}, "reservations": {}}
 
     async def refresh(self) -> None:
-        self._ledger = await self._store.ledger()
+        self._ledger = await self._read_ledger()
 
     def collect(self) -> Iterable[Metric]:
         stock = GaugeMetricFamily("toystore_catalog_stock", "Units in stock, per toy.", labels=["toy"])
@@ -414,15 +410,37 @@ def watch_raft(metrics: ServiceMetrics, node: RaftNode, status: Callable[[], Map
     node.commit_listeners.append(append.observe)
 
 
+def watch_replication(metrics: ServiceMetrics, replica: Any, transport: CountsPosts | None,
+                      snapshots: CountsSnapshotsSent | None) -> None:
+    """A replica's state from its ``status()`` (Raft's elections and append latency too when
+    ``replica.node`` is a :class:`RaftNode`), and its ``transport`` and ``snapshots`` if any."""
+    node = getattr(replica, "node", None)
+    if isinstance(node, RaftNode):
+        watch_raft(metrics, node, replica.status)
+    else:
+        metrics.add(ReplicaCollector(replica.status))
+    if transport is not None:
+        metrics.add(TransportCollector(transport))
+    if snapshots is not None:
+        metrics.add(SnapshotCollector(snapshots))
+
+
 # ---------------------------------------------------------------- per role
 
 
-def catalog_metrics(clock: IReactorTime, db: CommitsDurably, store: Ledger, invalidator: CountsPushes) -> ServiceMetrics:
-    """The catalog's metrics: requests, group commits, stock and reservations, invalidation pushes."""
+def catalog_metrics(clock: IReactorTime, db: CommitsDurably, ledger: Callable[[], Awaitable[dict[str, Any]]],
+                    invalidator: CountsPushes,
+                    member: Any = None, transport: CountsPosts | None = None,
+                    snapshots: CountsSnapshotsSent | None = None) -> ServiceMetrics:
+    """The catalog's metrics: requests, group commits, stock and reservations (as ``ledger``
+    reads them), invalidation pushes; for a ``member`` of a replicated catalog (with ``node`` and ``status()``), its
+    Raft group's state as an order replica's, its ``transport`` and its ``snapshots``."""
     metrics = ServiceMetrics(clock)
     watch_database(metrics, db)
-    metrics.add(CatalogCollector(store))
+    metrics.add(CatalogCollector(ledger))
     metrics.add(InvalidationCollector(invalidator))
+    if member is not None:
+        watch_replication(metrics, member, transport, snapshots)
     return metrics
 
 
@@ -440,13 +458,5 @@ def order_metrics(clock: IReactorTime, db: CommitsDurably, replica: Any, transpo
     elections, append latency and ``transport`` too when ``replica.node`` is a :class:`RaftNode`)."""
     metrics = ServiceMetrics(clock)
     watch_database(metrics, db)
-    node = getattr(replica, "node", None)
-    if isinstance(node, RaftNode):
-        watch_raft(metrics, node, replica.status)
-    else:
-        metrics.add(ReplicaCollector(replica.status))
-    if transport is not None:
-        metrics.add(TransportCollector(transport))
-    if snapshots is not None:
-        metrics.add(SnapshotCollector(snapshots))
+    watch_replication(metrics, replica, transport, snapshots)
     return metrics

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping, Protocol, Sequence
 
 from klein import Klein
 from twisted.internet.defer import Deferred
@@ -27,10 +27,11 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
 from toystore.catalog.invalidation import Invalidator
-from toystore.catalog.store import STATES, Bought, CatalogError, CatalogStore, Conflict, Cursor, NotFound, as_json
+from toystore.catalog.store import STATES, Bought, CatalogError, Conflict, Cursor, NotFound, Page, Toy, as_json
 from toystore.http import (
     MAX_BATCH_BODY_BYTES,
     MAX_BATCH_ITEMS,
+    MAX_PEER_BODY_BYTES,
     ApiError,
     api_root,
     batch_failure,
@@ -46,8 +47,33 @@ from toystore.http import (
     require_token,
     run_parsed,
 )
+from toystore.raft.host import RaftHost
+from toystore.raft.snapshots import MAX_CHUNK_BYTES
 
 log = Logger()
+
+
+class Catalog(Protocol):
+    """What the routes need: the single catalog's store, or a member of the replicated one."""
+
+    async def query(self, name: str) -> Toy: ...
+
+    async def buy_each(self, reservations: Sequence[tuple[str, str, int, int]]) -> list[Bought | CatalogError]: ...
+
+    async def release_each(self, request_ids: Sequence[str], term: int) -> list[str | CatalogError]: ...
+
+    async def confirm_each(self, request_ids: Sequence[str], term: int) -> list[None | CatalogError]: ...
+
+    async def reservations(self, state: str | None = None, older_than: float = 0.0, limit: int | None = None,
+                           after: Cursor | None = None) -> Page: ...
+
+    async def restock(self, restock_to: int, name: str | None = None) -> dict[str, int]: ...
+
+    async def ledger(self) -> dict[str, Any]: ...
+
+    def status(self) -> dict[str, Any]:
+        """The ``/health_check`` body."""
+        ...
 
 MAX_TERM = 2**62
 
@@ -137,21 +163,24 @@ def _limit(text: str | None) -> int:
 
 
 class CatalogApi:
-    """The Klein routes over a :class:`CatalogStore`.
+    """The Klein routes over a :class:`Catalog`.
 
-    :param store: the catalog's data.
+    :param store: the catalog's data: the single catalog's store, or a catalog member.
     :param invalidator: pushes changed toys to the frontends.
     :param token: the cluster token, or None with ``--insecure``.
     :param restock_to: the stock a sold-out toy is brought back to.
+    :param raft: a member's Raft side (peer messages, snapshots, membership); None for the single catalog.
     """
 
     app = Klein()
 
-    def __init__(self, store: CatalogStore, invalidator: Invalidator, token: str | None, restock_to: int) -> None:
+    def __init__(self, store: Catalog, invalidator: Invalidator, token: str | None, restock_to: int,
+                 raft: RaftHost | None = None) -> None:
         self._store = store
         self._invalidator = invalidator
         self._token = token
         self._restock_to = restock_to
+        self._raft = raft
 
     def resource(self) -> IResource:
         """What the catalog's Site serves."""
@@ -263,6 +292,42 @@ class CatalogApi:
     async def ledger(self, request: IRequest) -> bytes:
         require_token(request, self._token)
         return json_response(request, await self._store.ledger())
+
+    # -- the Raft group of a replicated catalog ----------------------------------------
+
+    @app.route("/health_check", methods=["GET"])
+    async def health_check(self, request: IRequest) -> bytes:
+        require_token(request, self._token)
+        return json_response(request, self._store.status())
+
+    def _member(self, request: IRequest) -> RaftHost:
+        require_token(request, self._token)
+        if self._raft is None:
+            raise ApiError(404, "This catalog runs alone (no --id): it has no Raft group.")
+        return self._raft
+
+    @app.route("/members", methods=["GET"])
+    async def members(self, request: IRequest) -> bytes:
+        return json_response(request, self._member(request).members())
+
+    @app.route("/members", methods=["POST"])
+    async def change_members(self, request: IRequest) -> bytes:
+        """Add or remove one member (:mod:`toystore.raft.members`)."""
+        raft = self._member(request)
+        return json_response(request, await raft.change_members(read_json_object(request)))
+
+    @app.route("/install_snapshot", methods=["POST"])
+    async def install_snapshot(self, request: IRequest) -> bytes:
+        """One chunk of the leader's snapshot (:mod:`toystore.raft.snapshots`)."""
+        raft = self._member(request)
+        answer = await raft.receive_snapshot_chunk(read_json_object(request, MAX_CHUNK_BYTES))
+        return json_response(request, {"accepted": True, **answer})
+
+    @app.route("/<any(append_entries,request_vote,commit_entries,truncate_log,timeout_now):rpc>", methods=["POST"])
+    async def peer_message(self, request: IRequest, rpc: str) -> bytes:
+        raft = self._member(request)
+        answer = await raft.receive_peer(rpc, read_json_object(request, MAX_PEER_BODY_BYTES))
+        return json_response(request, {"accepted": True, **answer})
 
 
 install_json_errors(CatalogApi.app)

@@ -9,7 +9,7 @@ fails because of it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -82,18 +82,26 @@ class Invalidator:
         finally:
             rounds.in_flight = False
 
+    async def clear_all(self) -> None:
+        """Empty every frontend's cache (``{"all": true}``); returns when all have answered or failed."""
+        await defer.gatherResults([defer.ensureDeferred(self._post(frontend, {"all": True}, "every toy"))
+                                   for frontend in self._rounds])
+
     async def _push(self, frontend: str, name: str) -> bool:
+        return await self._post(frontend, {"name": name}, name)
+
+    async def _post(self, frontend: str, body: dict[str, Any], what: str) -> bool:
         """One push; whether the frontend took it. Never raises: a frontend down costs a warning."""
         self.pushes += 1
         try:
             status, _ = await fetch_json(self._client, "POST", f"{frontend}/invalidate", reactor=self._reactor,
-                                         timeout=self._timeout, token=self._token, body={"name": name})
+                                         timeout=self._timeout, token=self._token, body=body)
         except Exception as e:
-            log.warn("Invalidation of {name} at {frontend} failed: {error}", name=name, frontend=frontend,
+            log.warn("Invalidation of {name} at {frontend} failed: {error}", name=what, frontend=frontend,
                      error=repr(e))
             return False
         if status != 200:
-            log.warn("Invalidation of {name} at {frontend} answered {status}", name=name, frontend=frontend,
+            log.warn("Invalidation of {name} at {frontend} answered {status}", name=what, frontend=frontend,
                      status=status)
             return False
         return True

@@ -249,6 +249,26 @@ def _the_one(outcomes: list[T | CatalogError]) -> T:
     return outcome
 
 
+def list_reservations(now: float, state: str | None, older_than: float, limit: int | None, after: Cursor | None,
+                      conn: sqlite3.Connection) -> Page:
+    """A page of :meth:`CatalogStore.reservations`, at the time ``now``."""
+    where = ["created <= ?"]
+    arguments: list[Any] = [now - older_than]
+    if state is not None:
+        where.append("state = ?")
+        arguments.append(state)
+    if after is not None:
+        where.append("(created, request_id) > (?, ?)")
+        arguments += [after.created, after.request_id]
+    arguments.append(-1 if limit is None else limit)
+    rows = conn.execute(
+        "SELECT request_id, name, quantity, state, term, created FROM reservations"
+        f" WHERE {' AND '.join(where)} ORDER BY created, request_id LIMIT ?", arguments).fetchall()
+    found = [Reservation(r[0], r[1], r[2], r[3], r[4], max(0.0, now - r[5])) for r in rows]
+    full = limit is not None and len(rows) == limit
+    return Page(found, Cursor(rows[-1][5], rows[-1][0]) if full else None)
+
+
 class CatalogStore:
     """Stock, prices and reservations.
 
@@ -305,26 +325,7 @@ class CatalogStore:
         """Reservations (in one state, if given) at least ``older_than`` seconds old, oldest
         first: at most ``limit`` of them, from just past ``after``. The page's ``next`` is where
         the next page starts, None once this one is the last."""
-        now = self._clock.seconds()
-        where = ["created <= ?"]
-        arguments: list[Any] = [now - older_than]
-        if state is not None:
-            where.append("state = ?")
-            arguments.append(state)
-        if after is not None:
-            where.append("(created, request_id) > (?, ?)")
-            arguments += [after.created, after.request_id]
-        arguments.append(-1 if limit is None else limit)
-
-        def work(conn: sqlite3.Connection) -> Page:
-            rows = conn.execute(
-                "SELECT request_id, name, quantity, state, term, created FROM reservations"
-                f" WHERE {' AND '.join(where)} ORDER BY created, request_id LIMIT ?", arguments).fetchall()
-            found = [Reservation(r[0], r[1], r[2], r[3], r[4], max(0.0, now - r[5])) for r in rows]
-            full = limit is not None and len(rows) == limit
-            return Page(found, Cursor(rows[-1][5], rows[-1][0]) if full else None)
-
-        return await self._db.read(work)
+        return await self._db.read(partial(list_reservations, self._clock.seconds(), state, older_than, limit, after))
 
     async def restock(self, restock_to: int, name: str | None = None) -> dict[str, int]:
         """Bring every toy (or the named one) that is sold out back to ``restock_to``;
@@ -339,6 +340,12 @@ class CatalogStore:
             return added
 
         return await self._db.write(work)
+
+    def status(self) -> dict[str, Any]:
+        """``GET /health_check`` in the order replica's shape: a catalog alone is a group of
+        one that always leads, with no log."""
+        return {"id": 1, "role": "leader", "term": 0, "leader_id": 1, "commit_index": 0, "last_index": 0,
+                "snapshot_index": 0, "log_entries": 0, "replication": "none"}
 
     async def ledger(self) -> dict[str, Any]:
         """Everything an invariant checker needs (the ``GET /ledger`` shape), and the age of

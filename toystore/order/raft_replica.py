@@ -136,7 +136,7 @@ class RaftReplica:
     def received(self, snapshot: Snapshot) -> int:
         return self._store.snapshots.received(snapshot)
 
-    def parse_items(self, items: list[Any], offset: int) -> list[Order]:
+    def parse_items(self, snapshot: Snapshot, items: list[Any], offset: int) -> list[Order]:
         try:
             orders = parse_replicated_orders(items)
         except ApiError as e:

@@ -100,7 +100,7 @@ def build_raft_replica(*, reactor: Any, node_id: int, replicas: Mapping[int, str
     state = parts.state
     replica = RaftReplica(node_id, parts.store, parts.catalog, replicas, clock=reactor)
     node, transport, snapshots = build_node(
-        replica.host, state, machine=replica, storage=replica, source=replica, sink=replica,
+        replica.host, state, machine=replica, storage=replica, source=replica, attach=replica.attach,
         http_client=parts.http_client, reactor=reactor, token=token, timing=timing, proposal_timeout=ORDER_TIMEOUT,
         snapshot_every=snapshot_every)
     core = node.core

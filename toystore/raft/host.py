@@ -10,7 +10,7 @@ machine and its own routes.
 from __future__ import annotations
 
 import random
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -151,9 +151,10 @@ class RaftHost:
 
 
 def build_node(host: RaftHost, state: RaftState, *, machine: StateMachine, storage: Storage, source: SnapshotSource,
-               sink: SnapshotSink, http_client: JsonClient, reactor: Any, token: str | None, timing: Timing,
+               attach: Callable[[RaftNode], None], http_client: JsonClient, reactor: Any, token: str | None, timing: Timing,
                proposal_timeout: float, snapshot_every: int) -> tuple[RaftNode, HttpTransport, SnapshotSender]:
-    """A node restored from ``state``, talking HTTP to ``host``'s peers, attached to ``host``.
+    """A node restored from ``state``, talking HTTP to ``host``'s peers, handed to ``attach``
+    (which attaches it to ``host`` with the snapshot sink) before anything else hears of it.
 
     :param snapshot_every: entries applied between two snapshots (0: none); the log keeps
         a tenth of that before each, for followers a little behind.
@@ -172,7 +173,7 @@ def build_node(host: RaftHost, state: RaftState, *, machine: StateMachine, stora
     node = RaftNode(core, clock=reactor, transport=transport, state_machine=machine, storage=storage,
                     timing=timing, proposal_timeout=proposal_timeout, snapshot_every=snapshot_every,
                     snapshot_keep=snapshot_every // 10)
-    host.attach(node, sink)
+    attach(node)
 
     def route(_: Configuration) -> None:  # after the host's own listener
         transport.set_peers(host.peers)

@@ -206,7 +206,7 @@ class SnapshotReceiver:
                                details={"received": received})
             if items or offset == 0:
                 try:
-                    parsed = self._sink.parse_items(items, offset)
+                    parsed = self._sink.parse_items(snapshot, items, offset)
                 except ValueError as e:
                     raise ApiError(400, f"Not a chunk of a snapshot: {e}") from None
                 await self._sink.stage(snapshot, offset, parsed)

@@ -78,8 +78,9 @@ class SnapshotSink(Protocol):
         all of them when ``snapshot`` is installed already."""
         ...
 
-    def parse_items(self, items: list[Any], offset: int) -> Any:
-        """Items ``offset`` on, checked; :raises ValueError: on an item that is not the host's."""
+    def parse_items(self, snapshot: Snapshot, items: list[Any], offset: int) -> Any:
+        """Items ``offset`` on of ``snapshot``, checked (with its header, at offset 0);
+        :raises ValueError: on an item or a header that is not the host's."""
         ...
 
     async def stage(self, snapshot: Snapshot, offset: int, items: Any) -> None:
