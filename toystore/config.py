@@ -59,6 +59,16 @@ def parse_replicas(text: str) -> dict[int, str]:
     return replicas
 
 
+def parse_catalog_address(text: str) -> str | dict[int, str]:
+    """The catalog: one URL (a lone catalog) or its members in :func:`parse_replicas`' form
+    (a replicated catalog); UsageError naming both forms otherwise."""
+    try:
+        return parse_replicas(text) if "=" in text else parse_base_url(text)
+    except usage.UsageError as error:
+        raise usage.UsageError(f"The catalog is one URL (http://127.0.0.1:8001) or its members as "
+                               f"1=http://127.0.0.1:8001,2=http://127.0.0.1:8002,...: {error}") from None
+
+
 def default_replicas(count: int = 3, host: str = "127.0.0.1") -> dict[int, str]:
     return {i: f"http://{host}:{ORDER_PORT_BASE + i}" for i in range(1, count + 1)}
 
