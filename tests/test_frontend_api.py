@@ -15,8 +15,9 @@ from twisted.web.iweb import IRequest
 from test_frontend_leader import TOKEN, FakeNetwork
 from toystore.frontend.api import FrontendApi
 from toystore.frontend.cache import LruCache
-from toystore.frontend.leader import LeaderCaller, LeaderTracker
+from toystore.frontend.leader import OrderCaller, OrderLeaderTracker
 from toystore.http import api_root
+from toystore.leader import LoneLeader
 
 CATALOG_URL = "http://catalog.test:8001"
 
@@ -54,10 +55,10 @@ class Frontend:
         self.network.add(CATALOG_URL, self.catalog.app.resource())
         urls = {ident: self.network.url_of(ident) for ident in self.network.replicas}
         self.cache: LruCache[dict[str, Any]] = LruCache(cache_size)
-        self.tracker = LeaderTracker(urls, self.network, self.clock, TOKEN)  # type: ignore[arg-type]
-        caller = LeaderCaller(self.tracker, self.network, self.clock, TOKEN)  # type: ignore[arg-type]
-        self.api = FrontendApi(CATALOG_URL, self.cache, self.tracker, caller, self.network,  # type: ignore[arg-type]
-                               self.clock, TOKEN)
+        self.tracker = OrderLeaderTracker(urls, self.network, self.clock, TOKEN)  # type: ignore[arg-type]
+        caller = OrderCaller(self.tracker, self.network, self.clock, TOKEN)  # type: ignore[arg-type]
+        self.api = FrontendApi(LoneLeader(CATALOG_URL, group="catalog"), self.cache, self.tracker, caller,
+                               self.network, self.clock, TOKEN)  # type: ignore[arg-type]
         self.client = StubTreq(api_root(self.api.app))
 
     def lead(self, leader: int, term: int = 1) -> None:

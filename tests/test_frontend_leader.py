@@ -16,18 +16,9 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.web.iweb import IRequest
 
-from toystore.frontend.leader import (
-    Final,
-    HealthReport,
-    LeaderCaller,
-    LeaderTracker,
-    Preference,
-    Redirect,
-    Retry,
-    choose_leader,
-    classify,
-)
+from toystore.frontend.leader import OrderCaller, OrderLeaderTracker, Preference
 from toystore.http import ApiError
+from toystore.leader import Final, HealthReport, Redirect, Retry, choose_leader, classify
 
 TOKEN = "s3cret"
 
@@ -216,12 +207,12 @@ def run(clock: Clock, network: FakeNetwork, coroutine: Any, advance: float = 0.0
     return result
 
 
-def make_tracker(count: int = 3) -> tuple[Clock, FakeNetwork, LeaderTracker]:
+def make_tracker(count: int = 3) -> tuple[Clock, FakeNetwork, OrderLeaderTracker]:
     clock = Clock()
     network = FakeNetwork()
     network.add_replicas(count)
     replicas = {ident: network.url_of(ident) for ident in range(1, count + 1)}
-    return clock, network, LeaderTracker(replicas, network, clock, TOKEN)  # type: ignore[arg-type]
+    return clock, network, OrderLeaderTracker(replicas, network, clock, TOKEN)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- pure choice
@@ -454,9 +445,9 @@ def test_hint_and_mark_failed() -> None:
 # ---------------------------------------------------------------- failover caller
 
 
-def make_caller(count: int = 3) -> tuple[Clock, FakeNetwork, LeaderTracker, LeaderCaller]:
+def make_caller(count: int = 3) -> tuple[Clock, FakeNetwork, OrderLeaderTracker, OrderCaller]:
     clock, network, tracker = make_tracker(count)
-    return clock, network, tracker, LeaderCaller(tracker, network, clock, TOKEN)  # type: ignore[arg-type]
+    return clock, network, tracker, OrderCaller(tracker, network, clock, TOKEN)  # type: ignore[arg-type]
 
 
 ORDER = {"name": "Tux", "quantity": 1, "request_id": "k1"}

@@ -13,7 +13,7 @@ from twisted.python.failure import Failure
 
 from toystore.config import CommonOptions
 from toystore.frontend import tap
-from toystore.frontend.leader import LeaderTracker
+from toystore.frontend.leader import OrderLeaderTracker
 from toystore.frontend.service import FrontendService
 from toystore.http import HTTPPoolService
 
@@ -97,7 +97,7 @@ def test_service_runs_health_checks_only_while_started() -> None:
     network = FakeNetwork()
     network.add_replicas(2)
     network.replicas[2].lead(1)
-    tracker = LeaderTracker({1: network.url_of(1), 2: network.url_of(2)}, network, clock, "t")  # type: ignore[arg-type]
+    tracker = OrderLeaderTracker({1: network.url_of(1), 2: network.url_of(2)}, network, clock, "t")  # type: ignore[arg-type]
     pool = FakePool()
     service = FrontendService(tracker)
     HTTPPoolService(pool).setServiceParent(service)  # type: ignore[arg-type]

@@ -18,7 +18,7 @@ from twisted.web.iweb import IRequest
 
 from toystore.catalog.store import CatalogStore, open_database
 from toystore.frontend.cache import LruCache
-from toystore.frontend.leader import LeaderTracker
+from toystore.frontend.leader import OrderLeaderTracker
 from toystore.http import ApiError, Utf8PathGuard, install_json_errors, json_response
 from toystore.metrics import (
     CacheCollector,
@@ -220,8 +220,8 @@ def test_cache_collector_reads_the_cache_stats() -> None:
 
 
 def test_leader_collector_reports_the_leader_and_failovers() -> None:
-    tracker = LeaderTracker({1: "http://r1", 2: "http://r2", 3: "http://r3"}, client=None,  # type: ignore[arg-type]
-                            clock=Clock(), token=None)
+    tracker = OrderLeaderTracker({1: "http://r1", 2: "http://r2", 3: "http://r3"}, client=None,  # type: ignore[arg-type]
+                                 clock=Clock(), token=None)
     collector = LeaderCollector(tracker)
     assert value(collected(collector), "toystore_frontend_order_leader_id") == 0
     tracker.note_leader_hint(3, None)

@@ -12,7 +12,7 @@ import pytest
 from twisted.internet import defer
 
 from tests.test_primary_backup import Cluster, cluster, result_of  # noqa: F401 (a fixture)
-from toystore.frontend.leader import LeaderTracker
+from toystore.frontend.leader import OrderLeaderTracker
 from toystore.http import ApiError
 from toystore.order.history import ForkSearch, Page
 from toystore.order.primary_backup import PULL_PAGE, PrimaryBackupReplica
@@ -56,12 +56,12 @@ def test_the_fork_is_found_with_bounded_pages(mine: list[str], theirs: list[str]
     assert pages <= 2 + len(mine) // 2
 
 
-def tracker_of(cluster: Cluster) -> LeaderTracker:
+def tracker_of(cluster: Cluster) -> OrderLeaderTracker:
     from tests.test_primary_backup import REPLICAS
-    return LeaderTracker(REPLICAS, cluster.network, cluster.clock, TOKEN)  # type: ignore[arg-type]
+    return OrderLeaderTracker(REPLICAS, cluster.network, cluster.clock, TOKEN)  # type: ignore[arg-type]
 
 
-def check(cluster: Cluster, tracker: LeaderTracker, rounds: int = 3) -> None:
+def check(cluster: Cluster, tracker: OrderLeaderTracker, rounds: int = 3) -> None:
     for _ in range(rounds):
         defer.ensureDeferred(tracker.check())
         cluster.settle()

@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 
 from test_catalog_api import FakeFrontend, Harness
-from toystore.frontend.leader import LeaderTracker
+from toystore.frontend.leader import OrderLeaderTracker
 
 
 def events_with(events: list[dict[str, Any]], field: str) -> list[dict[str, Any]]:
@@ -18,8 +18,8 @@ def events_with(events: list[dict[str, Any]], field: str) -> list[dict[str, Any]
 
 
 def test_a_failover_names_both_leaders_and_why() -> None:
-    tracker = LeaderTracker({1: "http://r1", 2: "http://r2"}, client=None,  # type: ignore[arg-type]
-                            clock=Clock(), token=None)
+    tracker = OrderLeaderTracker({1: "http://r1", 2: "http://r2"}, client=None,  # type: ignore[arg-type]
+                                 clock=Clock(), token=None)
     with capturedLogs() as events:
         tracker.note_leader_hint(2, None)
         tracker.mark_failed(2)

@@ -10,19 +10,17 @@ from typing import Any
 from urllib.parse import quote
 
 from klein import Klein
-from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from toystore.deferreds import SingleFlight
 from toystore.frontend.cache import LruCache
-from toystore.frontend.leader import LeaderCaller, LeaderTracker
+from toystore.frontend.leader import OrderCaller, OrderLeaderTracker
 from toystore.frontend.status import StatusReport
 from toystore.http import (
     ApiError,
     JsonClient,
-    fetch_json,
     install_json_errors,
     json_response,
     read_json_object,
@@ -30,6 +28,7 @@ from toystore.http import (
     require_string,
     require_token,
 )
+from toystore.leader import LeaderCaller, Leadership
 
 MAX_KEY_LENGTH = 200
 MAX_NAME_LENGTH = 200
@@ -84,39 +83,39 @@ def _idempotency_key(request: IRequest) -> str:
 class FrontendApi:
     """Klein routes of the frontend.
 
-    :param catalog_url: base URL of the catalog.
+    :param catalog: finds the catalog leader (a lone catalog is always it).
     :param cache: the product cache (capacity 0 turns caching off).
     :param tracker: knows the order leader (for ``/health``).
     :param orders: sends order requests to the leader with failover.
     :param client: treq client for the catalog.
     :param clock: for request timeouts.
     :param token: the cluster token, or None with ``--insecure``.
+    :param catalog_timeout: seconds a catalog query may take, across catalog failovers.
     """
 
     app = Klein()
 
     def __init__(
         self,
-        catalog_url: str,
+        catalog: Leadership,
         cache: LruCache[Product],
-        tracker: LeaderTracker,
-        orders: LeaderCaller,
+        tracker: OrderLeaderTracker,
+        orders: OrderCaller,
         client: JsonClient,
         clock: IReactorTime,
         token: str | None,
         *,
         catalog_timeout: float = 3.0,
     ) -> None:
-        self._catalog_url = catalog_url
+        self._catalog_leadership = catalog
+        self._catalog = LeaderCaller(catalog, client, clock, token, budget=catalog_timeout,
+                                     attempt_timeout=catalog_timeout)
         self._cache = cache
         self._tracker = tracker
         self._orders = orders
-        self._client = client
-        self._clock = clock
         self._token = token
-        self._catalog_timeout = catalog_timeout
         self._fills: SingleFlight[str, Product] = SingleFlight()
-        self._status = StatusReport(catalog_url, lambda: tracker.replicas, client, clock, token)
+        self._status = StatusReport(catalog, lambda: tracker.replicas, client, clock, token)
 
     # ------------------------------------------------------------ products
 
@@ -141,13 +140,9 @@ class FrontendApi:
         return product
 
     async def _query_catalog(self, name: str) -> Product:
-        url = f"{self._catalog_url}/query/{quote(name, safe='')}"
         try:
-            status, payload = await fetch_json(self._client, "GET", url, reactor=self._clock,
-                                               timeout=self._catalog_timeout, token=self._token)
-        except CancelledError:
-            raise
-        except Exception as error:
+            status, payload = await self._catalog.call("GET", f"/query/{quote(name, safe='')}")
+        except ApiError as error:  # no catalog leader answered in time
             log.warn("Catalog query for {name} failed: {error}", name=name, error=error)
             raise _catalog_down() from None
         if status == 404:
@@ -221,6 +216,7 @@ class FrontendApi:
         return json_response(request, {
             "status": "ok",
             "leader_id": self._tracker.leader_id,
+            "catalog_leader_id": self._catalog_leadership.leader_id,
             "cache": {"size": stats.size, "capacity": stats.capacity, "hits": stats.hits,
                       "misses": stats.misses, "invalidations": stats.invalidations},
         })

@@ -12,19 +12,20 @@ from twisted.internet.interfaces import IReactorTime
 
 from toystore.frontend.api import FrontendApi, Product
 from toystore.frontend.cache import LruCache
-from toystore.frontend.leader import LeaderCaller, LeaderTracker
+from toystore.frontend.leader import OrderCaller, OrderLeaderTracker
 from toystore.http import LISTEN_BACKLOG, HTTPPoolService, QuietSite, api_root, make_internal_client
+from toystore.leader import HealthChecks, leadership_of
 from toystore.metrics import frontend_metrics
 from toystore.runtime import GarbageCollectorTuning
 
 
 class FrontendService(MultiService):
-    """Runs the leader health checks while started.
+    """Runs the order leader's health checks while started.
 
     :param tracker: started in startService, stopped in stopService.
     """
 
-    def __init__(self, tracker: LeaderTracker) -> None:
+    def __init__(self, tracker: OrderLeaderTracker) -> None:
         super().__init__()
         self.tracker = tracker
 
@@ -43,23 +44,26 @@ def build_frontend(
     port: int,
     interface: str,
     cache_size: int,
-    catalog_url: str,
+    catalog_url: str | Mapping[int, str],
     replicas: Mapping[int, str],
     token: str | None,
 ) -> FrontendService:
     """Wire the frontend: one treq client on a persistent pool shared by every outbound call.
 
     :param reactor: an IReactorTCP and IReactorTime (the global reactor in production).
+    :param catalog_url: a lone catalog's URL, or ``{id: URL}`` of the catalog's members.
     """
     clock: IReactorTime = reactor
     client, pool = make_internal_client(clock)
-    tracker = LeaderTracker(replicas, client, clock, token)
-    caller = LeaderCaller(tracker, client, clock, token)
+    tracker = OrderLeaderTracker(replicas, client, clock, token)
+    caller = OrderCaller(tracker, client, clock, token)
+    catalog = leadership_of(catalog_url, client, clock, token, group="catalog")
     cache: LruCache[Product] = LruCache(cache_size)
-    api = FrontendApi(catalog_url, cache, tracker, caller, client, clock, token)
+    api = FrontendApi(catalog, cache, tracker, caller, client, clock, token)
     service = FrontendService(tracker)
     GarbageCollectorTuning().setServiceParent(service)
     HTTPPoolService(pool).setServiceParent(service)  # stopped after the listener: children stop in reverse
+    HealthChecks(catalog).setServiceParent(service)
     metrics = frontend_metrics(clock, cache, tracker)
     root = metrics.wrap(api_root(api.app), FrontendApi.app)
     listener = TCPServer(port, QuietSite(root), backlog=LISTEN_BACKLOG, interface=interface, reactor=reactor)

@@ -1,8 +1,8 @@
 """The frontend's live status page: ``GET /`` serves ``status.html``, whose script polls
-``GET /status.json``, built here from the catalog's ``/ledger`` and every order replica's
-``/health_check``. The cluster token stays on the server: the browser only ever talks to
-the frontend, and the JSON holds nothing the public API does not already show, apart from
-the replicas' replication state.
+``GET /status.json``, built here from the catalog leader's ``/ledger`` and every order
+replica's ``/health_check``. The cluster token stays on the server: the browser only ever
+talks to the frontend, and the JSON holds nothing the public API does not already show,
+apart from the replicas' replication state.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
-from toystore.frontend.leader import ROLES
-from toystore.http import JsonClient, fetch_json
+from toystore.http import ApiError, JsonClient, fetch_json
+from toystore.leader import ROLES, LeaderCaller, Leadership
 
 STATUS_TIMEOUT = 1.0
 REPLICA_FIELDS = ("role", "term", "leader_id", "commit_index", "last_index")
@@ -67,16 +67,17 @@ def _replica(replica_id: int, status: int | None, payload: Mapping[str, Any]) ->
 class StatusReport:
     """Gathers the status page's figures on each request (the page polls about once a second).
 
-    :param catalog_url: base URL of the catalog.
+    :param catalog: finds the catalog leader, which alone answers ``/ledger``.
     :param replicas: ``{id: base URL}`` of the order replicas now (they follow membership changes).
     :param client: the frontend's treq client.
     :param clock: for the per-request timeout.
     :param token: the cluster token, or None with ``--insecure``; sent to peers, never to the browser.
     """
 
-    def __init__(self, catalog_url: str, replicas: Callable[[], Mapping[int, str]], client: JsonClient,
+    def __init__(self, catalog: Leadership, replicas: Callable[[], Mapping[int, str]], client: JsonClient,
                  clock: IReactorTime, token: str | None, timeout: float = STATUS_TIMEOUT) -> None:
-        self._catalog_url = catalog_url
+        self._catalog_leadership = catalog
+        self._catalog = LeaderCaller(catalog, client, clock, token, budget=timeout, attempt_timeout=timeout)
         self._replicas = replicas
         self._client = client
         self._clock = clock
@@ -91,8 +92,9 @@ class StatusReport:
 
     async def snapshot(self, frontend_leader: int | None) -> dict[str, Any]:
         """``{"toys", "catalog_reachable", "reservations", "replicas", "frontend_leader_id",
-        "time"}``; an unreachable peer is reported as such, never as a failure of the whole page."""
-        catalog = Deferred.fromCoroutine(self._get(f"{self._catalog_url}/ledger"))
+        "catalog_leader_id", "time"}``; an unreachable peer is reported as such, never as a
+        failure of the whole page. A lone catalog has no leader id (None)."""
+        catalog = Deferred.fromCoroutine(self._ledger())
         members = dict(self._replicas())
         replicas = [Deferred.fromCoroutine(self._get(f"{url}/health_check")) for _, url in sorted(members.items())]
         answers = await gatherResults([catalog, *replicas])
@@ -104,8 +106,15 @@ class StatusReport:
             "replicas": [_replica(replica_id, status, payload)
                          for replica_id, (status, payload) in zip(sorted(members), answers[1:])],
             "frontend_leader_id": frontend_leader,
+            "catalog_leader_id": self._catalog_leadership.leader_id,
             "time": self._clock.seconds(),
         }
+
+    async def _ledger(self) -> tuple[int | None, dict[str, Any]]:
+        try:
+            return await self._catalog.call("GET", "/ledger")
+        except ApiError:  # no catalog leader answered in time
+            return None, {}
 
     async def _get(self, url: str) -> tuple[int | None, dict[str, Any]]:
         try:

@@ -11,7 +11,7 @@ from toystore.config import (
     CommonOptions,
     default_replicas,
     non_negative_int,
-    parse_base_url,
+    parse_catalog_address,
     parse_replicas,
     port_option,
 )
@@ -24,13 +24,15 @@ class Options(CommonOptions):
     optParameters = [
         port_option(8000),
         ["cache-size", None, 8, "How many products the LRU cache keeps (0 disables it).", non_negative_int],
-        ["catalog-url", None, None, f"Catalog base URL (default ${CATALOG_URL_ENV} or {DEFAULT_CATALOG_URL})."],
+        ["catalog-url", None, None, "The catalog: one URL, or its members as ID=URL,... "
+                                    f"(default ${CATALOG_URL_ENV} or {DEFAULT_CATALOG_URL})."],
         ["order-replicas", None, None,
          f"Order replicas as 1=URL,2=URL,... (default ${ORDER_REPLICAS_ENV} or 1..3 on 127.0.0.1:810N)."],
     ]
 
     def postOptions(self) -> None:
-        self["catalog-url"] = parse_base_url(self.env_default("catalog-url", CATALOG_URL_ENV, DEFAULT_CATALOG_URL))
+        self["catalog-url"] = parse_catalog_address(
+            self.env_default("catalog-url", CATALOG_URL_ENV, DEFAULT_CATALOG_URL))
         replicas_text = self.env_default("order-replicas", ORDER_REPLICAS_ENV, "")
         self["order-replicas"] = parse_replicas(replicas_text) if replicas_text else default_replicas()
 
