@@ -18,6 +18,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from test_catalog_api import TOKEN, FakeFrontend, Harness
 from toystore.http import ApiError
+from toystore.leader import LoneLeader
 from toystore.order.catalog_client import CatalogClient
 
 _case = SynchronousTestCase()
@@ -78,7 +79,8 @@ class Setup:
         self.catalog = Harness(tmp_path, FakeFrontend(), initial_stock=initial_stock)
         self.recorder = Recorder(resource or self.catalog.api.resource())
         self.stub = StubTreq(self.recorder)
-        self.client = CatalogClient(self.stub, "http://catalog.test", clock=self.catalog.clock, token=token)
+        self.client = CatalogClient(LoneLeader("http://catalog.test", group="catalog"), self.stub,
+                                    clock=self.catalog.clock, token=token)
 
     def pump(self) -> None:
         for _ in range(4):

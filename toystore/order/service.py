@@ -13,6 +13,7 @@ from twisted.web.client import HTTPConnectionPool
 from toystore.config import DEFAULT_SNAPSHOT_EVERY
 from toystore.db import Database, DatabaseService
 from toystore.http import LISTEN_BACKLOG, HTTPPoolService, JsonClient, QuietSite, make_internal_client
+from toystore.leader import HealthChecks, Leadership, leadership_of
 from toystore.metrics import order_metrics
 from toystore.order.api import OrderApi
 from toystore.order.catalog_client import CatalogClient
@@ -56,18 +57,21 @@ class ReplicaParts:
     state: RaftState
     http_client: JsonClient
     catalog: CatalogClient
+    catalog_leader: Leadership
     http_pool: HTTPConnectionPool
     db: Database
 
 
-def _open_parts(reactor: Any, node_id: int, catalog_url: str, data_dir: Path, token: str | None,
-                db_delay: float, first_configuration: Configuration = Configuration()) -> ReplicaParts:
+def _open_parts(reactor: Any, node_id: int, catalog_url: str | Mapping[int, str], data_dir: Path,
+                token: str | None, db_delay: float, first_configuration: Configuration = Configuration()) -> ReplicaParts:
     db = Database.open_threaded(data_dir / f"order-{node_id}" / "order.sqlite3", SCHEMA, reactor, db_delay=db_delay)
     store = ReplicaStore(db)
     state = store.load_at_start(first_configuration)
     http_client, http_pool = make_internal_client(reactor)
+    catalog_leader = leadership_of(catalog_url, http_client, reactor, token, group="catalog")
     return ReplicaParts(store, state, http_client,
-                        CatalogClient(http_client, catalog_url, clock=reactor, token=token), http_pool, db)
+                        CatalogClient(catalog_leader, http_client, clock=reactor, token=token), catalog_leader,
+                        http_pool, db)
 
 
 def _serve(reactor: Any, replica: RaftReplica | PrimaryBackupReplica, parts: ReplicaParts, token: str | None,
@@ -77,6 +81,7 @@ def _serve(reactor: Any, replica: RaftReplica | PrimaryBackupReplica, parts: Rep
     GarbageCollectorTuning().setServiceParent(top)
     DatabaseService(parts.db).setServiceParent(top)
     HTTPPoolService(parts.http_pool).setServiceParent(top)
+    HealthChecks(parts.catalog_leader).setServiceParent(top)  # started before the replica, stopped after it
     metrics = order_metrics(reactor, parts.db, replica, transport, snapshots)
     site = QuietSite(metrics.wrap(OrderApi(replica, token).resource(), OrderApi.app))
     internet.TCPServer(port, site, backlog=LISTEN_BACKLOG, interface=interface).setServiceParent(top)

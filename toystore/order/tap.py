@@ -15,7 +15,7 @@ from toystore.config import (
     ORDER_REPLICAS_ENV,
     CommonOptions,
     default_replicas,
-    parse_base_url,
+    parse_catalog_address,
     parse_replicas,
 )
 
@@ -31,7 +31,8 @@ class Options(CommonOptions):
         ["id", None, None, "This replica's id (1, 2, 3, ...).", int],
         ["port", "p", None, "TCP port to listen on (default 8100 + id).", int],
         ["replication", None, "raft", "raft or primary-backup."],
-        ["catalog-url", None, None, f"The catalog (default ${CATALOG_URL_ENV} or {DEFAULT_CATALOG_URL})."],
+        ["catalog-url", None, None, "The catalog: one URL, or its members as ID=URL,... "
+                                    f"(default ${CATALOG_URL_ENV} or {DEFAULT_CATALOG_URL})."],
         ["order-replicas", None, None,
          f"Every replica as ID=URL,... (default ${ORDER_REPLICAS_ENV} or 1..3 on ports 8101-8103)."],
         ["snapshot-every", None, DEFAULT_SNAPSHOT_EVERY,
@@ -50,7 +51,8 @@ class Options(CommonOptions):
             self["port"] = ORDER_PORT_BASE + self["id"]
         if not 0 <= self["port"] <= 65535:
             raise usage.UsageError("--port must be a port number.")
-        self["catalog-url"] = parse_base_url(self.env_default("catalog-url", CATALOG_URL_ENV, DEFAULT_CATALOG_URL))
+        self["catalog-url"] = parse_catalog_address(
+            self.env_default("catalog-url", CATALOG_URL_ENV, DEFAULT_CATALOG_URL))
         replicas_text = self.env_default("order-replicas", ORDER_REPLICAS_ENV, "")
         self["order-replicas"] = parse_replicas(replicas_text) if replicas_text else default_replicas()
         if self["join"] and self["replication"] != "raft":
