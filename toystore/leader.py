@@ -299,7 +299,7 @@ class LoneLeader:
     :param group: the group's name in the logs and errors: ``"catalog"``.
     """
 
-    leader_id = None
+    leader_id: int | None = None
 
     def __init__(self, url: str, *, group: str) -> None:
         self.url = url

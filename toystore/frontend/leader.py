@@ -60,24 +60,16 @@ class Preference:
         return preferred
 
 
-
 class OrderLeaderTracker(LeaderTracker):
     """The order group's :class:`LeaderTracker`, which also announces the frontend's
-    preference for the leader after each round of health checks, when it is due."""
+    preference for the leader after each round of health checks, when it is due.
 
-    def __init__(
-        self,
-        replicas: Mapping[int, str],
-        client: JsonClient,
-        clock: IReactorTime,
-        token: str | None,
-        *,
-        check_interval: float = 0.5,
-        check_timeout: float = 1.0,
-        announce_interval: float = 5.0,
-    ) -> None:
-        super().__init__(replicas, client, clock, token, group="order", check_interval=check_interval,
-                         check_timeout=check_timeout)
+    :param checks: ``check_interval`` and ``check_timeout``, as :class:`LeaderTracker` takes them.
+    """
+
+    def __init__(self, replicas: Mapping[int, str], client: JsonClient, clock: IReactorTime, token: str | None, *,
+                 announce_interval: float = 5.0, **checks: float) -> None:
+        super().__init__(replicas, client, clock, token, group="order", **checks)
         self._preference = Preference(min_interval=announce_interval)
 
     async def check(self) -> dict[int, HealthReport]:
