@@ -44,6 +44,7 @@ class FakeReplica:
         self.order_status: int | None = None  # force an answer for /order and /orders/<n>
         self.stock: dict[str, int] = {"Tux": 10}
         self.members: list[int] | None = None  # the committed members its health check names, if any
+        self.deposed_in_batch = False  # answers a batch 200 with a 421 for each order: it stopped leading
 
     def lead(self, term: int) -> None:
         self.role, self.term, self.leader_id = "leader", term, self.replica_id
@@ -99,6 +100,11 @@ class FakeReplica:
         if refusal is not None:
             return refusal
         if "orders" in body:
+            if self.deposed_in_batch:
+                self.follow(self.network.leader_hint, self.term + 1)
+                hint = {"leader_id": self.leader_id or 0, "leader_url": self.network.url_of(self.leader_id or 0)}
+                refused = {"status": 421, "error": {"code": 421, "message": "not the leader", **hint}}
+                return self._answer(request, 200, {"data": {"results": [refused for _ in body["orders"]]}})
             results = [self._place(order) for order in body["orders"]]
             return self._answer(request, 200, {"data": {"results": [{"status": status, **payload}
                                                                     for status, payload in results]}})
@@ -143,6 +149,7 @@ class FakeNetwork:
         self.orders: list[dict[str, Any]] = []
         self.by_request_id: dict[str, int] = {}
         self.replicas: dict[int, FakeReplica] = {}
+        self.leader_hint = 0  # the leader a replica deposed in a batch names
 
     def add_replicas(self, count: int) -> dict[int, FakeReplica]:
         for ident in range(1, count + 1):
@@ -462,6 +469,19 @@ def test_caller_follows_421_hint_at_once() -> None:
     assert (status, payload) == (200, {"data": {"order_number": 0}})
     assert tracker.leader_id == 2
     assert clock.seconds() == 0
+
+
+def test_an_order_refused_inside_a_batch_by_a_deposed_leader_goes_to_the_new_one() -> None:
+    clock, network, tracker, caller = make_caller()
+    network.replicas[1].lead(3)
+    network.replicas[1].deposed_in_batch = True
+    network.replicas[2].lead(4)
+    network.leader_hint = 2
+    tracker.note_leader_hint(1, None)
+    status, payload = run(clock, network, caller.place_order(ORDER))
+    assert (status, payload) == (200, {"data": {"order_number": 0}})
+    assert [o["request_id"] for o in network.replicas[2].orders_received()] == ["k1"]
+    assert tracker.leader_id == 2
 
 
 def test_caller_fails_over_when_leader_refuses_connections() -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, gatherResults
+from twisted.internet.defer import CancelledError, Deferred, FirstError, gatherResults
 from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
@@ -411,21 +411,30 @@ class LeaderCaller:
 
     async def call_batch(self, path: str, field: str, items: list[Any],
                          shared: Mapping[str, Any] | None = None) -> list[tuple[int, dict[str, Any]]]:
-        """``POST path`` with ``{field: items, **shared}`` at the leader, with :meth:`call`'s
-        retries; items carry request ids, so they may go again. The items of calls for the
-        same path and shared fields that reach this caller in one reactor turn, or while such
-        a batch is out, travel together. Each item's (status, payload), as if sent alone."""
+        """``POST path`` with ``{field: items, **shared}`` at the leader; each item's (status,
+        payload), as if sent alone. The items of calls for the same path and shared fields that
+        reach this caller in one reactor turn, or while such a batch is out, travel together.
+
+        Each item follows the leader on its own, with :meth:`call`'s retries (items carry
+        request ids, so they may go again): a member that stops leading while it works a batch
+        answers 421 for the items it had not taken, inside a 200."""
         tail = (path, field, tuple(sorted((shared or {}).items())))
 
-        def exchange(url: str, timeout: float) -> Deferred[tuple[int, dict[str, Any]]]:
-            # Its own deadline: the items may wait behind a batch already out before their own
-            # batch leaves, and an attempt near the end of the budget has less than a whole
-            # attempt's timeout.
-            answers = self._batches.submit_each((url, *tail), items).addTimeout(timeout, self._clock)
-            return answers.addCallbacks(lambda per_item: (200, {"answers": per_item}), _as_answer)
-        status, payload = await self._follow_leader(exchange, f"POST {path}", resend=True)
-        # A 200 carries each item's answer (the exchange above); any other answered the whole batch.
-        return payload["answers"] if status == 200 else [(status, payload)] * len(items)
+        def exchange_for(item: Any) -> Exchange:
+            def exchange(url: str, timeout: float) -> Deferred[tuple[int, dict[str, Any]]]:
+                # Its own deadline: the item may wait behind a batch already out before its own
+                # batch leaves, and an attempt near the end of the budget has less than a whole
+                # attempt's timeout.
+                return self._batches.submit((url, *tail), item).addTimeout(timeout, self._clock).addErrback(
+                    _as_answer)
+            return exchange
+
+        try:
+            return await gatherResults([
+                Deferred.fromCoroutine(self._follow_leader(exchange_for(item), f"POST {path}", resend=True))
+                for item in items], consumeErrors=True)
+        except FirstError as error:
+            error.subFailure.raiseException()
 
     async def _send_batch(self, key: BatchKey, items: list[Any]) -> list[tuple[int, dict[str, Any]]]:
         url, path, field, shared = key
