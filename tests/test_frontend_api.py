@@ -187,7 +187,21 @@ def test_invalidate_needs_token(frontend: Frontend) -> None:
     assert code == 401
 
 
-@pytest.mark.parametrize("raw", [b"[]", b'{"name": 3}', b'{"nam', b""])
+def test_invalidating_all_makes_every_next_query_refetch(frontend: Frontend) -> None:
+    frontend.catalog.products["Fox"] = {"name": "Fox", "price": 17.49, "quantity": 100}
+    frontend.call("GET", "/products/Tux")
+    frontend.call("GET", "/products/Fox")
+    frontend.catalog.products["Tux"]["quantity"] = 7
+    frontend.catalog.products["Fox"]["quantity"] = 8
+    code, _, body = frontend.call("POST", "/invalidate", {"all": True},
+                                  headers={b"Authorization": [f"Bearer {TOKEN}".encode()]})
+    assert (code, body) == (200, {"data": {"invalidated": True}})
+    assert frontend.call("GET", "/products/Tux")[2]["data"]["quantity"] == 7
+    assert frontend.call("GET", "/products/Fox")[2]["data"]["quantity"] == 8
+    assert len(frontend.catalog.queries) == 4
+
+
+@pytest.mark.parametrize("raw", [b"[]", b'{"name": 3}', b'{"nam', b"", b'{"all": false}', b'{"all": 1}'])
 def test_invalidate_bad_body_is_400(frontend: Frontend, raw: bytes) -> None:
     code, _, _ = frontend.call("POST", "/invalidate", raw=raw, headers={b"Authorization": [f"Bearer {TOKEN}".encode()]})
     assert code == 400

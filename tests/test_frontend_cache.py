@@ -104,6 +104,17 @@ def test_overlapping_fills_only_the_one_started_after_invalidation_is_stored() -
     assert cache.get("a") == 2
 
 
+def test_invalidating_all_drops_every_entry_and_fences_every_fill_in_flight() -> None:
+    cache: LruCache[int] = LruCache(4)
+    cache.put("a", 1)
+    cache.put("b", 2)
+    generation = cache.begin_fill("c")
+    cache.invalidate_all()
+    assert (cache.get("a"), cache.get("b"), len(cache)) == (None, None, 0)
+    assert cache.end_fill("c", generation, 3) is False
+    assert cache.get("c") is None
+
+
 def test_invalidation_of_other_name_does_not_fence_fill() -> None:
     cache: LruCache[int] = LruCache(2)
     generation = cache.begin_fill("a")

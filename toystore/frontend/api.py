@@ -197,9 +197,13 @@ class FrontendApi:
 
     @app.route("/invalidate", methods=["POST"])
     def invalidate(self, request: IRequest) -> bytes:
+        """``{"name": toy}`` drops one toy; ``{"all": true}`` (a new catalog leader) drops every one."""
         require_token(request, self._token)
-        name = require_string(read_json_object(request), "name", MAX_NAME_LENGTH)
-        self._cache.invalidate(name)
+        body = read_json_object(request)
+        if set(body) == {"all"} and body["all"] is True:
+            self._cache.invalidate_all()
+        else:
+            self._cache.invalidate(require_string(body, "name", MAX_NAME_LENGTH))
         return json_response(request, {"invalidated": True})
 
     @app.route("/", methods=["GET"])

@@ -81,6 +81,14 @@ class LruCache(Generic[V]):
         if name in self._fills:
             self._generations[name] = self._generations.get(name, 0) + 1
 
+    def invalidate_all(self) -> None:
+        """Drop every entry and fence off every fill in flight (a new catalog leader may hold
+        changes that the old one never pushed)."""
+        self.invalidations += 1
+        self._entries.clear()
+        for name in self._fills:
+            self._generations[name] = self._generations.get(name, 0) + 1
+
     def begin_fill(self, name: str) -> int:
         """Note that a fetch of ``name`` starts; returns the generation to hand to :meth:`end_fill`."""
         self._fills[name] = self._fills.get(name, 0) + 1
