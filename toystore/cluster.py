@@ -121,27 +121,33 @@ class ClusterConfig:
     restock_interval: float = 10.0
     restock_to: int = 100
     interface: str = "127.0.0.1"
-    base_port: int | None = None  # None: free ports; else frontend base, catalog base+1, replica i base+100+i
+    base_port: int | None = None  # None: free ports; else frontend base, catalog (member i) base+1 (base+i),
+    #                               replica i base+100+i
     proxied: bool = False  # replicas and the frontend reach each replica through a fault proxy link
+    catalog_members: int = 1  # 1: a catalog alone; more: a replicated catalog of that many members
     token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
 
 
 class LocalCluster:
     """Starts, inspects, faults and stops a local cluster.
 
-    ``ports`` maps process names (``catalog``, ``frontend``, ``order-1``...) to ports.
+    ``ports`` maps process names (``catalog`` or ``catalog-1``..., ``frontend``, ``order-1``...)
+    to ports. With ``catalog_members`` above 1, ``"catalog"`` in :meth:`get` and :attr:`catalog_url`
+    means the catalog member that leads now.
     """
 
     def __init__(self, config: ClusterConfig) -> None:
         self.config = config
         self.data_dir = config.data_dir
         self.log_dir = self.data_dir / "logs"
-        names = ["catalog", "frontend"] + [f"order-{i}" for i in range(1, config.replicas + 1)]
+        names = self.catalog_names + ["frontend"] + [f"order-{i}" for i in range(1, config.replicas + 1)]
         if config.base_port is None:
             self.ports = dict(zip(names, free_ports(len(names))))
         else:
             base = config.base_port
-            self.ports = {"frontend": base, "catalog": base + 1,
+            catalogs = {"catalog": base + 1} if not self.catalog_replicated else {
+                f"catalog-{i}": base + i for i in self.catalog_ids}
+            self.ports = {"frontend": base, **catalogs,
                           **{f"order-{i}": base + 100 + i for i in range(1, config.replicas + 1)}}
         self._replica_ids = list(range(1, config.replicas + 1))
         self.links: dict[str, LinkSpec] = {}
@@ -154,11 +160,13 @@ class LocalCluster:
 
     def _plan_proxy(self) -> None:
         """One link per (source, replica) pair, from every other replica and from the frontend,
-        and one from each replica to the catalog."""
+        one from each replica to each catalog member, and one between each two catalog members."""
         order_names = [f"order-{i}" for i in self.replica_ids]
         pairs = [(source, destination) for destination in order_names
                  for source in ["frontend"] + order_names if source != destination]
-        pairs += [(source, "catalog") for source in order_names]
+        pairs += [(source, catalog) for catalog in self.catalog_names for source in order_names]
+        pairs += [(source, destination) for destination in self.catalog_names for source in self.catalog_names
+                  if source != destination]
         ports = free_ports(len(pairs) + 1)
         self.ports["proxy"] = ports[0]
         for (source, destination), port in zip(pairs, ports[1:]):
@@ -175,8 +183,33 @@ class LocalCluster:
         return self.url("frontend")
 
     @property
+    def catalog_replicated(self) -> bool:
+        return self.config.catalog_members > 1
+
+    @property
+    def catalog_ids(self) -> list[int]:
+        """The ids of the catalog members (none for a catalog alone)."""
+        return list(range(1, self.config.catalog_members + 1)) if self.catalog_replicated else []
+
+    @property
+    def catalog_names(self) -> list[str]:
+        return [f"catalog-{i}" for i in self.catalog_ids] or ["catalog"]
+
+    @property
     def catalog_url(self) -> str:
-        return self.url("catalog")
+        """The catalog alone, or the member that leads now."""
+        return self.url(self.catalog_leader_name())
+
+    def catalog_leader(self) -> int | None:
+        """The catalog member that says it leads in the highest term, if any answers so."""
+        return self._group_leader({i: f"catalog-{i}" for i in self.catalog_ids})
+
+    def catalog_leader_name(self, timeout: float = 10.0) -> str:
+        """``"catalog"`` for a catalog alone; else the process name of the member that leads,
+        waiting up to ``timeout`` for one."""
+        if not self.catalog_replicated:
+            return "catalog"
+        return f"catalog-{self.wait_for(self.catalog_leader, timeout, 'a catalog leader')}"
 
     @property
     def replica_ids(self) -> list[int]:
@@ -206,7 +239,9 @@ class LocalCluster:
         source_root = str(Path(toystore.__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (source_root, env.get("PYTHONPATH")) if p)
         env["TOYSTORE_CLUSTER_TOKEN"] = self.config.token
-        env["TOYSTORE_CATALOG_URL"] = self.catalog_url if name is None else self.url_from(name, "catalog")
+        source = name or ""
+        env["TOYSTORE_CATALOG_URL"] = ",".join(f"{i}={self.url_from(source, f'catalog-{i}')}" for i in self.catalog_ids) \
+            if self.catalog_replicated else self.url_from(source, "catalog")
         env["TOYSTORE_FRONTEND_URL"] = self.frontend_url
         urls = {i: self.replica_url(i) if name is None else self.replica_url_from(name, i) for i in self.replica_ids}
         env["TOYSTORE_ORDER_REPLICAS"] = ",".join(f"{i}={url}" for i, url in urls.items())
@@ -222,6 +257,8 @@ class LocalCluster:
         if role == "catalog":
             extra = ["--data-dir", str(self.data_dir), "--initial-stock", str(c.initial_stock),
                      "--restock-interval", str(c.restock_interval), "--restock-to", str(c.restock_to)]
+            if self.catalog_replicated:
+                extra += ["--id", name.split("-")[1]]
         elif role == "frontend":
             extra = ["--cache-size", str(c.cache_size)]
         else:
@@ -238,7 +275,7 @@ class LocalCluster:
         if self.config.proxied:
             self.start_process("proxy")
             self.wait_for(lambda: self._answers("proxy", "/links"), timeout, "the fault proxy up")
-        for name in ["catalog"] + [f"order-{i}" for i in self.replica_ids] + ["frontend"]:
+        for name in self.catalog_names + [f"order-{i}" for i in self.replica_ids] + ["frontend"]:
             self.start_process(name)
         self.wait_ready(timeout)
 
@@ -315,20 +352,30 @@ class LocalCluster:
     # -- inspection -------------------------------------------------------------------
 
     def get(self, name: str, path: str, timeout: float = 2.0) -> tuple[int, dict[str, Any]]:
+        """``GET path`` of process ``name`` (``"catalog"``: the catalog's leader)."""
+        if name == "catalog":
+            name = self.catalog_leader_name()
         return http_json("GET", self.url(name) + path, token=self.config.token, timeout=timeout)
 
     def health(self, replica_id: int, timeout: float = 1.0) -> dict[str, Any] | None:
+        return self.health_of(f"order-{replica_id}", timeout)
+
+    def health_of(self, name: str, timeout: float = 1.0) -> dict[str, Any] | None:
+        """Process ``name``'s ``/health_check``; None when it does not answer."""
         try:
-            status, body = self.get(f"order-{replica_id}", "/health_check", timeout)
+            status, body = self.get(name, "/health_check", timeout)
         except OSError:
             return None
         return body["data"] if status == 200 else None
 
     def leader(self) -> int | None:
-        """The replica that says it leads in the highest term, if any answers so."""
+        """The order replica that says it leads in the highest term, if any answers so."""
+        return self._group_leader({i: f"order-{i}" for i in self.replica_ids})
+
+    def _group_leader(self, names: dict[int, str]) -> int | None:
         best: tuple[int, int] | None = None
-        for i in self.replica_ids:
-            health = self.health(i)
+        for i, name in names.items():
+            health = self.health_of(name)
             if health and health["role"] == "leader" and (best is None or health["term"] > best[0]):
                 best = (health["term"], i)
         return best[1] if best else None
@@ -364,9 +411,11 @@ class LocalCluster:
             return False
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        """Catalog and frontend answer, and a leader is elected."""
-        for name in ("catalog", "frontend"):
+        """Catalog and frontend answer, and a leader is elected (a catalog leader too)."""
+        for name in self.catalog_names + ["frontend"]:
             self.wait_for(lambda: self._answers(name, "/health"), timeout, f"{name} up")
+        if self.catalog_replicated:
+            self.wait_for(self.catalog_leader, timeout, "a catalog leader")
         self.wait_for(self.leader, timeout, "a leader")
         self.wait_for(lambda: http_json("GET", self.frontend_url + "/health")[1]["data"].get("leader_id"),
                       timeout, "the frontend to know the leader")
@@ -383,6 +432,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--db-delay", type=float, default=0.0)
     parser.add_argument("--replication", choices=["raft", "primary-backup"], default="raft")
     parser.add_argument("--initial-stock", type=int, default=100)
+    parser.add_argument("--catalog-members", type=int, default=1,
+                        help="catalog members: 1 runs a catalog alone, 3 a replicated catalog")
     parser.add_argument("--base-port", type=int, default=None,
                         help="frontend on it, catalog +1, replica i +100+i (default: free ports)")
     parser.add_argument("command", nargs=argparse.REMAINDER,
@@ -391,7 +442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="toystore-"))
     config = ClusterConfig(data_dir=data_dir.resolve(), replicas=args.replicas, cache_size=args.cache_size,
                            db_delay=args.db_delay, replication=args.replication,
-                           initial_stock=args.initial_stock, base_port=args.base_port)
+                           initial_stock=args.initial_stock, base_port=args.base_port,
+                           catalog_members=args.catalog_members)
     cluster = LocalCluster(config)
 
     def on_sigterm(signum: int, frame: Any) -> None:
@@ -402,7 +454,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         print(f"Starting a local cluster in {data_dir} ...", flush=True)
         cluster.start()
-        print(f"frontend  {cluster.frontend_url}\ncatalog   {cluster.catalog_url}", flush=True)
+        print(f"frontend  {cluster.frontend_url}", flush=True)
+        for name in cluster.catalog_names:
+            print(f"{name:<9} {cluster.url(name)}", flush=True)
         for i in cluster.replica_ids:
             print(f"order-{i}   {cluster.replica_url(i)}", flush=True)
         print(f"logs      {cluster.log_dir}", flush=True)
@@ -418,11 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         outcome = 0
         return outcome
     except TimeoutError as e:
-        print(f"error: {e}", file=sys.stderr)
-        for process in cluster.processes.values():
-            if process.log_path.exists():
-                tail = process.log_path.read_text(errors="replace").splitlines()[-8:]
-                print(f"--- {process.name}:\n" + "\n".join(tail), file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)  # with every process's last lines
         return outcome
     finally:
         cluster.stop()
