@@ -116,7 +116,7 @@ class ClusterConfig:
     cache_size: int = 8
     db_delay: float = 0.0
     replication: str = "raft"
-    snapshot_every: int | None = None  # Raft's --snapshot-every; None: the replicas' default
+    snapshot_every: int | None = None  # Raft's --snapshot-every (replicas and catalog members); None: default
     initial_stock: int = 100
     restock_interval: float = 10.0
     restock_to: int = 100
@@ -259,6 +259,8 @@ class LocalCluster:
                      "--restock-interval", str(c.restock_interval), "--restock-to", str(c.restock_to)]
             if self.catalog_replicated:
                 extra += ["--id", name.split("-")[1]]
+                if c.snapshot_every is not None:
+                    extra += ["--snapshot-every", str(c.snapshot_every)]
         elif role == "frontend":
             extra = ["--cache-size", str(c.cache_size)]
         else:
