@@ -6,9 +6,9 @@ that no interface of this machine uses yet:
 
     root namespace: veth tsh<tag> 10.213.X.1 ──┐
                                                ├─ bridge in namespace ts-<tag>-sw
-    ts-<tag>-catalog   eth0 10.213.X.11 ───────┤
     ts-<tag>-frontend  eth0 10.213.X.10 ───────┤
-    ts-<tag>-order-N   eth0 10.213.X.(11+N) ───┘  (N = 1, 2, 3)
+    ts-<tag>-order-N   eth0 10.213.X.(11+N) ───┤  (N = 1, 2, 3)
+    ts-<tag>-catalog-N eth0 10.213.X.(20+N) ───┘  (the replicated catalog's members)
 
 Each process runs the command line of its systemd unit in ``deploy/``. Root only; skipped with the reason when not root, without ``ip``, or when any setup step
 fails. Before anything is sent, ``ip route get`` must show that every address is reached
@@ -40,7 +40,7 @@ from toystore.cluster import twistd_command
 
 ORDER_IDS = (1, 2, 3)
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-FRONTEND_PORT, CATALOG_PORT, ORDER_PORT_BASE = 8000, 8001, 8100
+FRONTEND_PORT, CATALOG_PORT_BASE, ORDER_PORT_BASE = 8000, 8000, 8100
 
 
 class SetupFailed(Exception):
@@ -60,7 +60,7 @@ def ip(*args: str, namespace: str | None = None) -> str:
 class Host:
     """One service's namespace, its address and its process."""
 
-    name: str  # catalog, frontend, order-N
+    name: str  # frontend, catalog-N, order-N
     namespace: str
     address: str
     port: int
@@ -99,8 +99,9 @@ class NamespacedCluster:
 
     def plan(self) -> None:
         self.hosts["frontend"] = Host("frontend", f"ts-{self.tag}-frontend", f"{self.subnet}.10", FRONTEND_PORT)
-        self.hosts["catalog"] = Host("catalog", f"ts-{self.tag}-catalog", f"{self.subnet}.11", CATALOG_PORT)
         for i in ORDER_IDS:
+            self.hosts[f"catalog-{i}"] = Host(f"catalog-{i}", f"ts-{self.tag}-catalog-{i}", f"{self.subnet}.{20 + i}",
+                                              CATALOG_PORT_BASE + i)
             self.hosts[f"order-{i}"] = Host(f"order-{i}", f"ts-{self.tag}-order-{i}", f"{self.subnet}.{10 + i + 1}",
                                             ORDER_PORT_BASE + i)
 
@@ -149,7 +150,7 @@ class NamespacedCluster:
         source_root = str(Path(toystore.__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (source_root, env.get("PYTHONPATH")) if p)
         env["TOYSTORE_CLUSTER_TOKEN"] = self.token
-        env["TOYSTORE_CATALOG_URL"] = self.hosts["catalog"].url
+        env["TOYSTORE_CATALOG_URL"] = ",".join(f"{i}={self.hosts[f'catalog-{i}'].url}" for i in ORDER_IDS)
         env["TOYSTORE_FRONTEND_URL"] = self.hosts["frontend"].url
         env["TOYSTORE_ORDER_REPLICAS"] = ",".join(f"{i}={self.hosts[f'order-{i}'].url}" for i in ORDER_IDS)
         return env
@@ -224,7 +225,7 @@ def unit_command(host: Host, data_dir: Path) -> list[str]:
     deployment runs: with our twistd, ``data_dir`` for /var/lib/toystore, the replica id
     for ``%i``, and the host's own address for the units' ``--interface 0.0.0.0``."""
     role, _, replica_id = host.name.partition("-")
-    unit = DEPLOY / ("toystore-order@.service" if role == "order" else f"toystore-{role}.service")
+    unit = DEPLOY / (f"toystore-{role}@.service" if replica_id else f"toystore-{role}.service")
     [line] = [line for line in unit.read_text().splitlines() if line.startswith("ExecStart=")]
     argv = shlex.split(line.removeprefix("ExecStart="))
     assert argv[0] == "/opt/toystore/venv/bin/twistd" and argv[argv.index("--interface") + 1] == "0.0.0.0", line
@@ -281,9 +282,10 @@ def test_orders_and_leader_failover_across_network_namespaces(namespaced_cluster
     cluster = namespaced_cluster
     logs = cluster.data_dir
     hosts = cluster.hosts
-    for name in ["catalog"] + [f"order-{i}" for i in ORDER_IDS] + ["frontend"]:
+    for name in [f"catalog-{i}" for i in ORDER_IDS] + [f"order-{i}" for i in ORDER_IDS] + ["frontend"]:
         cluster.start(hosts[name])
-    wait_for(lambda: cluster.answers("catalog", "/health"), 30, "the catalog up", logs)
+    for i in ORDER_IDS:
+        wait_for(lambda: cluster.answers(f"catalog-{i}", "/health"), 30, f"catalog member {i} up", logs)
     wait_for(lambda: cluster.answers("frontend", "/health"), 30, "the frontend up", logs)
     wait_for(cluster.leader, 30, "an order leader", logs)
     frontend = hosts["frontend"].url
