@@ -21,13 +21,14 @@ from toystore.faults.workload import Workload, WorkloadOptions, figures
 
 # Stock never runs out and never comes back: the stock checks are strict.
 CLUSTER = {"proxied": True, "initial_stock": 100_000, "restock_interval": 0}
+CATALOG_GROUP = {"catalog_members": 3}
 # Held reservations are released at the latest 10 s after the heal (DESIGN.md invariant 3).
 MAX_SETTLE_SECONDS = 12.0
 
 
 def run(start_cluster: Callable[..., LocalCluster], name: str, duration: float, clients: int = 3, seed: int = 0,
-        **options: object) -> ScenarioResult:
-    cluster = start_cluster(**CLUSTER)
+        cluster_options: dict[str, object] | None = None, **options: object) -> ScenarioResult:
+    cluster = start_cluster(**CLUSTER, **(cluster_options or {}))
     workload = Workload(cluster.frontend_url,
                         WorkloadOptions(clients=clients, seed=(zlib.crc32(name.encode()) + seed) % 1000))
     result = scenario(name, cluster, Nemesis(cluster, rng=random.Random(seed)), workload, duration, **options)
@@ -91,13 +92,38 @@ def test_rapid_leader_kills(start_cluster: Callable[..., LocalCluster]) -> None:
 
 
 def test_churn_of_mixed_faults(start_cluster: Callable[..., LocalCluster]) -> None:
-    result = run(start_cluster, "churn", 12.0, clients=4)
+    result = run(start_cluster, "churn", 12.0, clients=4, cluster_options=CATALOG_GROUP)
     assert sum(result.measures["faults"].values()) >= 8
 
 
-def test_catalog_kill_during_orders(start_cluster: Callable[..., LocalCluster]) -> None:
-    result = run(start_cluster, "catalog-kill", 6.0)
+def test_the_whole_catalog_group_killed_during_orders(start_cluster: Callable[..., LocalCluster]) -> None:
+    result = run(start_cluster, "catalog-kill", 6.0, cluster_options=CATALOG_GROUP)
     assert first_ack_after(result.history, result.measures["back_at"]) is not None
+
+
+def test_catalog_leader_kill_fails_no_order(start_cluster: Callable[..., LocalCluster]) -> None:
+    result = run(start_cluster, "catalog-leader-kill", 6.0, cluster_options=CATALOG_GROUP)
+    killed_at = result.measures["killed_at"]
+    first = first_ack_after(result.history, killed_at)
+    print(f"first order acknowledged {first - killed_at if first else None} s after the catalog leader's kill")
+    assert first is not None and first - killed_at < 3.0
+    assert result.measures["new_catalog_leader"] != result.measures["killed_catalog_leader"]
+    assert not [op for op in result.history if op.kind == "order" and op.outcome == "fail"]
+
+
+def test_catalog_leader_partitioned_while_the_order_replicas_still_reach_it(
+        start_cluster: Callable[..., LocalCluster]) -> None:
+    result = run(start_cluster, "catalog-leader-partition", 6.0, cluster_options=CATALOG_GROUP)
+    assert result.measures["new_catalog_leader"] != result.measures["isolated_catalog_leader"]
+    # The majority side of the catalog kept taking buys during the partition.
+    assert acks_between(result.history, result.measures["isolated_at"] + 2.0,
+                        result.measures["partition_healed_at"])
+
+
+def test_both_leaders_lost_at_once(start_cluster: Callable[..., LocalCluster]) -> None:
+    result = run(start_cluster, "catalog-and-order-leaders", 6.0, cluster_options=CATALOG_GROUP)
+    assert first_ack_after(result.history, result.measures["faulted_at"] + 0.5) is not None
+    assert not [op for op in result.history if op.kind == "order" and op.outcome == "fail"]
 
 
 @pytest.mark.parametrize("seed", [1, 2])

@@ -67,6 +67,17 @@ class Nemesis:
             return leader if leader is not None and leader != excluding else None
         return int(self.cluster.wait_for(found, timeout, "a leader"))
 
+    @staticmethod
+    def catalog_member(member_id: int) -> str:
+        return f"catalog-{member_id}"
+
+    def wait_catalog_leader(self, timeout: float = 10.0, excluding: int | None = None) -> int:
+        """Wait until some catalog member (other than ``excluding``) leads."""
+        def found() -> int | None:
+            leader = self.cluster.catalog_leader()
+            return leader if leader is not None and leader != excluding else None
+        return int(self.cluster.wait_for(found, timeout, "a catalog leader"))
+
     def kill(self, name: str) -> NemesisEvent:
         """``kill -9`` a process (it stays down until :meth:`restart`)."""
         self.paused.discard(name)
@@ -104,17 +115,21 @@ class Nemesis:
         if settings.get("mode", "pass") != "pass" or settings.get("delay_ms") or settings.get("drop_fraction"):
             self.faulty_links.add(name)
 
-    def _replica_links(self, replica_id: int) -> list[str]:
-        """Every link between ``replica_id`` and the other replicas, both directions."""
-        me = self.replica(replica_id)
-        others = [self.replica(j) for j in self.cluster.replica_ids if j != replica_id]
-        return [link_name(me, other) for other in others] + [link_name(other, me) for other in others]
-
     def isolate(self, replica_id: int) -> NemesisEvent:
         """Cut a replica off from the other replicas both ways; the frontend still reaches it."""
-        for name in self._replica_links(replica_id):
+        return self._isolate(self.replica(replica_id), [self.replica(j) for j in self.cluster.replica_ids])
+
+    def isolate_catalog_member(self, member_id: int) -> NemesisEvent:
+        """Cut a catalog member off from the other members both ways; the order replicas
+        still reach it (and the frontend, which reaches the catalog directly)."""
+        return self._isolate(self.catalog_member(member_id),
+                             [self.catalog_member(j) for j in self.cluster.catalog_ids])
+
+    def _isolate(self, me: str, group: list[str]) -> NemesisEvent:
+        others = [other for other in group if other != me]
+        for name in [link_name(me, other) for other in others] + [link_name(other, me) for other in others]:
             self.set_link(name, mode="blackhole")
-        return self._log("isolate", self.replica(replica_id))
+        return self._log("isolate", me)
 
     def cut(self, source: str, destination: str) -> NemesisEvent:
         """Blackhole one direction only: ``source`` cannot reach ``destination``, the reverse works."""

@@ -184,7 +184,8 @@ def _rapid_leader_kills(cluster: LocalCluster, nemesis: Nemesis, fault_deadline:
 
 def _churn(cluster: LocalCluster, nemesis: Nemesis, fault_deadline: float, interval: float = 0.7) -> dict[str, Any]:
     """A new fault every ``interval`` s, each healed before the next: kills, pauses,
-    partitions (both ways or one way), slow and lossy links, on the leader or any replica (chosen by ``nemesis.rng``)."""
+    partitions (both ways or one way), slow and lossy links, on a leader or any member of
+    either group (chosen by ``nemesis.rng``; catalog members when the catalog is replicated)."""
     rng = nemesis.rng
     proxied = bool(cluster.links)
     kinds = ["kill", "pause", "none"] + (["isolate", "cut", "delay", "drop"] if proxied else [])
@@ -194,19 +195,25 @@ def _churn(cluster: LocalCluster, nemesis: Nemesis, fault_deadline: float, inter
         tick = time.monotonic()
         nemesis.heal_all()
         kind = rng.choice(kinds)
-        target = nemesis.leader() if rng.random() < 0.5 else None
-        target = target or rng.choice(cluster.replica_ids)
-        name = nemesis.replica(target)
+        if cluster.catalog_replicated and rng.random() < 0.3:
+            group, leader, named = cluster.catalog_ids, cluster.catalog_leader, nemesis.catalog_member
+            isolate, sources = nemesis.isolate_catalog_member, [nemesis.replica(i) for i in cluster.replica_ids]
+        else:
+            group, leader, named, isolate = cluster.replica_ids, nemesis.leader, nemesis.replica, nemesis.isolate
+            sources = ["frontend"]
+        target = leader() if rng.random() < 0.5 else None
+        target = target or rng.choice(group)
+        name = named(target)
         if kind == "kill":
             nemesis.kill(name)
         elif kind == "pause":
             nemesis.pause(name)
         elif kind == "isolate":
-            nemesis.isolate(target)
+            isolate(target)
         elif kind == "cut":  # one way only: the target still hears the others
-            nemesis.cut(name, nemesis.replica(rng.choice([i for i in cluster.replica_ids if i != target])))
+            nemesis.cut(name, named(rng.choice([i for i in group if i != target])))
         elif kind in ("delay", "drop"):
-            source = rng.choice(["frontend"] + [nemesis.replica(i) for i in cluster.replica_ids if i != target])
+            source = rng.choice(sources + [named(i) for i in group if i != target])
             if kind == "delay":
                 nemesis.delay(source, name, rng.choice([50, 150, 400]))
             else:
@@ -224,7 +231,8 @@ def _slow_catalog_leader_pause(cluster: LocalCluster, nemesis: Nemesis, fault_de
     _warmup(fault_deadline)
     round_trip_ms = nemesis.rng.randint(2000, 4000)
     for replica_id in cluster.replica_ids:  # a link's delay applies each way
-        nemesis.delay(nemesis.replica(replica_id), "catalog", round_trip_ms // 2)
+        for catalog in cluster.catalog_names:
+            nemesis.delay(nemesis.replica(replica_id), catalog, round_trip_ms // 2)
     time.sleep(0.5)
     leader = nemesis.wait_leader()
     paused = nemesis.pause(nemesis.replica(leader))
@@ -237,11 +245,50 @@ def _slow_catalog_leader_pause(cluster: LocalCluster, nemesis: Nemesis, fault_de
 
 
 def _catalog_kill(cluster: LocalCluster, nemesis: Nemesis, fault_deadline: float) -> dict[str, Any]:
+    """The whole catalog down for 1.5 s (the catalog alone, or every member)."""
     _warmup(fault_deadline)
-    killed = nemesis.kill("catalog")
+    kills = [nemesis.kill(name) for name in cluster.catalog_names]
     time.sleep(1.5)
-    restarted = nemesis.restart("catalog")
-    return {"killed_at": killed.at, "back_at": restarted.at}
+    restarts = [nemesis.restart(name) for name in cluster.catalog_names]
+    return {"killed_at": kills[0].at, "back_at": restarts[-1].at}
+
+
+def _catalog_leader_kill(cluster: LocalCluster, nemesis: Nemesis, fault_deadline: float) -> dict[str, Any]:
+    _warmup(fault_deadline)
+    leader = nemesis.wait_catalog_leader()
+    killed = nemesis.kill(nemesis.catalog_member(leader))
+    new_leader = nemesis.wait_catalog_leader(excluding=leader)
+    _sleep_until(fault_deadline)
+    nemesis.restart(nemesis.catalog_member(leader))
+    return {"killed_catalog_leader": leader, "killed_at": killed.at, "new_catalog_leader": new_leader}
+
+
+def _catalog_leader_partition(cluster: LocalCluster, nemesis: Nemesis, fault_deadline: float) -> dict[str, Any]:
+    """The catalog leader cut off from the other members while the order replicas still
+    reach it: it cannot commit, and must not answer a buy or a read as if it could."""
+    _warmup(fault_deadline)
+    leader = nemesis.wait_catalog_leader()
+    isolated = nemesis.isolate_catalog_member(leader)
+    new_leader = nemesis.wait_catalog_leader(excluding=leader)
+    _sleep_until(max(isolated.at + 3.0, fault_deadline))
+    nemesis.heal_network()
+    return {"isolated_catalog_leader": leader, "isolated_at": isolated.at, "new_catalog_leader": new_leader,
+            "partition_healed_at": nemesis.events[-1].at}
+
+
+def _catalog_and_order_leaders(cluster: LocalCluster, nemesis: Nemesis, fault_deadline: float) -> dict[str, Any]:
+    """Both groups lose their leader at once: the catalog leader paused, the order leader killed."""
+    _warmup(fault_deadline)
+    catalog_leader, order_leader = nemesis.wait_catalog_leader(), nemesis.wait_leader()
+    paused = nemesis.pause(nemesis.catalog_member(catalog_leader))
+    nemesis.kill(nemesis.replica(order_leader))
+    new_catalog_leader = nemesis.wait_catalog_leader(excluding=catalog_leader)
+    new_order_leader = nemesis.wait_leader(excluding=order_leader)
+    _sleep_until(max(paused.at + 2.5, fault_deadline))
+    nemesis.resume(nemesis.catalog_member(catalog_leader))
+    nemesis.restart(nemesis.replica(order_leader))
+    return {"paused_catalog_leader": catalog_leader, "killed_order_leader": order_leader, "faulted_at": paused.at,
+            "new_catalog_leader": new_catalog_leader, "new_order_leader": new_order_leader}
 
 
 FAULTS: dict[str, Faults] = {
@@ -255,8 +302,13 @@ FAULTS: dict[str, Faults] = {
     "churn": _churn,
     "catalog-kill": _catalog_kill,
     "slow-catalog-leader-pause": _slow_catalog_leader_pause,
+    "catalog-leader-kill": _catalog_leader_kill,
+    "catalog-leader-partition": _catalog_leader_partition,
+    "catalog-and-order-leaders": _catalog_and_order_leaders,
 }
-NEEDS_PROXY = frozenset({"leader-partition", "slow-catalog-leader-pause"})  # churn uses network faults only when proxied
+# Churn uses network faults only when proxied, and faults catalog members only when there are some.
+NEEDS_PROXY = frozenset({"leader-partition", "slow-catalog-leader-pause", "catalog-leader-partition"})
+NEEDS_CATALOG_GROUP = frozenset({"catalog-leader-kill", "catalog-leader-partition", "catalog-and-order-leaders"})
 
 
 def scenario(name: str, cluster: LocalCluster, nemesis: Nemesis, workload: Workload, duration: float,
@@ -264,6 +316,8 @@ def scenario(name: str, cluster: LocalCluster, nemesis: Nemesis, workload: Workl
     """Run the scenario ``name`` (a key of :data:`FAULTS`)."""
     if name in NEEDS_PROXY and not cluster.links:
         raise ValueError(f"scenario {name} needs a cluster started with proxied=True")
+    if name in NEEDS_CATALOG_GROUP and not cluster.catalog_replicated:
+        raise ValueError(f"scenario {name} needs a cluster started with catalog_members=3")
     return run_scenario(name, FAULTS[name], cluster, nemesis, workload, duration, **options)
 
 

@@ -191,9 +191,16 @@ def _held_reservations(cluster: LocalCluster) -> int | None:
     return int(body["data"]["reservations"].get("held", 0)) if status == 200 else None
 
 
+def _catalog_commit_indexes(cluster: LocalCluster) -> set[int | None]:
+    """The commit index of each catalog member (none for a catalog alone); None for one that does not answer."""
+    return {(cluster.health_of(name) or {}).get("commit_index") for name in cluster.catalog_names
+            if cluster.catalog_replicated}
+
+
 def wait_converged(cluster: LocalCluster, timeout: float = 20.0, interval: float = 0.25) -> float | None:
     """Wait until every replica has the same commit index and latest order, twice in a row,
-    and the catalog holds no reservation (the leader settles those after faults heal).
+    every catalog member the same commit index, and the catalog holds no reservation (the
+    leader settles those after faults heal).
 
     :returns: the seconds it took, or None if it did not happen within ``timeout``.
     """
@@ -202,7 +209,8 @@ def wait_converged(cluster: LocalCluster, timeout: float = 20.0, interval: float
     while True:
         views = [_replica_view(cluster, i) for i in cluster.replica_ids]
         held = _held_reservations(cluster)
-        settled = None not in views and len(set(views)) == 1 and held == 0
+        catalog = _catalog_commit_indexes(cluster)
+        settled = None not in views and len(set(views)) == 1 and held == 0 and None not in catalog and len(catalog) <= 1
         if settled and views == previous:
             return time.monotonic() - start
         if time.monotonic() - start >= timeout:
