@@ -21,6 +21,7 @@ class FakeCluster:
 
     replica_ids = [1, 2, 3]
     catalog_url = "http://catalog"
+    catalog_replicated = False
     config = SimpleNamespace(token=None)
 
     def __init__(self, lagging: range) -> None:

@@ -193,8 +193,9 @@ def _held_reservations(cluster: LocalCluster) -> int | None:
 
 def _catalog_commit_indexes(cluster: LocalCluster) -> set[int | None]:
     """The commit index of each catalog member (none for a catalog alone); None for one that does not answer."""
-    return {(cluster.health_of(name) or {}).get("commit_index") for name in cluster.catalog_names
-            if cluster.catalog_replicated}
+    if not cluster.catalog_replicated:
+        return set()
+    return {(cluster.health_of(name) or {}).get("commit_index") for name in cluster.catalog_names}
 
 
 def wait_converged(cluster: LocalCluster, timeout: float = 20.0, interval: float = 0.25) -> float | None:
