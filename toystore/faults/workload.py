@@ -29,10 +29,13 @@ class WorkloadOptions:
 
     :param clients: concurrent client threads.
     :param toys: the toys they order and read (few, so operations contend).
-    :param order_probability: share of orders; the rest are reads, half of order reads (of
-        numbers this client saw acknowledged) and half of product reads.
-    :param timeout: seconds a client waits for an answer (above the frontend's 8 s failover
-        budget, so a timeout means the frontend itself did not answer).
+    :param order_probability: share of orders; the rest are reads, half of product reads and
+        half of order reads: of a number this client was given, of one another client was
+        given, or of one nobody has been given yet (just past the highest acknowledged), a
+        third each, so that reads race the orders they might see, as Jepsen's would.
+    :param timeout: seconds a client waits for an answer. Below the frontend's 8 s failover
+        budget: under faults some operations end unknown (the frontend may still place the
+        order), and the checkers must judge those hard cases.
     :param retries: times an order with an unknown outcome is sent again with its key.
     :param think_time: seconds between a client's operations.
     """
@@ -41,7 +44,7 @@ class WorkloadOptions:
     toys: Sequence[str] = DEFAULT_TOYS
     order_probability: float = 0.5
     max_quantity: int = 3
-    timeout: float = 10.0
+    timeout: float = 2.0
     retries: int = 2
     think_time: float = 0.01
     seed: int = 0
@@ -61,6 +64,7 @@ class Workload:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._next_process = 0
+        self._acknowledged: list[int] = []  # every client's acknowledged order numbers
 
     def start(self, duration: float, max_ops_per_client: int = 10_000) -> None:
         """Start the clients; each stops after ``duration`` s or ``max_ops_per_client`` ops."""
@@ -106,12 +110,23 @@ class Workload:
             draw = rng.random()
             if draw < options.order_probability:
                 self._order(process, rng, acknowledged)
-            elif acknowledged and draw < options.order_probability + (1 - options.order_probability) / 2:
-                self._operation(process, "read_order", {"number": rng.choice(acknowledged)})
+            elif draw < options.order_probability + (1 - options.order_probability) / 2:
+                self._operation(process, "read_order", {"number": self._number_to_read(rng, acknowledged)})
             else:
                 self._operation(process, "read_product", {"name": rng.choice(list(options.toys))})
             if options.think_time:
                 time.sleep(options.think_time)
+
+    def _number_to_read(self, rng: random.Random, mine: list[int]) -> int:
+        """One this client was given, one any client was given, or one past them all."""
+        with self._lock:
+            everyone = list(self._acknowledged)
+        pick = rng.randrange(3)
+        if pick == 0 and mine:
+            return rng.choice(mine)
+        if pick == 1 and everyone:
+            return rng.choice(everyone)
+        return max(everyone, default=-1) + rng.randint(1, 3)
 
     def _order(self, process: int, rng: random.Random, acknowledged: list[int]) -> None:
         request = {"name": rng.choice(list(self.options.toys)), "quantity": rng.randint(1, self.options.max_quantity),
@@ -120,6 +135,8 @@ class Workload:
             outcome, response = self._operation(process, "order", request)
             if outcome == "ok" and response is not None:
                 acknowledged.append(int(response["order_number"]))
+                with self._lock:
+                    self._acknowledged.append(int(response["order_number"]))
             if outcome != "unknown" or self._stop.is_set():
                 return
 
