@@ -392,6 +392,9 @@ def test_the_status_page_shows_the_catalog_leader_s_ledger() -> None:
     assert data["toys"] == [{"name": "Tux", "price": 15.99, "quantity": 10}]
     assert data["catalog_leader_id"] == 1
     assert [len(catalog.members[i].paths("/ledger")) for i in (1, 2, 3)] == [1, 0, 0]
+    # The catalog group's members, with the order replicas' fields.
+    assert [(m["id"], m["reachable"], m["role"], m["term"], m["leader_id"]) for m in data["catalog_members"]] == [
+        (1, True, "leader", 5, 1), (2, True, "follower", 5, 1), (3, True, "follower", 5, 1)]
 
 
 def _connections(reactor: MemoryReactorClock) -> set[int]:

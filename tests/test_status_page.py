@@ -78,6 +78,7 @@ def test_status_json_reports_unreachable_peers_instead_of_failing() -> None:
     assert code == 200
     data = body["data"]
     assert (data["toys"], data["catalog_reachable"], data["reservations"]) == ([], False, None)
+    assert data["catalog_members"] == []  # a lone catalog: no group to show
     assert [(r["id"], r["reachable"], r["role"]) for r in data["replicas"]] == [
         (1, True, "leader"), (2, False, None), (3, False, None)]
 

@@ -1,6 +1,7 @@
 """The frontend's status page in a real browser: headless Chromium (Debian's ``chromium``)
 loads ``GET /`` from a real cluster, runs its polling script, and the rendered DOM shows the
-ten toys, the saga's backlog and three replicas, one of them leading. Skipped where chromium is not installed."""
+ten toys, the saga's backlog, and three order replicas and three catalog members, one of each
+leading. Skipped where chromium is not installed."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ class Rows(HTMLParser):
         super().__init__()
         self.toys: dict[str, str] = {}
         self.replicas: dict[str, str] = {}
+        self.catalog_members: dict[str, str] = {}
         self.updated = False
         self.held: str | None = None
 
@@ -40,7 +42,8 @@ class Rows(HTMLParser):
         if found.get("data-toy") is not None:
             self.toys[found["data-toy"] or ""] = found.get("data-quantity") or ""
         if found.get("data-replica") is not None:
-            self.replicas[found["data-replica"] or ""] = found.get("data-role") or ""
+            rows = self.catalog_members if found.get("data-group") == "catalog" else self.replicas
+            rows[found["data-replica"] or ""] = found.get("data-role") or ""
 
 
 def rendered_dom(url: str, profile: Path) -> str:
@@ -55,7 +58,7 @@ def rendered_dom(url: str, profile: Path) -> str:
 
 def test_the_status_page_shows_toys_and_replicas_in_chromium(
         start_cluster: Callable[..., LocalCluster], tmp_path: Path) -> None:
-    cluster = start_cluster(replicas=3, initial_stock=40)
+    cluster = start_cluster(replicas=3, initial_stock=40, catalog_members=3)
     rows = Rows()
     rows.feed(rendered_dom(cluster.frontend_url + "/", tmp_path / "chromium-profile"))
     assert rows.updated, "the page's script never drew a status"
@@ -66,3 +69,5 @@ def test_the_status_page_shows_toys_and_replicas_in_chromium(
     assert sorted(rows.replicas) == ["1", "2", "3"]
     # Which one leads may move (the frontend prefers the highest id), but one does.
     assert sorted(rows.replicas.values()) == ["follower", "follower", "leader"]
+    assert sorted(rows.catalog_members) == ["1", "2", "3"]
+    assert sorted(rows.catalog_members.values()) == ["follower", "follower", "leader"]

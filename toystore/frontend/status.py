@@ -1,6 +1,6 @@
 """The frontend's live status page: ``GET /`` serves ``status.html``, whose script polls
-``GET /status.json``, built here from the catalog leader's ``/ledger`` and every order
-replica's ``/health_check``. The cluster token stays on the server: the browser only ever
+``GET /status.json``, built here from the catalog leader's ``/ledger`` and the
+``/health_check`` of every order replica and catalog member. The cluster token stays on the server: the browser only ever
 talks to the frontend, and the JSON holds nothing the public API does not already show,
 apart from the replicas' replication state.
 """
@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
 from toystore.http import ApiError, JsonClient, fetch_json
-from toystore.leader import ROLES, LeaderCaller, Leadership
+from toystore.leader import ROLES, LeaderCaller, Leadership, LeaderTracker
 
 STATUS_TIMEOUT = 1.0
 REPLICA_FIELDS = ("role", "term", "leader_id", "commit_index", "last_index")
@@ -91,22 +91,28 @@ class StatusReport:
         return status_page()
 
     async def snapshot(self, frontend_leader: int | None) -> dict[str, Any]:
-        """``{"toys", "catalog_reachable", "reservations", "replicas", "frontend_leader_id",
-        "catalog_leader_id", "time"}``; an unreachable peer is reported as such, never as a
-        failure of the whole page. A lone catalog has no leader id (None)."""
+        """``{"toys", "catalog_reachable", "reservations", "replicas", "catalog_members",
+        "frontend_leader_id", "catalog_leader_id", "time"}``; an unreachable peer is reported
+        as such, never as a failure of the whole page. A lone catalog has no members and no
+        leader id (None)."""
         catalog = Deferred.fromCoroutine(self._ledger())
-        members = dict(self._replicas())
-        replicas = [Deferred.fromCoroutine(self._get(f"{url}/health_check")) for _, url in sorted(members.items())]
-        answers = await gatherResults([catalog, *replicas])
+        replicas = dict(self._replicas())
+        tracker = self._catalog_leadership
+        catalog_members = dict(tracker.replicas) if isinstance(tracker, LeaderTracker) else {}
+        healths = [Deferred.fromCoroutine(self._get(f"{url}/health_check"))
+                   for _, url in sorted(replicas.items()) + sorted(catalog_members.items())]
+        answers = await gatherResults([catalog, *healths])
         toys = _toys(answers[0][1]) if answers[0][0] == 200 else None
+        rows = [_replica(member_id, status, payload)
+                for member_id, (status, payload) in zip(sorted(replicas) + sorted(catalog_members), answers[1:])]
         return {
             "toys": toys or [],
             "catalog_reachable": toys is not None,
             "reservations": _backlog(answers[0][1]) if toys is not None else None,
-            "replicas": [_replica(replica_id, status, payload)
-                         for replica_id, (status, payload) in zip(sorted(members), answers[1:])],
+            "replicas": rows[:len(replicas)],
+            "catalog_members": rows[len(replicas):],
             "frontend_leader_id": frontend_leader,
-            "catalog_leader_id": self._catalog_leadership.leader_id,
+            "catalog_leader_id": tracker.leader_id,
             "time": self._clock.seconds(),
         }
 
