@@ -434,10 +434,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--db-delay", type=float, default=0.0)
     parser.add_argument("--replication", choices=["raft", "primary-backup"], default="raft")
     parser.add_argument("--initial-stock", type=int, default=100)
-    parser.add_argument("--catalog-members", type=int, default=1,
-                        help="catalog members: 1 runs a catalog alone, 3 a replicated catalog")
+    parser.add_argument("--catalog-members", type=int, default=3,
+                        help="members of the replicated catalog (default 3); 1 runs a catalog alone")
     parser.add_argument("--base-port", type=int, default=None,
-                        help="frontend on it, catalog +1, replica i +100+i (default: free ports)")
+                        help="frontend on it, catalog member i +i (a catalog alone +1), replica i +100+i "
+                             "(default: free ports)")
     parser.add_argument("command", nargs=argparse.REMAINDER,
                         help="after --: a command to run once the cluster is ready ({frontend} is replaced by its URL)")
     args = parser.parse_args(argv)

@@ -21,10 +21,14 @@ def _ledger(cluster: LocalCluster) -> dict:
     return body["data"]
 
 
+def _metrics(cluster: LocalCluster, name: str) -> str:
+    with urllib.request.urlopen(cluster.url(name) + "/metrics", timeout=5) as response:
+        return response.read().decode()
+
+
 def _stock_seen_by(cluster: LocalCluster, name: str) -> dict[str, float]:
     """Stock per toy as member ``name`` has applied it (its /metrics, leader or not)."""
-    with urllib.request.urlopen(cluster.url(name) + "/metrics", timeout=5) as response:
-        text = response.read().decode()
+    text = _metrics(cluster, name)
     return {toy: float(value) for toy, value in re.findall(r'toystore_catalog_stock\{toy="(\w+)"\} (\S+)', text)}
 
 
@@ -76,6 +80,10 @@ def test_kill_9_of_the_catalog_leader_under_load_fails_no_order_and_loses_no_sto
     cluster.wait_for(lambda: _stock_seen_by(cluster, f"catalog-{leader}") == _stock_seen_by(
         cluster, f"catalog-{new_leader}"), 10, "the restarted member caught up", interval=0.5)
     assert orders > 1000
+    # /metrics shows the catalog group as the order group: role, term, commit index.
+    text = _metrics(cluster, f"catalog-{new_leader}")
+    assert 'toystore_replica_role{role="leader"} 1.0' in text
+    assert re.search(r"^toystore_replica_commit_index [1-9]", text, re.MULTILINE), text[:2000]
 
 
 def test_a_wiped_catalog_member_catches_up_by_snapshot_under_load(start_cluster: Callable[..., LocalCluster]) -> None:
