@@ -41,6 +41,18 @@ def ephemeral_port_range() -> tuple[int, int]:
 
 
 _PORTS_HANDED_OUT: set[int] = set()
+# "LOW-HIGH": the ports this process's clusters take, when several processes start clusters
+# side by side (the test script's parallel streams): each its own range, so they never race.
+PORTS_ENV = "TOYSTORE_PORTS"
+
+
+def _candidate_ports() -> range:
+    chosen = os.environ.get(PORTS_ENV)
+    if chosen:
+        low, _, high = chosen.partition("-")
+        return range(int(low), int(high) + 1)
+    low, high = ephemeral_port_range()
+    return range(10000, low) if low > 12000 else range(high + 1, 65536)
 
 
 def free_ports(count: int) -> list[int]:
@@ -49,10 +61,10 @@ def free_ports(count: int) -> list[int]:
     A port the kernel hands out for ``bind(0)`` is ephemeral: between our check and the
     service's bind, any outgoing connection (a load client opens hundreds) may take it as its
     source port. Below the ephemeral range only a listener can take it. A port is handed out
-    once per process, so two clusters planned side by side never share one.
+    once per process, so two clusters planned side by side never share one; processes that
+    plan clusters at the same time get ranges of their own (``TOYSTORE_PORTS``).
     """
-    low, high = ephemeral_port_range()
-    candidates = range(10000, low) if low > 12000 else range(high + 1, 65536)
+    candidates = _candidate_ports()
     ports: list[int] = []
     for port in random.sample(candidates, len(candidates)):
         if port in _PORTS_HANDED_OUT:

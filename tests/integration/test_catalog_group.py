@@ -58,7 +58,7 @@ def test_kill_9_of_the_catalog_leader_under_load_fails_no_order_and_loses_no_sto
         start_cluster: Callable[..., LocalCluster]) -> None:
     cluster = start_cluster(catalog_members=3, initial_stock=10**6)
     with OrderLoad(cluster.frontend_url, connections=CONNECTIONS) as load:
-        time.sleep(3.0)
+        time.sleep(2.0)
         leader = cluster.catalog_leader()
         assert leader is not None
         killed = time.monotonic()
@@ -66,9 +66,9 @@ def test_kill_9_of_the_catalog_leader_under_load_fails_no_order_and_loses_no_sto
         cluster.wait_for(lambda: any(when > killed + 0.05 for when, _, _ in load.acknowledged[-200:]), 10,
                          "an order committed after the catalog leader's kill", interval=0.02)
         resumed = min(when for when, _, _ in load.acknowledged if when > killed + 0.05)
-        time.sleep(3.0)
-        cluster.start_process(f"catalog-{leader}")
         time.sleep(2.0)
+        cluster.start_process(f"catalog-{leader}")
+        time.sleep(1.0)
     new_leader = cluster.catalog_leader()
     print(f"catalog leader {leader} killed; orders went on {resumed - killed:.2f} s later at leader {new_leader}; "
           f"{len(load.acknowledged)} orders acknowledged, {len(load.failed)} failed")

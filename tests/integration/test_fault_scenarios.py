@@ -102,11 +102,13 @@ def test_the_whole_catalog_group_killed_during_orders(start_cluster: Callable[..
 
 
 def test_catalog_leader_kill_fails_no_order(start_cluster: Callable[..., LocalCluster]) -> None:
+    # How soon orders resume is timed under 64 connections (test_catalog_group.py); here the
+    # checkers judge the history across the failover.
     result = run(start_cluster, "catalog-leader-kill", 6.0, cluster_options=CATALOG_GROUP)
     killed_at = result.measures["killed_at"]
     first = first_ack_after(result.history, killed_at)
     print(f"first order acknowledged {first - killed_at if first else None} s after the catalog leader's kill")
-    assert first is not None and first - killed_at < 3.0
+    assert first is not None
     assert result.measures["new_catalog_leader"] != result.measures["killed_catalog_leader"]
     assert not [op for op in result.history if op.kind == "order" and op.outcome == "fail"]
 

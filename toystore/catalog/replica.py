@@ -54,7 +54,6 @@ class CatalogReplica:
         self.host = RaftHost(node_id, members, clock=clock, redirect="send catalog requests to the leader",
                              read_timeout=READ_TIMEOUT)
         self._caches_cleared_in: int | None = None  # the term whose leader (this one) cleared them
-        self._clearing: defer.Deferred | None = None
 
     def attach(self, node: RaftNode) -> None:
         """The node is built with this member as its state machine, storage and snapshot sink."""
@@ -129,7 +128,7 @@ class CatalogReplica:
 
     def _role_changed(self, role: Role, leader_id: int) -> None:
         if role is Role.LEADER and self._caches_cleared_in != self.host.core.term:
-            self._clearing = defer.ensureDeferred(self._clear_for(self.host.core.term))
+            defer.ensureDeferred(self._clear_for(self.host.core.term))
 
     async def _clear_for(self, term: int) -> None:
         await self._clear_caches()
