@@ -3,8 +3,33 @@
 from __future__ import annotations
 
 import gc
+from typing import Any, Protocol
 
-from twisted.application.service import Service
+from twisted.application.service import MultiService, Service
+
+
+class Runs(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class ReplicaService(MultiService):
+    """Starts a replica (an order replica, a catalog member) after its children (database,
+    HTTP pool, listening port), and stops it before them; children stop in reverse: the
+    port, the pool, the database."""
+
+    def __init__(self, replica: Runs) -> None:
+        super().__init__()
+        self.replica = replica
+
+    def startService(self) -> None:
+        super().startService()
+        self.replica.start()
+
+    def stopService(self) -> Any:
+        self.replica.stop()
+        return super().stopService()
 
 
 class GarbageCollectorTuning(Service):

@@ -25,7 +25,7 @@ from toystore.metrics import catalog_metrics
 from toystore.raft.host import build_node
 from toystore.raft.membership import Configuration
 from toystore.raft.node import Timing
-from toystore.runtime import GarbageCollectorTuning
+from toystore.runtime import GarbageCollectorTuning, ReplicaService
 
 log = Logger()
 
@@ -83,6 +83,13 @@ class RestockService(Service):
             log.info("Restocked {toys} (periodic)", toys=", ".join(restocked), restocked=restocked, trigger="periodic")
 
 
+def _assembled(top: MultiService, parts: list[tuple[str, Service]]) -> MultiService:
+    for name, part in parts:
+        part.setName(name)
+        part.setServiceParent(top)
+    return top
+
+
 def make_catalog_service(
     reactor: Any,
     *,
@@ -114,27 +121,7 @@ def make_catalog_service(
                                 interface=interface)),
         ("restock", RestockService(store, invalidator, reactor, restock_interval, restock_to)),
     ]
-    for name, part in parts:
-        part.setName(name)
-        part.setServiceParent(top)
-    return top
-
-
-class CatalogMemberService(MultiService):
-    """Starts the member after its children (database, HTTP pool, listening port) and stops
-    it before them, as an order replica."""
-
-    def __init__(self, replica: CatalogReplica) -> None:
-        super().__init__()
-        self.replica = replica
-
-    def startService(self) -> None:
-        super().startService()
-        self.replica.start()
-
-    def stopService(self) -> Any:
-        self.replica.stop()
-        return super().stopService()
+    return _assembled(top, parts)
 
 
 def make_catalog_member_service(
@@ -177,7 +164,7 @@ def make_catalog_member_service(
              "members {members}", id=member_id, term=state.hard_state.term, snapshot=node.core.snapshot_index,
              entries=len(state.entries), members=", ".join(str(m.id) for m in node.core.configuration.members))
 
-    top = CatalogMemberService(replica)
+    top = ReplicaService(replica)
     parts: list[tuple[str, Service]] = [
         ("database", DatabaseService(db)),
         ("http-pool", HTTPPoolService(http_pool)),
@@ -187,8 +174,5 @@ def make_catalog_member_service(
         ("restock", RestockService(replica, invalidator, reactor, restock_interval, restock_to,
                                    may_restock=lambda: replica.leads)),
     ]
-    for name, part in parts:
-        part.setName(name)
-        part.setServiceParent(top)
-    return top
+    return _assembled(top, parts)
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from twisted.application import internet, service
+from twisted.application import internet
 from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
 
@@ -27,26 +27,9 @@ from toystore.raft.node import Timing
 from toystore.raft.snapshots import SnapshotSender
 from toystore.raft.sqlite_log import RaftState
 from toystore.raft.transport import HttpTransport
-from toystore.runtime import GarbageCollectorTuning
+from toystore.runtime import GarbageCollectorTuning, ReplicaService
 
 log = Logger()
-
-
-class OrderReplicaService(service.MultiService):
-    """Starts the replica after its children (database, HTTP pool, listening port), and
-    stops it before them; children stop in reverse: the port, the pool, the database."""
-
-    def __init__(self, replica: RaftReplica | PrimaryBackupReplica) -> None:
-        super().__init__()
-        self.replica = replica
-
-    def startService(self) -> None:
-        super().startService()
-        self.replica.start()
-
-    def stopService(self) -> Any:
-        self.replica.stop()
-        return super().stopService()
 
 
 @dataclass
@@ -76,8 +59,8 @@ def _open_parts(reactor: Any, node_id: int, catalog_url: str | Mapping[int, str]
 
 def _serve(reactor: Any, replica: RaftReplica | PrimaryBackupReplica, parts: ReplicaParts, token: str | None,
            interface: str, port: int, transport: HttpTransport | None = None,
-           snapshots: SnapshotSender | None = None) -> OrderReplicaService:
-    top = OrderReplicaService(replica)
+           snapshots: SnapshotSender | None = None) -> ReplicaService:
+    top = ReplicaService(replica)
     GarbageCollectorTuning().setServiceParent(top)
     DatabaseService(parts.db).setServiceParent(top)
     HTTPPoolService(parts.http_pool).setServiceParent(top)
@@ -91,7 +74,7 @@ def _serve(reactor: Any, replica: RaftReplica | PrimaryBackupReplica, parts: Rep
 def build_raft_replica(*, reactor: Any, node_id: int, replicas: Mapping[int, str], catalog_url: str,
                        data_dir: Path, token: str | None, interface: str, port: int,
                        db_delay: float = 0.0, timing: Timing = Timing(),
-                       snapshot_every: int = DEFAULT_SNAPSHOT_EVERY, join: bool = False) -> OrderReplicaService:
+                       snapshot_every: int = DEFAULT_SNAPSHOT_EVERY, join: bool = False) -> ReplicaService:
     """One Raft order replica listening on ``interface:port``, its files in ``data_dir/order-N``.
 
     :param replicas: the group a first start makes, unless ``join``; later starts take
@@ -120,7 +103,7 @@ def build_raft_replica(*, reactor: Any, node_id: int, replicas: Mapping[int, str
 
 def build_primary_backup_replica(*, reactor: Any, node_id: int, replicas: Mapping[int, str], catalog_url: str,
                                  data_dir: Path, token: str | None, interface: str, port: int,
-                                 db_delay: float = 0.0) -> OrderReplicaService:
+                                 db_delay: float = 0.0) -> ReplicaService:
     """One primary-backup order replica listening on ``interface:port``, its files in ``data_dir/order-N``."""
     parts = _open_parts(reactor, node_id, catalog_url, data_dir, token, db_delay)
     replica = PrimaryBackupReplica(node_id, parts.store, parts.catalog, parts.http_client, replicas,
