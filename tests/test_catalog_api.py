@@ -378,6 +378,26 @@ def test_restock(tmp_path: Path, frontend: FakeFrontend) -> None:
     assert h.ledger()["toys"]["Fox"] == {"price": 17.49, "quantity": 100, "initial": 2, "restocked": 100}
 
 
+def test_a_price_change_is_durable_and_pushed_to_every_frontend(h: Harness, frontend: FakeFrontend) -> None:
+    assert h.call("POST", "/price", {"name": "Tux", "price": 12.5}) == (200, {"data": {"name": "Tux", "price": 12.5}})
+    assert sorted(frontend.names()) == [("front-a:8000", "Tux"), ("front-b:8000", "Tux")]
+    assert h.call("GET", "/query/Tux")[1]["data"]["price"] == 12.5
+    assert h.ledger()["toys"]["Tux"]["price"] == 12.5
+
+
+@pytest.mark.parametrize("body", [{"name": "Tux", "price": -1}, {"name": "Tux", "price": "cheap"},
+                                  {"name": "Tux", "price": True}, {"name": "Tux"}, {"price": 3.0},
+                                  {"name": "Tux", "price": 1e300}])
+def test_a_bad_price_is_400_and_changes_nothing(h: Harness, frontend: FakeFrontend, body: Any) -> None:
+    assert_error(h.call("POST", "/price", body), 400)
+    assert h.call("GET", "/query/Tux")[1]["data"]["price"] == 15.99
+    assert frontend.received == []
+
+
+def test_the_price_of_no_toy_is_404(h: Harness) -> None:
+    assert "Unicorn" in assert_error(h.call("POST", "/price", {"name": "Unicorn", "price": 1.0}), 404)
+
+
 def test_ledger(h: Harness) -> None:
     h.call("POST", "/buy_qty", BUY)
     ledger = h.ledger()

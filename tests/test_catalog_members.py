@@ -240,6 +240,21 @@ def test_restocks_go_through_the_log_and_only_the_leader_runs_the_loop(cluster: 
     assert (code, answer["data"]["restocked"]) == (200, {})
 
 
+def test_a_price_change_goes_through_the_log_from_the_leader_only(cluster: CatalogCluster) -> None:
+    leader, follower = cluster.leader(), cluster.follower()
+    code, answer = cluster.call(follower.id, "POST", "/price", {"name": "Tux", "price": 11.0})
+    assert code == 421 and answer["error"]["leader_id"] == leader.id
+    assert cluster.call(leader.id, "POST", "/price", {"name": "Tux", "price": 11.0}) == (
+        200, {"data": {"name": "Tux", "price": 11.0}})
+    assert cluster.call(leader.id, "POST", "/price", {"name": "Robot", "price": 1.0})[0] == 404
+    cluster.run(0.5)
+    for i in MEMBERS:
+        assert next(t.price for t in cluster.state_of(i)[0] if t.name == "Tux") == 11.0
+    cluster.crash(leader.id)
+    cluster.run(3.0)
+    assert cluster.call(cluster.leader().id, "GET", "/query/Tux")[1]["data"]["price"] == 11.0
+
+
 def test_a_member_restarts_from_its_disk_with_the_same_state(cluster: CatalogCluster) -> None:
     leader = cluster.leader()
     for k in range(5):
@@ -308,6 +323,7 @@ BAD_REQUESTS = [
     ("POST", "/release", {"request_id": "q"}),
     ("POST", "/confirm", {"request_ids": "k1", "term": 1}),
     ("POST", "/restock", {"name": 7}),
+    ("POST", "/price", {"name": "Tux", "price": -3}),
     ("GET", "/reservations?state=lost", None),
     ("POST", "/members", {"add": {"id": "four"}}),
     ("POST", "/append_entries", {"type": "append"}),

@@ -15,7 +15,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from toystore.catalog.rules import CONFIRMED, HELD, RELEASED, Bought, CatalogError, Conflict, NotFound
-from toystore.catalog.state import BUY, CONFIRM, RELEASE, RESTOCK, CatalogCommand, CatalogStateMachine, ToyState
+from toystore.catalog.state import BUY, CONFIRM, PRICE, RELEASE, RESTOCK, CatalogCommand, CatalogStateMachine, ToyState
 from toystore.catalog.store import CatalogStore, open_database
 
 TOYS = [ToyState("Tux", 15.99, 3, 3), ToyState("Whale", 24.99, 1, 1)]
@@ -31,13 +31,25 @@ def buy(*items: tuple[str, str, int, int], at: float = 1.0) -> CatalogCommand:
 
 def test_commands_round_trip_and_bad_ones_are_refused() -> None:
     for command in (buy(("r1", "Tux", 1, 2)), CatalogCommand(CONFIRM, ("r1",), term=2),
-                    CatalogCommand(RELEASE, ("r1", "r2"), term=3), CatalogCommand(RESTOCK, to=100, name="Tux")):
+                    CatalogCommand(RELEASE, ("r1", "r2"), term=3), CatalogCommand(RESTOCK, to=100, name="Tux"),
+                    CatalogCommand(PRICE, (9.5,), name="Tux")):
         assert CatalogCommand.decode(command.encode()) == command
     for bad in ("[]", "{}", '{"op": "steal", "items": [], "term": 0, "at": 0, "to": 0, "name": null}',
                 '{"op": "buy", "items": [["r", "Tux", 0, 1]], "term": 0, "at": 0, "to": 0, "name": null}',
-                '{"op": "confirm", "items": [1], "term": 0, "at": 0, "to": 0, "name": null}', "nope"):
+                '{"op": "confirm", "items": [1], "term": 0, "at": 0, "to": 0, "name": null}',
+                '{"op": "price", "items": [-1], "term": 0, "at": 0, "to": 0, "name": "Tux"}',
+                '{"op": "price", "items": [1.0], "term": 0, "at": 0, "to": 0, "name": null}', "nope"):
         with pytest.raises(ValueError):
             CatalogCommand.decode(bad)
+
+
+def test_a_price_change_applies_to_its_toy_only_and_an_unknown_toy_is_refused() -> None:
+    state = machine()
+    assert state.apply(CatalogCommand(PRICE, (9.5,), name="Tux")) == [9.5]
+    assert (state.toy("Tux").price, state.toy("Whale").price) == (9.5, 24.99)
+    assert state.take_changes().toys == {"Tux": ToyState("Tux", 9.5, 3, 3)}
+    (refused,) = state.apply(CatalogCommand(PRICE, (1.0,), name="Robot"))
+    assert isinstance(refused, NotFound)
 
 
 def test_a_buy_holds_stock_once_per_request_id() -> None:

@@ -27,6 +27,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
 from toystore.catalog.invalidation import Invalidator
+from toystore.catalog.rules import check_price
 from toystore.catalog.store import STATES, Bought, CatalogError, Conflict, Cursor, NotFound, Page, Toy, as_json
 from toystore.http import (
     MAX_BATCH_BODY_BYTES,
@@ -68,6 +69,8 @@ class Catalog(Protocol):
                            after: Cursor | None = None) -> Page: ...
 
     async def restock(self, restock_to: int, name: str | None = None) -> dict[str, int]: ...
+
+    async def set_price(self, name: str, price: float) -> float: ...
 
     async def ledger(self) -> dict[str, Any]: ...
 
@@ -287,6 +290,21 @@ class CatalogApi:
                      trigger="requested")
         await self._invalidator.invalidate(restocked)
         return json_response(request, {"restocked": restocked})
+
+    @app.route("/price", methods=["POST"])
+    async def price(self, request: IRequest) -> bytes:
+        """``{"name", "price"}``: a toy's new price, answered once every frontend was told."""
+        require_token(request, self._token)
+        body = read_json_object(request)
+        name = require_string(body, "name")
+        try:
+            price = check_price(body.get("price"))
+        except ValueError as e:
+            raise ApiError(400, f"'price' must be {str(e).removeprefix('a price is ')}.") from None
+        await self._store.set_price(name, price)
+        log.info("Price of {name} set to {price}", name=name, price=price)
+        await self._invalidator.invalidate([name])
+        return json_response(request, {"name": name, "price": price})
 
     @app.route("/ledger", methods=["GET"])
     async def ledger(self, request: IRequest) -> bytes:

@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 
 from toystore.catalog.raft_store import CatalogRaftStore, parse_reservation, parse_snapshot_header
 from toystore.catalog.rules import Bought, CatalogError, ReservationRow
-from toystore.catalog.state import BUY, CONFIRM, RELEASE, RESTOCK, CatalogCommand
+from toystore.catalog.state import BUY, CONFIRM, PRICE, RELEASE, RESTOCK, CatalogCommand
 from toystore.catalog.store import Cursor, NotFound, Page, Toy
 from toystore.raft.core import NotLeader
 from toystore.raft.host import RaftHost, unavailable
@@ -147,7 +147,7 @@ class CatalogReplica:
     # -- the catalog's operations (as CatalogStore's) --------------------------------
 
     async def _propose(self, command: CatalogCommand) -> list[Any]:
-        if command.op != RESTOCK and not command.items:
+        if command.op in (BUY, CONFIRM, RELEASE) and not command.items:
             return []  # every item of the request was refused as malformed: a 400 here, leader or not
         await self._ready_to_answer()
         assert self.node is not None
@@ -180,6 +180,12 @@ class CatalogReplica:
 
     async def confirm_each(self, request_ids: Sequence[str], term: int) -> list[None | CatalogError]:
         return await self._propose(CatalogCommand(CONFIRM, tuple(request_ids), term=term))
+
+    async def set_price(self, name: str, price: float) -> float:
+        (outcome,) = await self._propose(CatalogCommand(PRICE, (price,), name=name))
+        if isinstance(outcome, CatalogError):
+            raise outcome
+        return outcome
 
     async def restock(self, restock_to: int, name: str | None = None) -> dict[str, int]:
         (outcome,) = await self._propose(CatalogCommand(RESTOCK, to=restock_to, name=name))

@@ -171,3 +171,13 @@ def restocked(stock: Mapping[str, int], restock_to: int, name: str | None) -> di
     if restock_to <= 0:
         return {}
     return {toy: restock_to for toy in sorted(stock) if stock[toy] == 0 and name in (None, toy)}
+
+
+MAX_PRICE = 1_000_000.0
+
+
+def check_price(price: object) -> float:
+    """A toy's price: a number from 0 to :data:`MAX_PRICE`. :raises ValueError: otherwise."""
+    if type(price) not in (int, float) or not 0 <= price <= MAX_PRICE:  # also refuses NaN and infinities
+        raise ValueError(f"a price is a number from 0 to {MAX_PRICE:,.0f}")
+    return float(price)  # type: ignore[arg-type]

@@ -22,14 +22,16 @@ from toystore.catalog.rules import (
     STATES,
     Bought,
     CatalogError,
+    NotFound,
     ReservationRow,
     buy_batch,
+    check_price,
     confirm_batch,
     release_one,
     restocked,
 )
 
-BUY, CONFIRM, RELEASE, RESTOCK = "buy", "confirm", "release", "restock"
+BUY, CONFIRM, RELEASE, RESTOCK, PRICE = "buy", "confirm", "release", "restock", "price"
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,8 @@ class CatalogCommand:
 
     - ``buy``: ``items`` of ``(request_id, name, quantity, term)``, held at ``at`` (the leader's clock);
     - ``confirm`` / ``release``: ``items`` of request ids, in ``term``;
-    - ``restock``: sold-out toys (or ``name`` only) back to ``to``.
+    - ``restock``: sold-out toys (or ``name`` only) back to ``to``;
+    - ``price``: toy ``name`` at the price ``items[0]``.
     """
 
     op: str
@@ -69,7 +72,7 @@ class CatalogCommand:
         if not isinstance(fields, dict) or set(fields) != {"op", "items", "term", "at", "to", "name"}:
             raise ValueError(f"not a catalog command: {data[:200]!r}")
         op, items, term, at, to, name = (fields[k] for k in ("op", "items", "term", "at", "to", "name"))
-        if op not in (BUY, CONFIRM, RELEASE, RESTOCK) or not isinstance(items, list):
+        if op not in (BUY, CONFIRM, RELEASE, RESTOCK, PRICE) or not isinstance(items, list):
             raise ValueError(f"not a catalog command: {data[:200]!r}")
         if type(term) is not int or type(to) is not int or not isinstance(at, (int, float)) or not (
                 name is None or isinstance(name, str)):
@@ -79,6 +82,10 @@ class CatalogCommand:
                        and type(i[2]) is int and i[2] >= 1 and type(i[3]) is int for i in items):
                 raise ValueError("a buy's items are [request_id, name, quantity >= 1, term]")
             return cls(op, tuple(tuple(i) for i in items), term, float(at), to, name)
+        if op == PRICE:
+            if len(items) != 1 or name is None:
+                raise ValueError("a price's items are [price], for the toy 'name'")
+            return cls(op, (check_price(items[0]),), term, float(at), to, name)
         if not all(isinstance(i, str) for i in items):
             raise ValueError(f"a {op}'s items are request ids")
         return cls(op, tuple(items), term, float(at), to, name)
@@ -129,6 +136,8 @@ class CatalogStateMachine:
             return self._confirm(command)
         if command.op == RELEASE:
             return self._release(command)
+        if command.op == PRICE:
+            return [self._price(command)]
         return [self._restock(command)]
 
     def _buy(self, command: CatalogCommand) -> list[Bought | CatalogError]:
@@ -169,6 +178,13 @@ class CatalogStateMachine:
                 self._set_row(released)
             outcomes.append(row.name)
         return outcomes
+
+    def _price(self, command: CatalogCommand) -> float | CatalogError:
+        toy = self._toys.get(command.name or "")
+        if toy is None:
+            return NotFound(f"There is no toy named {command.name!r}.")
+        self._set_toy(replace(toy, price=command.items[0]))
+        return command.items[0]
 
     def _restock(self, command: CatalogCommand) -> dict[str, int] | CatalogError:
         try:

@@ -327,6 +327,16 @@ class CatalogStore:
         the next page starts, None once this one is the last."""
         return await self._db.read(partial(list_reservations, self._clock.seconds(), state, older_than, limit, after))
 
+    async def set_price(self, name: str, price: float) -> float:
+        """Change the price of ``name``; returns it. :raises NotFound: no such toy."""
+
+        def work(conn: sqlite3.Connection) -> float:
+            if conn.execute("UPDATE toys SET price = ? WHERE name = ?", (price, name)).rowcount == 0:
+                raise NotFound(f"There is no toy named {name!r}.")
+            return price
+
+        return await self._db.write(work)
+
     async def restock(self, restock_to: int, name: str | None = None) -> dict[str, int]:
         """Bring every toy (or the named one) that is sold out back to ``restock_to``;
         returns how much each restocked toy got."""
