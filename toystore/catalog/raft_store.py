@@ -28,7 +28,9 @@ from toystore.catalog.store import (
     RESERVATION_COLUMNS,
     Cursor,
     Page,
+    highest_term,
     list_reservations,
+    oldest_held,
     read_reservations,
     schema,
     see_term,
@@ -78,8 +80,7 @@ def _toys(conn: sqlite3.Connection) -> list[ToyState]:
 
 def _machine(db: Database) -> CatalogStateMachine:
     def read(conn: sqlite3.Connection) -> tuple[list[ToyState], int, dict[str, int]]:
-        fence = conn.execute("SELECT value FROM meta WHERE key = 'highest_term'").fetchone()[0]
-        return _toys(conn), fence, dict(conn.execute("SELECT state, count FROM reservation_counts"))
+        return _toys(conn), highest_term(conn), dict(conn.execute("SELECT state, count FROM reservation_counts"))
 
     toys, fence, counts = db.look_up(read)
     return CatalogStateMachine(toys, fence, SqliteReservationTable(db), counts)
@@ -104,9 +105,8 @@ def _copy_for_snapshot(conn: sqlite3.Connection, meta: SnapshotMeta, compact_bef
     conn.execute(f"INSERT INTO snapshot_reservations ({_COPY_COLUMNS}) SELECT"
                  f" row_number() OVER (ORDER BY request_id) - 1, {RESERVATION_COLUMNS} FROM reservations")
     (size,) = conn.execute("SELECT count(*) FROM snapshot_reservations").fetchone()
-    fence = conn.execute("SELECT value FROM meta WHERE key = 'highest_term'").fetchone()[0]
     toys = [[t.name, t.price, t.quantity, t.initial, t.restocked] for t in _toys(conn)]
-    snapshot = Snapshot(meta, size, snapshot_header(meta, toys=toys, highest_term=fence))
+    snapshot = Snapshot(meta, size, snapshot_header(meta, toys=toys, highest_term=highest_term(conn)))
     raft_sqlite.save_snapshot(conn, snapshot, compact_before)
     return snapshot
 
@@ -178,16 +178,13 @@ class CatalogRaftStore:
     def __init__(self, db: Database) -> None:
         self._db = db
         self.machine = _machine(db)
-        self.snapshots = StagedSnapshots(RaftState(HardState(), None, [], 0, None, None))
+        self.snapshots = StagedSnapshots()
 
     def load_at_start(self, first_configuration: Configuration) -> RaftState:
         """The durable Raft state; at the first start, ``first_configuration`` is recorded as
         the one the member starts with (later starts find it, and ignore the argument)."""
-        state = self._db.read_at_start(raft_sqlite.load)
-        if state.bootstrap is None:
-            self._db.write_at_start(lambda conn: raft_sqlite.record_bootstrap(conn, first_configuration))
-            state.bootstrap = first_configuration
-        self.snapshots = StagedSnapshots(state)
+        state = raft_sqlite.load_at_start(self._db, first_configuration)
+        self.snapshots = StagedSnapshots(state.snapshot, state.staged)
         return state
 
     async def save(self, hard_state: HardState | None, entries: Sequence[Entry], applied: int | None) -> None:
@@ -235,5 +232,4 @@ class CatalogRaftStore:
 
     async def oldest_held_created(self) -> float | None:
         """When the oldest reservation still held was made (durable ones)."""
-        return (await self._db.read(lambda conn: conn.execute(
-            "SELECT MIN(created) FROM reservations WHERE state = 'held'").fetchone()))[0]
+        return await self._db.read(oldest_held)

@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 from toystore.catalog.raft_store import CatalogRaftStore, parse_reservation, parse_snapshot_header
 from toystore.catalog.rules import Bought, CatalogError, ReservationRow
 from toystore.catalog.state import BUY, CONFIRM, PRICE, RELEASE, RESTOCK, CatalogCommand
-from toystore.catalog.store import Cursor, NotFound, Page, Toy
+from toystore.catalog.store import Cursor, NotFound, Page, Toy, ledger_answer
 from toystore.raft.core import NotLeader
 from toystore.raft.host import RaftHost, unavailable
 from toystore.raft.messages import Entry, Ready, Role, SnapshotMeta
@@ -136,7 +136,7 @@ class CatalogReplica:
             self._caches_cleared_in = term
             log.info("Leading the catalog in term {term}: every frontend's cache is cleared", term=term)
 
-    async def _ready_to_answer(self) -> None:
+    def _ready_to_answer(self) -> None:
         """Raises a 421 off the leader; at the leader, returns once the frontends' caches were
         cleared in this term (503 while the clearing runs)."""
         if not self.leads:
@@ -149,7 +149,7 @@ class CatalogReplica:
     async def _propose(self, command: CatalogCommand) -> list[Any]:
         if command.op in (BUY, CONFIRM, RELEASE) and not command.items:
             return []  # every item of the request was refused as malformed: a 400 here, leader or not
-        await self._ready_to_answer()
+        self._ready_to_answer()
         assert self.node is not None
         (outcome,) = await self.node.propose_each([command.encode()])
         if isinstance(outcome, Failure):
@@ -162,7 +162,7 @@ class CatalogReplica:
         return outcome
 
     async def _read(self) -> None:
-        await self._ready_to_answer()
+        self._ready_to_answer()
         await self.host.read_barrier()
 
     async def query(self, name: str) -> Toy:
@@ -205,14 +205,9 @@ class CatalogReplica:
     async def local_ledger(self) -> dict[str, Any]:
         """The ledger as this member has applied it, without asking the group (metrics)."""
         machine = self._store.machine
-        oldest = await self._store.oldest_held_created()
-        return {
-            "toys": {t.name: {"price": t.price, "quantity": t.quantity, "initial": t.initial, "restocked": t.restocked}
-                     for t in machine.toys},
-            "reservations": machine.counts(),
-            "oldest_held_age": round(0.0 if oldest is None else max(0.0, self._clock.seconds() - oldest), 3),
-            "highest_term": machine.highest_term,
-        }
+        toys = [(t.name, t.price, t.quantity, t.initial, t.restocked) for t in machine.toys]
+        return ledger_answer(toys, machine.counts(), await self._store.oldest_held_created(), self._clock.seconds(),
+                             machine.highest_term)
 
     # -- cluster ----------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from functools import partial
-from typing import Any, Sequence, TypeVar
+from typing import Any, Iterable, Mapping, Sequence, TypeVar
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
@@ -363,18 +363,28 @@ class CatalogStore:
         now = self._clock.seconds()
 
         def work(conn: sqlite3.Connection) -> dict[str, Any]:
-            toys = {
-                row[0]: {"price": row[1], "quantity": row[2], "initial": row[3], "restocked": row[4]}
-                for row in conn.execute("SELECT name, price, quantity, initial, restocked FROM toys ORDER BY name")
-            }
-            counts = dict.fromkeys(STATES, 0)
-            counts.update(conn.execute("SELECT state, count FROM reservation_counts").fetchall())
-            (oldest,) = conn.execute("SELECT MIN(created) FROM reservations WHERE state = ?", (HELD,)).fetchone()
-            oldest_age = 0.0 if oldest is None else max(0.0, now - oldest)
-            return {"toys": toys, "reservations": counts, "oldest_held_age": round(oldest_age, 3),
-                    "highest_term": highest_term(conn)}
+            counts = dict(conn.execute("SELECT state, count FROM reservation_counts").fetchall())
+            toys = conn.execute("SELECT name, price, quantity, initial, restocked FROM toys ORDER BY name")
+            return ledger_answer(toys, counts, oldest_held(conn), now, highest_term(conn))
 
         return await self._db.read(work)
+
+
+def oldest_held(conn: sqlite3.Connection) -> float | None:
+    """When the oldest reservation still held was made; None when none is."""
+    return conn.execute("SELECT MIN(created) FROM reservations WHERE state = ?", (HELD,)).fetchone()[0]
+
+
+def ledger_answer(toys: Iterable[Sequence[Any]], counts: Mapping[str, int], oldest_held_created: float | None,
+                  now: float, fence: int) -> dict[str, Any]:
+    """The ``GET /ledger`` body, from ``(name, price, quantity, initial, restocked)`` per toy."""
+    return {
+        "toys": {name: {"price": price, "quantity": quantity, "initial": initial, "restocked": restocked}
+                 for name, price, quantity, initial, restocked in toys},
+        "reservations": {state: counts.get(state, 0) for state in STATES},
+        "oldest_held_age": round(0.0 if oldest_held_created is None else max(0.0, now - oldest_held_created), 3),
+        "highest_term": fence,
+    }
 
 
 def as_json(record: Toy | Bought | Reservation) -> dict[str, Any]:

@@ -129,16 +129,13 @@ class ReplicaStore:
     def __init__(self, db: Database) -> None:
         self._db = db
         self.orders = OrderStateMachine(SqliteOrderTable(db))
-        self.snapshots = StagedSnapshots(RaftState(HardState(), None, [], 0, None, None))
+        self.snapshots = StagedSnapshots()
 
     def load_at_start(self, first_configuration: Configuration = Configuration()) -> RaftState:
         """The durable state; at the first start, ``first_configuration`` is recorded as
         the one the replica starts with (later starts find it, and ignore the argument)."""
-        state = self._db.read_at_start(raft_sqlite.load)
-        if state.bootstrap is None:
-            self._db.write_at_start(lambda conn: raft_sqlite.record_bootstrap(conn, first_configuration))
-            state.bootstrap = first_configuration
-        self.snapshots = StagedSnapshots(state)
+        state = raft_sqlite.load_at_start(self._db, first_configuration)
+        self.snapshots = StagedSnapshots(state.snapshot, state.staged)
         return state
 
     @property

@@ -18,6 +18,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from toystore.db import Database
 from toystore.raft.membership import Configuration
 from toystore.raft.messages import Entry, EntryKind, HardState, SnapshotMeta
 from toystore.raft.statemachine import Snapshot
@@ -89,8 +90,15 @@ def load(conn: sqlite3.Connection) -> RaftState:
                      staged)  # type: ignore[arg-type]
 
 
-def record_bootstrap(conn: sqlite3.Connection, config: Configuration) -> None:
-    conn.execute("INSERT INTO raft_bootstrap (one, members) VALUES (1, ?)", (config.encode(),))
+def load_at_start(db: Database, first_configuration: Configuration) -> RaftState:
+    """The durable Raft state; at the first start, ``first_configuration`` is recorded as the
+    one the host starts with (later starts find it, and ignore the argument)."""
+    state = db.read_at_start(load)
+    if state.bootstrap is None:
+        db.write_at_start(lambda conn: conn.execute("INSERT INTO raft_bootstrap (one, members) VALUES (1, ?)",
+                                                    (first_configuration.encode(),)))
+        state.bootstrap = first_configuration
+    return state
 
 
 def save(conn: sqlite3.Connection, hard_state: HardState | None, entries: Sequence[Entry],
@@ -149,15 +157,15 @@ def installed(conn: sqlite3.Connection, snapshot: Snapshot) -> None:
                      [("applied", index), ("commit", index)])
 
 
+@dataclass
 class StagedSnapshots:
     """A host's view of its snapshots: the latest durable one and the one being received.
 
     Kept in memory beside the tables so that a follower answers a leader's "how much do
     you hold?" without a read; the host updates it after each write commits."""
 
-    def __init__(self, state: RaftState) -> None:
-        self.latest: Snapshot | None = state.snapshot
-        self.staged: tuple[Snapshot, int] | None = state.staged
+    latest: Snapshot | None = None
+    staged: tuple[Snapshot, int] | None = None
 
     def received_whole(self) -> Snapshot | None:
         """The snapshot staged whole, if one is."""
