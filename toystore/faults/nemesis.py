@@ -62,10 +62,14 @@ class Nemesis:
 
     def wait_leader(self, timeout: float = 10.0, excluding: int | None = None) -> int:
         """Wait until some replica (other than ``excluding``) leads."""
+        return self._wait_for_leader(self.cluster.leader, "a leader", timeout, excluding)
+
+    def _wait_for_leader(self, find: Callable[[], int | None], what: str, timeout: float,
+                         excluding: int | None) -> int:
         def found() -> int | None:
-            leader = self.cluster.leader()
+            leader = find()
             return leader if leader is not None and leader != excluding else None
-        return int(self.cluster.wait_for(found, timeout, "a leader"))
+        return int(self.cluster.wait_for(found, timeout, what))
 
     @staticmethod
     def catalog_member(member_id: int) -> str:
@@ -73,10 +77,7 @@ class Nemesis:
 
     def wait_catalog_leader(self, timeout: float = 10.0, excluding: int | None = None) -> int:
         """Wait until some catalog member (other than ``excluding``) leads."""
-        def found() -> int | None:
-            leader = self.cluster.catalog_leader()
-            return leader if leader is not None and leader != excluding else None
-        return int(self.cluster.wait_for(found, timeout, "a catalog leader"))
+        return self._wait_for_leader(self.cluster.catalog_leader, "a catalog leader", timeout, excluding)
 
     def kill(self, name: str) -> NemesisEvent:
         """``kill -9`` a process (it stays down until :meth:`restart`)."""

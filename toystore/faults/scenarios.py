@@ -103,14 +103,51 @@ def acks_between(history: list[Operation], begin: float, end: float) -> list[Ope
 # ---------------------------------------------------------------- the faults
 
 
-def _leader_kill(cluster: LocalCluster, nemesis: Nemesis, fault_deadline: float) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Group:
+    """A Raft group as the faults see it; ``label`` names its leader in the measures
+    (``killed_leader``, ``killed_catalog_leader``...)."""
+
+    wait_leader: Callable[..., int]
+    name: Callable[[int], str]
+    isolate: Callable[[int], NemesisEvent]
+    label: str
+
+
+def _orders(nemesis: Nemesis) -> _Group:
+    return _Group(nemesis.wait_leader, nemesis.replica, nemesis.isolate, "leader")
+
+
+def _catalog(nemesis: Nemesis) -> _Group:
+    return _Group(nemesis.wait_catalog_leader, nemesis.catalog_member, nemesis.isolate_catalog_member,
+                  "catalog_leader")
+
+
+def _kill_the_leader(group: _Group, nemesis: Nemesis, fault_deadline: float) -> dict[str, Any]:
     _warmup(fault_deadline)
-    leader = nemesis.wait_leader()
-    killed = nemesis.kill(nemesis.replica(leader))
-    new_leader = nemesis.wait_leader(excluding=leader)
+    leader = group.wait_leader()
+    killed = nemesis.kill(group.name(leader))
+    new_leader = group.wait_leader(excluding=leader)
     _sleep_until(fault_deadline)
-    nemesis.restart(nemesis.replica(leader))
-    return {"killed_leader": leader, "killed_at": killed.at, "new_leader": new_leader}
+    nemesis.restart(group.name(leader))
+    return {f"killed_{group.label}": leader, "killed_at": killed.at, f"new_{group.label}": new_leader}
+
+
+def _partition_the_leader(group: _Group, nemesis: Nemesis, fault_deadline: float) -> dict[str, Any]:
+    """The leader cut off from the rest of its group while its clients still reach it: it
+    cannot commit, and must not answer as if it could."""
+    _warmup(fault_deadline)
+    leader = group.wait_leader()
+    isolated = group.isolate(leader)
+    new_leader = group.wait_leader(excluding=leader)
+    _sleep_until(max(isolated.at + 3.0, fault_deadline))
+    nemesis.heal_network()
+    return {f"isolated_{group.label}": leader, "isolated_at": isolated.at, f"new_{group.label}": new_leader,
+            "partition_healed_at": nemesis.events[-1].at}
+
+
+def _leader_kill(cluster: LocalCluster, nemesis: Nemesis, fault_deadline: float) -> dict[str, Any]:
+    return _kill_the_leader(_orders(nemesis), nemesis, fault_deadline)
 
 
 def _follower_kill(cluster: LocalCluster, nemesis: Nemesis, fault_deadline: float) -> dict[str, Any]:
@@ -134,14 +171,7 @@ def _leader_pause(cluster: LocalCluster, nemesis: Nemesis, fault_deadline: float
 
 
 def _leader_partition(cluster: LocalCluster, nemesis: Nemesis, fault_deadline: float) -> dict[str, Any]:
-    _warmup(fault_deadline)
-    leader = nemesis.wait_leader()
-    isolated = nemesis.isolate(leader)
-    new_leader = nemesis.wait_leader(excluding=leader)
-    _sleep_until(max(isolated.at + 3.0, fault_deadline))
-    nemesis.heal_network()
-    return {"isolated_leader": leader, "isolated_at": isolated.at, "new_leader": new_leader,
-            "partition_healed_at": nemesis.events[-1].at}
+    return _partition_the_leader(_orders(nemesis), nemesis, fault_deadline)
 
 
 def _majority_down(cluster: LocalCluster, nemesis: Nemesis, fault_deadline: float) -> dict[str, Any]:
@@ -254,26 +284,12 @@ def _catalog_kill(cluster: LocalCluster, nemesis: Nemesis, fault_deadline: float
 
 
 def _catalog_leader_kill(cluster: LocalCluster, nemesis: Nemesis, fault_deadline: float) -> dict[str, Any]:
-    _warmup(fault_deadline)
-    leader = nemesis.wait_catalog_leader()
-    killed = nemesis.kill(nemesis.catalog_member(leader))
-    new_leader = nemesis.wait_catalog_leader(excluding=leader)
-    _sleep_until(fault_deadline)
-    nemesis.restart(nemesis.catalog_member(leader))
-    return {"killed_catalog_leader": leader, "killed_at": killed.at, "new_catalog_leader": new_leader}
+    return _kill_the_leader(_catalog(nemesis), nemesis, fault_deadline)
 
 
 def _catalog_leader_partition(cluster: LocalCluster, nemesis: Nemesis, fault_deadline: float) -> dict[str, Any]:
-    """The catalog leader cut off from the other members while the order replicas still
-    reach it: it cannot commit, and must not answer a buy or a read as if it could."""
-    _warmup(fault_deadline)
-    leader = nemesis.wait_catalog_leader()
-    isolated = nemesis.isolate_catalog_member(leader)
-    new_leader = nemesis.wait_catalog_leader(excluding=leader)
-    _sleep_until(max(isolated.at + 3.0, fault_deadline))
-    nemesis.heal_network()
-    return {"isolated_catalog_leader": leader, "isolated_at": isolated.at, "new_catalog_leader": new_leader,
-            "partition_healed_at": nemesis.events[-1].at}
+    """The catalog leader cut off from the other members; the order replicas still reach it."""
+    return _partition_the_leader(_catalog(nemesis), nemesis, fault_deadline)
 
 
 def _catalog_and_order_leaders(cluster: LocalCluster, nemesis: Nemesis, fault_deadline: float) -> dict[str, Any]:
