@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, gatherResults
+from twisted.internet.defer import CancelledError, Deferred, FirstError, gatherResults
 from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
@@ -411,43 +411,30 @@ class LeaderCaller:
 
     async def call_batch(self, path: str, field: str, items: list[Any],
                          shared: Mapping[str, Any] | None = None) -> list[tuple[int, dict[str, Any]]]:
-        """``POST path`` with ``{field: items, **shared}`` at the leader, with :meth:`call`'s
-        retries; items carry request ids, so they may go again. The items of calls for the
-        same path and shared fields that reach this caller in one reactor turn, or while such
-        a batch is out, travel together. Each item's (status, payload), as if sent alone.
+        """``POST path`` with ``{field: items, **shared}`` at the leader; each item's (status,
+        payload), as if sent alone. The items of calls for the same path and shared fields that
+        reach this caller in one reactor turn, or while such a batch is out, travel together.
 
-        A member that stops leading while it works a batch answers 421 for the items it had
-        not taken, inside a 200: those items go again, to the leader it names, at most once
-        per member."""
+        Each item follows the leader on its own, with :meth:`call`'s retries (items carry
+        request ids, so they may go again): a member that stops leading while it works a batch
+        answers 421 for the items it had not taken, inside a 200."""
         tail = (path, field, tuple(sorted((shared or {}).items())))
-        answers: list[tuple[int, dict[str, Any]]] = [(0, {})] * len(items)
-        waiting = list(range(len(items)))
-        tracker = self._leadership
-        for _ in range(1 + (len(tracker.replicas) if isinstance(tracker, LeaderTracker) else 0)):
-            batch = [items[i] for i in waiting]
 
-            def exchange(url: str, timeout: float, batch: list[Any] = batch) -> Deferred[tuple[int, dict[str, Any]]]:
-                # Its own deadline: the items may wait behind a batch already out before their own
+        def exchange_for(item: Any) -> Exchange:
+            def exchange(url: str, timeout: float) -> Deferred[tuple[int, dict[str, Any]]]:
+                # Its own deadline: the item may wait behind a batch already out before its own
                 # batch leaves, and an attempt near the end of the budget has less than a whole
                 # attempt's timeout.
-                sent = self._batches.submit_each((url, *tail), batch).addTimeout(timeout, self._clock)
-                return sent.addCallbacks(lambda per_item: (200, {"answers": per_item}), _as_answer)
+                return self._batches.submit((url, *tail), item).addTimeout(timeout, self._clock).addErrback(
+                    _as_answer)
+            return exchange
 
-            status, payload = await self._follow_leader(exchange, f"POST {path}", resend=True)
-            # A 200 carries each item's answer (the exchange above); any other answered the whole batch.
-            got = payload["answers"] if status == 200 else [(status, payload)] * len(batch)
-            hints = {}
-            for position, answer in zip(waiting, got):
-                answers[position] = answer
-                outcome = classify(*answer)
-                if isinstance(outcome, Redirect):
-                    hints[position] = outcome
-            if not hints or not isinstance(tracker, LeaderTracker):
-                break
-            hint = next(iter(hints.values()))
-            tracker.note_leader_hint(hint.leader_id, hint.leader_url)
-            waiting = list(hints)
-        return answers
+        try:
+            return await gatherResults([
+                Deferred.fromCoroutine(self._follow_leader(exchange_for(item), f"POST {path}", resend=True))
+                for item in items], consumeErrors=True)
+        except FirstError as error:
+            error.subFailure.raiseException()
 
     async def _send_batch(self, key: BatchKey, items: list[Any]) -> list[tuple[int, dict[str, Any]]]:
         url, path, field, shared = key
