@@ -295,6 +295,30 @@ def test_commit_reaches_idle_followers_by_heartbeat_at_once() -> None:
     assert sent(core) == [msg(T.HEARTBEAT, 1, 3, 1, commit=0)]
 
 
+def test_a_commit_no_append_carries_is_told_commit_ticks_later() -> None:
+    core = leader(election_ticks=20, heartbeat_ticks=10, commit_ticks=3)
+    core.step(msg(T.APPEND_RESP, 2, 1, 1, index=1))
+    assert core.commit_index == 1
+    assert sent(core) == []  # nobody waits for the followers to hear of it
+    for _ in range(2):
+        core.tick()
+        assert sent(core) == []
+    core.tick()
+    # Node 3 has not acknowledged: there is nothing it may commit.
+    assert sent(core) == [msg(T.HEARTBEAT, 1, 2, 1, commit=1)]
+
+
+def test_an_append_sent_meanwhile_carries_the_commit_and_no_heartbeat_follows() -> None:
+    core = leader(election_ticks=20, heartbeat_ticks=10, commit_ticks=3)
+    core.step(msg(T.APPEND_RESP, 2, 1, 1, index=1))
+    sent(core)
+    core.propose("p")
+    assert [(m.type, m.to, m.commit) for m in sent(core)] == [(T.APPEND, 2, 1)]  # 3 is still probed
+    for _ in range(3):
+        core.tick()
+        assert sent(core) == []
+
+
 def test_periodic_heartbeats_skip_followers_that_answer_appends() -> None:
     core = leader()
     ack_all(core)

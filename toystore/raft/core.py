@@ -108,6 +108,10 @@ class RaftCore:
     :param election_ticks: the base election timeout; each wait is drawn from
         ``[election_ticks, 2 * election_ticks)``.
     :param heartbeat_ticks: a leader's heartbeat period.
+    :param commit_ticks: a commit that no append carries is told to the followers by
+        heartbeat this many ticks after it (0: at once). Under load the next append carries
+        it sooner; a lone proposal does not pay for a round of messages that no proposer
+        waits for (hashicorp/raft's CommitTimeout).
     :param pre_vote: run a pre-vote round before bumping the term.
     :param check_quorum: a leader steps down without a quorum's answers within an
         election timeout, and nodes that heard from a leader within it ignore votes.
@@ -129,6 +133,7 @@ class RaftCore:
         rng: random.Random,
         election_ticks: int = 10,
         heartbeat_ticks: int = 1,
+        commit_ticks: int = 0,
         pre_vote: bool = True,
         check_quorum: bool = True,
         max_entries_per_append: int = 512,
@@ -147,6 +152,8 @@ class RaftCore:
             raise ValueError(f"a node id is at least 1, not {node_id}")
         if not 1 <= heartbeat_ticks < election_ticks:
             raise ValueError("need 1 <= heartbeat_ticks < election_ticks")
+        if not 0 <= commit_ticks < election_ticks:
+            raise ValueError("need 0 <= commit_ticks < election_ticks")
         if max_entries_per_append < 1:
             raise ValueError("max_entries_per_append must be at least 1")
         if snapshot is not None and not 1 <= snapshot.index <= applied:
@@ -155,6 +162,7 @@ class RaftCore:
         self._rng = rng
         self._election_ticks = election_ticks
         self._heartbeat_ticks = heartbeat_ticks
+        self._commit_ticks = commit_ticks
         self._pre_vote = pre_vote
         self._check_quorum = check_quorum
         self._max_entries = max_entries_per_append
@@ -180,6 +188,7 @@ class RaftCore:
 
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
+        self._untold_commit_elapsed: int | None = None  # ticks since a commit some follower was not told
         self._timeout = self._draw_timeout()
         self._votes: dict[int, bool] = {}
         self._progress: dict[int, Progress] = {}
@@ -534,6 +543,7 @@ class RaftCore:
         self._leader_id = 0
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
+        self._untold_commit_elapsed = None
         self._timeout = self._draw_timeout()
         self._votes = {}
         self._progress = {}
@@ -786,6 +796,12 @@ class RaftCore:
                 if context or not self._replicating_smoothly(progress):
                     self._send_heartbeat(peer, context)
                 progress.answered_lately = False
+        if self._untold_commit_elapsed is not None:
+            self._untold_commit_elapsed += 1
+            if self._untold_commit_elapsed >= self._commit_ticks:
+                self._untold_commit_elapsed = None
+                for peer in self._others:
+                    self._send_commit(peer)
 
     @staticmethod
     def _replicating_smoothly(progress: Progress) -> bool:
@@ -848,7 +864,7 @@ class RaftCore:
                 # snapshot it was sent: the entries after it go by appends.
                 progress.become_replicate()
             if not self._maybe_commit():
-                self._send_commit(peer)
+                self._tell_commit(peer)
             elif self._role is not Role.LEADER:
                 return  # its own removal committed
             while self._send_append(peer, allow_empty=False):
@@ -878,9 +894,9 @@ class RaftCore:
             for context in early:
                 self._start_read(context)
         for peer in self._others:
-            # Followers with nothing new to receive learn the commit by heartbeat at once.
+            # Followers with nothing new to receive learn the commit by heartbeat.
             if not self._send_append(peer, allow_empty=False):
-                self._send_commit(peer)
+                self._tell_commit(peer)
         return True
 
     def _append(self, data: str, kind: EntryKind = EntryKind.NORMAL) -> Entry:
@@ -933,11 +949,21 @@ class RaftCore:
         progress.become_snapshot(self._snapshot.index)
         return True
 
+    def _tell_commit(self, peer: int) -> None:
+        """Tell ``peer`` the commit index by heartbeat: at once, or ``commit_ticks`` from
+        the first commit untold (an append sent meanwhile carries it instead)."""
+        if not self._commit_ticks:
+            self._send_commit(peer)
+        elif self._untold_commit_elapsed is None and self._commit_untold(peer):
+            self._untold_commit_elapsed = 0
+
+    def _commit_untold(self, peer: int) -> bool:
+        progress = self._progress[peer]
+        return min(progress.match, self._log.commit) > progress.sent_commit
+
     def _send_commit(self, peer: int) -> None:
         """Tell ``peer`` a commit index it has not been told, if any."""
-        progress = self._progress[peer]
-        commit = min(progress.match, self._log.commit)
-        if commit > progress.sent_commit:
+        if self._commit_untold(peer):
             self._send_heartbeat(peer, "")
 
     def _send_heartbeat(self, peer: int, context: str) -> None:

@@ -163,7 +163,7 @@ def build_node(host: RaftHost, state: RaftState, *, machine: StateMachine, stora
     core = RaftCore(host.id, configuration=state.bootstrap, hard_state=state.hard_state,
                     snapshot=state.snapshot.meta if state.snapshot is not None else None, entries=state.entries,
                     applied=state.applied, rng=random.Random(), election_ticks=timing.election_ticks,
-                    heartbeat_ticks=timing.heartbeat_ticks)
+                    heartbeat_ticks=timing.heartbeat_ticks, commit_ticks=timing.commit_ticks)
     # Answers that peers send back go to the node, which is built over this transport.
     snapshots = SnapshotSender(http_client, {}, source=source, clock=reactor, token=token,
                                on_answer=lambda answer: node.receive(answer),

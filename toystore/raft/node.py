@@ -104,13 +104,17 @@ class Timing:
     twice that without a leader, heartbeats every ``heartbeat_ticks`` (defaults: 0.5 to
     1 s, and 100 ms). Fine ticks give the randomized timeout 50 distinct values, so two
     followers rarely time out together and split the vote (each costs a whole timeout).
-    Periodic heartbeats only keep followers from campaigning (a commit or a ReadIndex
-    sends its own at once), and each is an HTTP round trip: five to ten per election
-    timeout are enough."""
+    Periodic heartbeats only keep followers from campaigning (a ReadIndex sends its own
+    at once, a commit no append carries its own after ``commit_ticks``), and each is an
+    HTTP round trip: five to ten per election timeout are enough."""
 
     tick_seconds: float = 0.01
     election_ticks: int = 50
     heartbeat_ticks: int = 10
+    # A commit that no append carries reaches the followers this late (50 ms): they
+    # serve no reads, so only their apply lags; a lone proposal is not followed by a
+    # round of messages on both cores while its answer leaves.
+    commit_ticks: int = 5
 
 
 class RaftNode:
