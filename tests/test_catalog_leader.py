@@ -56,6 +56,7 @@ class FakeCatalogMember:
         self.members = members
         self.role, self.term, self.leader_id = "follower", 1, None
         self.forced: int | None = None
+        self.unsure_once: set[str] = set()  # request ids answered 503 inside a 200, once each
         self.requests: list[tuple[str, str, Any]] = []
 
     def lead(self, term: int) -> None:
@@ -109,6 +110,9 @@ class FakeCatalogMember:
         return self._done(request, {"data": {"results": [self._reserve(item) for item in body["reservations"]]}})
 
     def _reserve(self, item: dict[str, Any]) -> dict[str, Any]:
+        if item["request_id"] in self.unsure_once:
+            self.unsure_once.discard(item["request_id"])
+            return {"status": 503, "error": {"code": 503, "message": "outcome not known yet"}}
         first = self.group.reservations.get(item["request_id"])
         if first is not None:
             return first  # a repeated request id changes nothing and answers as the first time did
@@ -258,6 +262,31 @@ def test_a_buy_the_crashed_leader_took_is_sent_again_to_the_new_leader_and_reser
     assert len(catalog.members[2].paths("/buy_qty")) == 1  # the same request id, at the new leader
     assert catalog.group.stock["Tux"] == 6  # reserved once, not twice
     assert list(catalog.group.reservations) == ["r1"]
+
+
+def test_only_the_items_answered_503_inside_a_200_go_again_and_each_is_reserved_once() -> None:
+    catalog = Catalog()
+    catalog.elect(3, term=2)
+    catalog.leadership.note_leader_hint(3, None)
+    catalog.members[3].unsure_once = {"b"}
+    refusals = catalog.run(catalog.client.reserve_each([("Tux", 1, key) for key in "abc"], term=7), advance=1.0)
+    assert refusals == [None, None, None]
+    assert [[item["request_id"] for item in body["reservations"]] for body in catalog.members[3].paths("/buy_qty")] \
+        == [["a", "b", "c"], ["b"]]
+    assert 0 < catalog.clock.seconds() <= 0.1  # after one backoff, not an attempt's timeout
+    assert catalog.group.stock["Tux"] == 7
+
+
+def test_a_large_batch_follows_the_leader_as_one_with_one_deadline() -> None:
+    catalog = Catalog()
+    catalog.elect(3, term=2)
+    catalog.leadership.note_leader_hint(3, None)
+    catalog.network.hanging.add(member_url(3))
+    timers_before = len(catalog.clock.getDelayedCalls())
+    Deferred.fromCoroutine(catalog.client.reserve_each([("Tux", 1, f"r{i}") for i in range(1000)], term=7))
+    catalog.clock.advance(0)  # the batch is out, unanswered
+    # The attempt's deadline and the request's own timeout: not one timer per item.
+    assert len(catalog.clock.getDelayedCalls()) - timers_before <= 2
 
 
 def test_settles_and_the_listing_follow_the_leader_too() -> None:

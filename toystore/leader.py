@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, FirstError, gatherResults
+from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
@@ -133,8 +133,9 @@ class Retry:
 
 Outcome = Final | Redirect | Retry
 
-# One attempt at the leader's base URL within a timeout: fires with (status, payload).
-Exchange = Callable[[str, float], "Deferred[tuple[int, dict[str, Any]]]"]
+# One attempt at a member's base URL within a timeout, for the calls still unanswered (their
+# positions): fires with one (status, payload) per call.
+Exchange = Callable[[str, float, list[int]], "Deferred[list[tuple[int, dict[str, Any]]]]"]
 
 
 def classify(status: int, payload: Mapping[str, Any]) -> Outcome:
@@ -351,9 +352,9 @@ class _AnsweredWhole(Exception):
         self.payload = payload
 
 
-def _as_answer(failure: Failure) -> tuple[int, dict[str, Any]]:
+def _as_answers(failure: Failure, count: int) -> list[tuple[int, dict[str, Any]]]:
     failure.trap(_AnsweredWhole)
-    return failure.value.status, failure.value.payload
+    return [(failure.value.status, failure.value.payload)] * count
 
 
 # (base URL, path, field of the items, the fields every item of the batch shares)
@@ -404,10 +405,11 @@ class LeaderCaller:
     async def call(self, method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
         """The leader's final answer (status, payload); ApiError 503 once the budget is spent,
         or at once when a request other than a GET may have reached the leader unanswered."""
-        def exchange(url: str, timeout: float) -> Deferred[tuple[int, dict[str, Any]]]:
+        def exchange(url: str, timeout: float, positions: list[int]) -> Deferred[list[tuple[int, dict[str, Any]]]]:
             return fetch_json(self._client, method, f"{url}{path}", reactor=self._clock, timeout=timeout,
-                              token=self._token, body=body)
-        return await self._follow_leader(exchange, f"{method} {path}", resend=method == "GET")
+                              token=self._token, body=body).addCallback(lambda answer: [answer])
+        (answer,) = await self._follow_leader(exchange, 1, f"{method} {path}", resend=method == "GET")
+        return answer
 
     async def call_batch(self, path: str, field: str, items: list[Any],
                          shared: Mapping[str, Any] | None = None) -> list[tuple[int, dict[str, Any]]]:
@@ -415,26 +417,19 @@ class LeaderCaller:
         payload), as if sent alone. The items of calls for the same path and shared fields that
         reach this caller in one reactor turn, or while such a batch is out, travel together.
 
-        Each item follows the leader on its own, with :meth:`call`'s retries (items carry
-        request ids, so they may go again): a member that stops leading while it works a batch
-        answers 421 for the items it had not taken, inside a 200."""
+        The items follow the leader together, with :meth:`call`'s retries, and only those
+        without a final answer go again (items carry request ids, so they may): a member that
+        stops leading while it works a batch answers 421 for the items it had not taken, and
+        a primary-backup replica still syncing 503, inside a 200."""
         tail = (path, field, tuple(sorted((shared or {}).items())))
 
-        def exchange_for(item: Any) -> Exchange:
-            def exchange(url: str, timeout: float) -> Deferred[tuple[int, dict[str, Any]]]:
-                # Its own deadline: the item may wait behind a batch already out before its own
-                # batch leaves, and an attempt near the end of the budget has less than a whole
-                # attempt's timeout.
-                return self._batches.submit((url, *tail), item).addTimeout(timeout, self._clock).addErrback(
-                    _as_answer)
-            return exchange
-
-        try:
-            return await gatherResults([
-                Deferred.fromCoroutine(self._follow_leader(exchange_for(item), f"POST {path}", resend=True))
-                for item in items], consumeErrors=True)
-        except FirstError as error:
-            error.subFailure.raiseException()
+        def exchange(url: str, timeout: float, positions: list[int]) -> Deferred[list[tuple[int, dict[str, Any]]]]:
+            # Its own deadline: the items may wait behind a batch already out before their own
+            # batch leaves, and an attempt near the end of the budget has less than a whole
+            # attempt's timeout.
+            return self._batches.submit_each((url, *tail), [items[p] for p in positions]).addTimeout(
+                timeout, self._clock).addErrback(_as_answers, len(positions))
+        return await self._follow_leader(exchange, len(items), f"POST {path}", resend=True)
 
     async def _send_batch(self, key: BatchKey, items: list[Any]) -> list[tuple[int, dict[str, Any]]]:
         url, path, field, shared = key
@@ -449,13 +444,19 @@ class LeaderCaller:
         return ApiError(503, f"No {self._leadership.group} leader is reachable; try again shortly.",
                         headers=RETRY_AFTER)
 
-    async def _follow_leader(self, exchange: Exchange, what: str, *, resend: bool) -> tuple[int, dict[str, Any]]:
+    async def _follow_leader(self, exchange: Exchange, count: int, what: str, *,
+                             resend: bool) -> list[tuple[int, dict[str, Any]]]:
+        """The final answers of ``count`` calls that ``exchange`` makes at a member: sent to
+        the leader, and again for the calls still without one, until the budget is spent."""
+        answers: list[tuple[int, dict[str, Any]] | None] = [None] * count
+        pending = list(range(count))
         tracker = self._leadership
         if isinstance(tracker, LoneLeader):
-            outcome = await self._attempt(tracker.url, exchange, what, self._attempt_timeout)
-            if isinstance(outcome, Final):
-                return outcome.status, outcome.payload
-            raise self._unreachable()
+            self._settle(answers, pending, await self._attempt(tracker.url, exchange, pending, what,
+                                                               self._attempt_timeout))
+            if any(answer is None for answer in answers):
+                raise self._unreachable()
+            return answers  # type: ignore[return-value]
         deadline = self._clock.seconds() + self._budget
         backoff = self._first_backoff
         target = tracker.current_leader() or await tracker.find_leader()
@@ -463,17 +464,21 @@ class LeaderCaller:
         while True:
             remaining = deadline - self._clock.seconds()
             if target is not None and remaining > 0:
-                outcome = await self._attempt(target[1], exchange, what, min(self._attempt_timeout, remaining))
-                if isinstance(outcome, Final):
-                    return outcome.status, outcome.payload
-                if isinstance(outcome, Redirect):
-                    if outcome.leader_id != target[0] and redirects < len(tracker.replicas):
+                outcomes = await self._attempt(target[1], exchange, pending, what,
+                                               min(self._attempt_timeout, remaining))
+                pending = self._settle(answers, pending, outcomes)
+                if not pending:
+                    return answers  # type: ignore[return-value]
+                retries = [outcome for outcome in outcomes if isinstance(outcome, Retry)]
+                redirect = next((outcome for outcome in outcomes if isinstance(outcome, Redirect)), None)
+                if redirect is not None and not retries:
+                    if redirect.leader_id != target[0] and redirects < len(tracker.replicas):
                         redirects += 1
-                        target = tracker.note_leader_hint(outcome.leader_id, outcome.leader_url)
+                        target = tracker.note_leader_hint(redirect.leader_id, redirect.leader_url)
                         continue
-                elif outcome.suspect:
+                elif any(outcome.suspect for outcome in retries):
                     tracker.mark_failed(target[0])
-                    if not (resend or outcome.unsent):
+                    if not (resend or all(outcome.unsent for outcome in retries)):
                         log.warn("{what} may have reached the {group} leader {leader_id}, which did not answer; "
                                  "not sent again", what=what, group=tracker.group, leader_id=target[0])
                         raise ApiError(503, f"The {tracker.group} leader did not answer {what}, which may or may "
@@ -488,13 +493,26 @@ class LeaderCaller:
             backoff = min(backoff * 2, self._max_backoff)
             target = await tracker.find_leader()
 
-    async def _attempt(self, url: str, exchange: Exchange, what: str, timeout: float) -> Outcome:
+    @staticmethod
+    def _settle(answers: list[tuple[int, dict[str, Any]] | None], pending: list[int],
+                outcomes: list[Outcome]) -> list[int]:
+        """Keep the final answers among ``outcomes`` (one per pending call); the calls still pending."""
+        still = []
+        for position, outcome in zip(pending, outcomes):
+            if isinstance(outcome, Final):
+                answers[position] = (outcome.status, outcome.payload)
+            else:
+                still.append(position)
+        return still
+
+    async def _attempt(self, url: str, exchange: Exchange, positions: list[int], what: str,
+                       timeout: float) -> list[Outcome]:
         try:
-            status, payload = await exchange(url, timeout)
+            answers = await exchange(url, timeout, positions)
         except CancelledError:
             raise
         except Exception as error:
             log.info("{what} at {url} failed: {error}", what=what, url=url, group=self._leadership.group,
                      error=error)
-            return Retry(suspect=True, unsent=isinstance(error, ConnectError))
-        return classify(status, payload)
+            return [Retry(suspect=True, unsent=isinstance(error, ConnectError))] * len(positions)
+        return [classify(status, payload) for status, payload in answers]
