@@ -452,9 +452,8 @@ class LeaderCaller:
         pending = list(range(count))
         tracker = self._leadership
         if isinstance(tracker, LoneLeader):
-            self._settle(answers, pending, await self._attempt(tracker.url, exchange, pending, what,
-                                                               self._attempt_timeout))
-            if any(answer is None for answer in answers):
+            if self._settle(answers, pending, await self._attempt(tracker.url, exchange, pending, what,
+                                                                  self._attempt_timeout)):
                 raise self._unreachable()
             return answers  # type: ignore[return-value]
         deadline = self._clock.seconds() + self._budget
