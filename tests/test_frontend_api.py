@@ -225,6 +225,16 @@ def test_order_success_with_generated_key_and_invalidates_cache(frontend: Fronte
     assert len({body["request_id"] for body in frontend.order_requests()}) == 2
 
 
+def test_an_order_is_timed_to_the_leaders_answer_and_to_its_own(frontend: Frontend) -> None:
+    frontend.lead(1)
+    stages: list[str] = []
+    frontend.api.stages.listeners.append(lambda stage, seconds: stages.append(stage))
+    assert frontend.call("POST", "/orders", {"name": "Tux", "quantity": 1})[0] == 200
+    assert stages == ["leader answered", "answered"]
+    assert frontend.call("POST", "/orders", {"name": "Tux", "quantity": 50})[0] == 409
+    assert stages == ["leader answered", "answered", "leader answered"]  # a refusal is not timed as answered
+
+
 def test_order_carries_token_to_leader(frontend: Frontend) -> None:
     frontend.lead(2)
     frontend.call("POST", "/orders", {"name": "Tux", "quantity": 1})

@@ -33,8 +33,10 @@ from toystore.metrics import (
     raft_status,
     watch_database,
     watch_raft,
+    watch_stages,
 )
 from toystore.raft.messages import Role
+from toystore.timeline import StageTimer
 
 _case = SynchronousTestCase()
 
@@ -302,6 +304,26 @@ def test_append_latency_and_elections_come_from_the_nodes_listeners() -> None:
     assert abs(value(samples, "toystore_raft_append_seconds_sum") - 0.04) < 1e-9
     assert value(samples, "toystore_raft_elections_total", outcome="won") == 1
     assert value(samples, "toystore_replica_commit_index") == 7
+
+
+def test_stages_are_one_histogram_labelled_by_stage() -> None:
+    clock = Clock()
+    metrics = ServiceMetrics(clock)
+    timer = StageTimer(clock)
+    watch_stages(metrics, timer)
+    for elapsed in (0.002, 0.0045):
+        reached = timer.start()
+        assert reached is not None
+        clock.advance(elapsed)
+        reached("reserved")
+    samples = exposed(metrics)
+    assert value(samples, "toystore_order_stage_seconds_count", stage="reserved") == 2
+    assert abs(value(samples, "toystore_order_stage_seconds_sum", stage="reserved") - 0.0065) < 1e-9
+    assert value(samples, "toystore_order_stage_seconds_bucket", stage="reserved", le="0.0025") == 1
+
+
+def test_nothing_is_timed_while_no_one_listens() -> None:
+    assert StageTimer(Clock()).start() is None
 
 
 def test_catalog_collector_and_group_commits_from_a_real_store(tmp_path: Path) -> None:

@@ -253,6 +253,26 @@ def test_orders_placed_together_share_one_catalog_call_and_one_proposal(cluster:
     assert proposals == [2]
 
 
+def test_the_leader_times_each_stage_of_a_batch_of_orders_once_and_in_order(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    heard: dict[int, list[tuple[str, float]]] = {}
+    for replica in cluster.replicas.values():
+        replica.stages.listeners.append(lambda stage, seconds, i=replica.id: heard.setdefault(i, []).append(
+            (stage, seconds)))
+    cluster.clock.advance(0.0005)  # off the millisecond grid, so that every stage reads a time of its own
+    outcomes: list[Any] = []
+    defer.ensureDeferred(leader.place_orders([OrderCommand("a", "Tux", 1), OrderCommand("b", "Tux", 1)])).addCallback(
+        outcomes.extend)
+    cluster.run(0.2)
+    assert [o.number for o in outcomes] == [0, 1]
+    timeline = heard.pop(leader.id)
+    assert [stage for stage, _ in timeline] == ["reserved", "appended", "durable", "committed", "answered"]
+    seconds = [t for _, t in timeline]
+    assert seconds == sorted(seconds)
+    assert seconds[3] >= 0.002  # committed only after a follower's answer crossed the network
+    assert heard == {}  # followers time no orders; they only append
+
+
 def test_a_stopping_leader_answers_503_to_orders_not_yet_in_its_log(cluster: Cluster) -> None:
     leader = cluster.leader()
     outcome = cluster.order(leader, "k")  # reserved and proposed; the next cycle would append it

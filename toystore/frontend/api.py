@@ -29,6 +29,7 @@ from toystore.http import (
     require_token,
 )
 from toystore.leader import LeaderCaller, Leadership
+from toystore.timeline import StageTimer
 
 MAX_KEY_LENGTH = 200
 MAX_NAME_LENGTH = 200
@@ -37,6 +38,7 @@ ORDER_NUMBER = re.compile(r"[0-9]+")
 PRODUCT_FIELDS = ("name", "price", "quantity")
 ORDER_FIELDS = ("number", "name", "quantity")
 PASSED_THROUGH = (400, 404, 409)
+LEADER_ANSWERED, ANSWERED = "leader answered", "answered"  # an order's stages here
 
 log = Logger()
 
@@ -116,6 +118,8 @@ class FrontendApi:
         self._token = token
         self._fills: SingleFlight[str, Product] = SingleFlight()
         self._status = StatusReport(catalog, lambda: tracker.replicas, client, clock, token)
+        # Seconds from receiving an order to the leader's answer, and to this one's.
+        self.stages = StageTimer(clock)
 
     # ------------------------------------------------------------ products
 
@@ -162,6 +166,7 @@ class FrontendApi:
         name = require_string(body, "name", MAX_NAME_LENGTH)
         quantity = require_positive_int(body, "quantity")
         key = _idempotency_key(request)
+        reached = self.stages.start()
         try:
             status, payload = await self._orders.place_order({"name": name, "quantity": quantity, "request_id": key})
         finally:
@@ -169,11 +174,16 @@ class FrontendApi:
             # a reservation does not wait to land (toystore.catalog.api), so this is what
             # keeps a client's next read here from missing the order it was just told of.
             self._cache.invalidate(name)
+        if reached is not None:
+            reached(LEADER_ANSWERED)
         if status == 200:
             data = payload.get("data")
             number = data.get("order_number") if isinstance(data, dict) else None
             if type(number) is int:
-                return json_response(request, {"order_number": number})
+                answer = json_response(request, {"order_number": number})
+                if reached is not None:
+                    reached(ANSWERED)
+                return answer
         elif status in PASSED_THROUGH:
             raise ApiError(status, _error_message(payload, "The order service refused the order."))
         raise _unexpected_answer("order service", status)

@@ -64,7 +64,7 @@ def build_frontend(
     GarbageCollectorTuning().setServiceParent(service)
     HTTPPoolService(pool).setServiceParent(service)  # stopped after the listener: children stop in reverse
     HealthChecks(catalog).setServiceParent(service)
-    metrics = frontend_metrics(clock, cache, tracker)
+    metrics = frontend_metrics(clock, cache, tracker, api.stages)
     root = metrics.wrap(api_root(api.app), FrontendApi.app)
     listener = TCPServer(port, QuietSite(root), backlog=LISTEN_BACKLOG, interface=interface, reactor=reactor)
     listener.setServiceParent(service)

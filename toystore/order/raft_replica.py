@@ -30,8 +30,12 @@ from toystore.raft.messages import Entry, Ready, Role, SnapshotMeta
 from toystore.raft.node import ProposalDropped, RaftNode
 from toystore.raft.sqlite_log import snapshot_header
 from toystore.raft.statemachine import Snapshot
+from toystore.timeline import Reached, StageTimer
 
 log = Logger()
+
+# Stages of a batch of orders on the leader, after the node's (appended, durable, committed).
+RESERVED, ANSWERED = "reserved", "answered"
 
 ORDER_TIMEOUT = 5.0   # an order not committed by then is answered 503 (outcome unknown)
 READ_TIMEOUT = 2.0    # a ReadIndex round that cannot reach a majority by then is 503
@@ -65,6 +69,9 @@ class RaftReplica:
                              read_timeout=READ_TIMEOUT, catch_up_timeout=catch_up_timeout)
         self._clock = clock
         self._attempts: SingleFlight[str, Order] = SingleFlight()
+        # Seconds from receiving a batch of orders to its stock reserved, its entries
+        # appended, durable here, committed and applied, and its answer ready.
+        self.stages = StageTimer(clock)
         self._uncommitted_memo: tuple[tuple[int, int, int] | None, frozenset[str]] = (None, frozenset())
         self.reaper = ReservationReaper(catalog, LeaderView(
             can_judge=self._can_judge_reservations, term=lambda: self._core.term,
@@ -172,12 +179,16 @@ class RaftReplica:
         if self._core.role is not Role.LEADER:
             placed: list[Order | Failure] = [Failure(self.host.not_leader())] * len(new)
         else:
+            reached = self.stages.start()
             # A retry while the first attempt still runs shares its outcome.
-            placed = await self._attempts.run_each([(c.request_id, c) for c in new], self._commit_orders)
+            placed = await self._attempts.run_each([(c.request_id, c) for c in new],
+                                                   lambda batch: self._commit_orders(batch, reached))
+            if reached is not None:
+                reached(ANSWERED)
         fresh = iter(placed)
         return [outcome if outcome is not None else next(fresh) for outcome in outcomes]
 
-    async def _commit_orders(self, commands: list[OrderCommand]) -> list[Order | Failure]:
+    async def _commit_orders(self, commands: list[OrderCommand], reached: Reached | None) -> list[Order | Failure]:
         """Reserves, then proposes, the orders that reached this leader together: one catalog
         call and one proposal for them all.
 
@@ -193,9 +204,11 @@ class RaftReplica:
             return [Failure(self.host.not_leader())] * len(commands)
         term = core.term
         refusals = await self._catalog.reserve_each([(c.name, c.quantity, c.request_id) for c in commands], term)
+        if reached is not None:
+            reached(RESERVED)
         reserved = [command.encode() for command, refusal in zip(commands, refusals) if refusal is None]
         assert self.node is not None
-        applied = iter(await self.node.propose_each(reserved, term=term))
+        applied = iter(await self.node.propose_each(reserved, term=term, progress=reached))
         return [Failure(refusal) if refusal is not None else self._placed(next(applied)) for refusal in refusals]
 
     def _placed(self, outcome: Applied | Failure) -> Order | Failure:

@@ -58,6 +58,11 @@ class Transport(Protocol):
 
 _LEADER_BROADCASTS = frozenset({MessageType.APPEND, MessageType.HEARTBEAT})
 
+# What :meth:`RaftNode.propose_each` tells a proposal's ``progress``, in this order: its
+# entries are in the leader's log (the cycle that steps it has begun), durable on the
+# leader's disk, and committed (on a majority) and applied here.
+APPENDED, DURABLE, COMMITTED = "appended", "durable", "committed"
+
 
 @dataclass
 class _Proposal:
@@ -68,6 +73,7 @@ class _Proposal:
     done: defer.Deferred
     proposed_at: float
     term: int | None  # the term the entries were prepared in, if they depend on it
+    progress: Callable[[str], None] | None = None
     outcomes: list[Any] = field(init=False)
     unsettled: int = field(init=False)
 
@@ -248,20 +254,23 @@ class RaftNode:
         self._inbox_snapshot_reports.append((peer, index, failed))
         self._kick()
 
-    def propose_each(self, data: Sequence[str], *, term: int | None = None) -> defer.Deferred:
+    def propose_each(self, data: Sequence[str], *, term: int | None = None,
+                     progress: Callable[[str], None] | None = None) -> defer.Deferred:
         """Appends an entry for each of ``data``; fires with one outcome per entry, in
         sequence: the apply result once it is committed and applied here, or a Failure:
         :class:`NotLeader` on a non-leader, :class:`TermChanged` when ``term`` is given and
         is no longer the current term when the entries would be appended (none is),
         :class:`ProposalDropped` when leadership is lost before the entry applies,
         :class:`ProposalTimedOut` when it has not applied within the proposal timeout.
-        Entries proposed together cost one waiter, not one each.
+        Entries proposed together cost one waiter, not one each. ``progress``, if given, is
+        told :data:`APPENDED`, :data:`DURABLE` and :data:`COMMITTED` as the entries reach
+        each (where they are used to time a request's stages).
         """
         done: defer.Deferred = defer.Deferred()
         if not data:
             done.callback([])
             return done
-        self._inbox_proposals.append(_Proposal(data, done, self._clock.seconds(), term))
+        self._inbox_proposals.append(_Proposal(data, done, self._clock.seconds(), term, progress))
         self._kick()
         return done
 
@@ -466,6 +475,8 @@ class RaftNode:
             for position in range(len(proposal.data)):
                 index, entry_term = next(placed)
                 self._proposals[index] = (entry_term, proposal, position)
+            if proposal.progress is not None:
+                proposal.progress(APPENDED)
 
     async def _run_one(self, ready: Ready) -> None:
         if ready.snapshot is not None:
@@ -479,6 +490,7 @@ class RaftNode:
         early, after_persist = self._split_messages(ready)
         for message in early:
             self._send(message)
+        writing = self._progress_of(ready.entries)
         self._persisting = True
         try:
             written = defer.ensureDeferred(self._storage.persist(ready, results))
@@ -491,6 +503,8 @@ class RaftNode:
             await written
         finally:
             self._persisting = False
+        for progress in writing:
+            progress(DURABLE)
         if ready.hard_state is not None:
             self._persisted_term = ready.hard_state.term
         for message in after_persist:
@@ -542,6 +556,17 @@ class RaftNode:
         later = [m for m in ready.messages if m.type not in _LEADER_BROADCASTS]
         return early, later
 
+    def _progress_of(self, entries: Sequence[Entry]) -> list[Callable[[str], None]]:
+        """The ``progress`` of each proposal that begins among ``entries``."""
+        told: list[Callable[[str], None]] = []
+        if not self._proposals:  # a follower's appends
+            return told
+        for entry in entries:
+            waiting = self._proposals.get(entry.index)
+            if waiting is not None and waiting[2] == 0 and waiting[1].progress is not None:
+                told.append(waiting[1].progress)
+        return told
+
     def _resolve_proposal(self, entry: Entry, result: Any) -> None:
         waiting = self._proposals.pop(entry.index, None)
         if waiting is None:
@@ -550,6 +575,8 @@ class RaftNode:
         if term == entry.term:
             for listener in self.commit_listeners:
                 listener(self._clock.seconds() - proposal.proposed_at)
+            if position == 0 and proposal.progress is not None:
+                proposal.progress(COMMITTED)
             proposal.settle(position, result)
         else:
             proposal.settle(position, Failure(ProposalDropped(f"entry {entry.index} was replaced by one of term {entry.term}")))
