@@ -12,7 +12,8 @@ import pytest
 
 from toystore.bench.__main__ import parse_arguments
 from toystore.bench.loadgen import Job, LoadResult, combine, median, parse_wrk_output, percentile, run_python_load, split
-from toystore.bench.report import Row, markdown_table, render, table_rows
+from toystore.bench.plot import plot_latency
+from toystore.bench.report import Row, latency_series, markdown_table, render, table_rows
 from toystore.bench.runner import commit_check, window_ratios
 
 # What wrk 4.1.0 prints with our done() hook (taken from a real run against a 405 route
@@ -200,10 +201,23 @@ def test_orders_are_set_against_etcd_when_it_was_measured() -> None:
 def test_render_adds_the_lone_orders_stages_when_measured() -> None:
     assert "Where a lone order's time goes" not in render(_report())
     report = _report()
-    report["details"] = {"orders_c1_stages": {"leader POST /order": {"mean_ms": 3.25, "count": 300},
-                                              "leader fsync": {"mean_ms": 0.5, "count": 600}}}
+    report["details"] = {"orders_c1_stages": {
+        "leader: stock reserved": {"p50_ms": 1.5, "p99_ms": 4.0, "mean_ms": 1.75, "count": 300},
+        "leader fsync": {"p50_ms": None, "p99_ms": None, "mean_ms": 0.5, "count": 600}}}
     lines = render(report).splitlines()
-    assert "| leader POST /order | 3.25 ms | 300 |" in lines and "| leader fsync | 0.50 ms | 600 |" in lines
+    assert "| leader: stock reserved | 1.50 ms | 4.00 ms | 1.75 ms | 300 |" in lines
+    assert "| leader fsync | n/a | n/a | 0.50 ms | 600 |" in lines
+
+
+def test_latency_lines_are_by_connections_and_only_of_what_was_measured(tmp_path: Path) -> None:
+    report = _report()
+    report["figures"].update({"etcd_put_c64_p50_ms": 9.0, "etcd_put_c64_p99_ms": 20.0})
+    assert latency_series(report, "orders", "p99") == ([1, 64], [30.0, 95.0])
+    assert latency_series(report, "etcd_put", "p50") == ([64], [9.0])  # etcd's 1-connection point is missing
+    assert plot_latency(report, tmp_path / "latency.png")
+    assert (tmp_path / "latency.png").read_bytes().startswith(b"\x89PNG")
+    report["figures"] = {}
+    assert not plot_latency(report, tmp_path / "none.png") and not (tmp_path / "none.png").exists()
 
 
 def test_quick_and_db_delay_shrink_the_defaults() -> None:

@@ -40,9 +40,15 @@ def test_quick_run_reports_every_figure(tmp_path: Path) -> None:
     assert "| cached GET /products/<name> |" in done.stdout
     # Where a lone order's time went, read from every process's histograms.
     stages = report["details"]["orders_c1_stages"]
-    assert {"frontend POST /orders", "leader POST /order", "Raft round: proposal to commit"} <= set(stages)
-    assert all(stage["count"] > 0 and stage["mean_ms"] > 0 for stage in stages.values())
+    timeline = ["frontend: leader's answer arrived", "frontend: answer ready", "leader: stock reserved",
+                "leader: appended to its log", "leader: durable on its disk",
+                "leader: committed on a majority, applied", "leader: answer ready"]
+    assert set(timeline) <= set(stages) and "follower fsync" in stages
+    assert all(stage["count"] > 0 and stage["mean_ms"] > 0 and stage["p50_ms"] > 0 for stage in stages.values())
+    leaders = [stages[name]["p50_ms"] for name in timeline[2:]]
+    assert leaders == sorted(leaders)  # each stage of the leader's comes after the one before
     assert "Where a lone order's time goes" in done.stdout
+    assert (tmp_path / "quick-latency.png").read_bytes().startswith(b"\x89PNG")
     assert report["details"]["etcd"] == "skipped: a quick run"
     if shutil.which("pgrep"):
         leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)

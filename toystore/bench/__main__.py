@@ -56,6 +56,15 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def write_plot(report: dict[str, Any], path: Path) -> str:
+    """The latency plot beside the JSON; what to print of it."""
+    try:
+        from toystore.bench.plot import plot_latency
+    except ImportError:
+        return "Plot: not drawn, matplotlib is not installed (./scripts/bench installs it)."
+    return f"Plot: {path}" if plot_latency(report, path) else "Plot: not drawn, no latency was measured."
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_arguments(argv)
     generator = args.generator
@@ -92,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(render(report))
     print(f"\nJSON: {json_path}")
+    print(write_plot(report, args.out / f"{json_path.stem}-latency.png"))
     if args.data_dir is None and report["all_checks_passed"]:
         shutil.rmtree(data_dir, ignore_errors=True)
     return 0 if report["all_checks_passed"] else 1

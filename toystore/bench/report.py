@@ -119,8 +119,28 @@ def stage_table(report: dict[str, Any]) -> str:
     stages = report.get("details", {}).get("orders_c1_stages")
     if not stages:
         return ""
-    lines = ["", "", "Where a lone order's time goes (1 client; means over the point, each stage inside the "
-             "one above it; the follower's append runs beside the leader's fsync):", "",
-             "| stage | mean | observations |", "|---|---|---|"]
-    lines += [f"| {stage} | {figure['mean_ms']:.2f} ms | {figure['count']:.0f} |" for stage, figure in stages.items()]
+    lines = ["", "", "Where a lone order's time goes (1 client, over the point; p50 and p99 read off each "
+             "histogram's buckets). The frontend's and the leader's stages are times since that process "
+             "received the order; the rest are durations inside the leader's, and the follower's append "
+             "runs beside the leader's fsync:", "",
+             "| stage | p50 | p99 | mean | observations |", "|---|---|---|---|---|"]
+    lines += [f"| {stage} | {_ms(figure['p50_ms'])} | {_ms(figure['p99_ms'])} | {_ms(figure['mean_ms'])} "
+              f"| {figure['count']:.0f} |" for stage, figure in stages.items()]
     return "\n".join(lines)
+
+
+def _ms(figure: float | None) -> str:
+    return "n/a" if figure is None else f"{figure:.2f} ms"
+
+
+#: The latency lines of the bench's plot: (prefix of the figures, label).
+LATENCY_LINES = (("orders", "toystore orders (committed)"), ("etcd_put", "etcd puts"))
+
+
+def latency_series(report: dict[str, Any], prefix: str, stat: str) -> tuple[list[int], list[float]]:
+    """(connections, milliseconds) of the figures ``<prefix>_c<connections>_<stat>_ms`` that
+    the run measured, by connections."""
+    points = [(clients, report["figures"].get(f"{prefix}_c{clients}_{stat}_ms"))
+              for clients in report["settings"]["order_concurrency"]]
+    measured = sorted((clients, ms) for clients, ms in points if ms is not None)
+    return [clients for clients, _ in measured], [ms for _, ms in measured]

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 from toystore.bench.etcd import etcd_cluster, find_etcd, put_job
 from toystore.bench.loadgen import Job, LoadResult, combine, find_wrk, median, run_python_load, run_wrk
 from toystore.bench.restart import GROUP_WINDOW, group_restart_under_load, restart_under_load
-from toystore.bench.stages import exposition, histogram_totals, stage_means_ms
+from toystore.bench.stages import exposition, histograms, stage_figures
 from toystore.cluster import ClusterConfig, LocalCluster, free_ports, http_json
 
 CACHED_PRODUCT = "Tux"
@@ -211,7 +211,7 @@ class Bench:
     def _orders(self, cluster: LocalCluster, clients: int) -> None:
         before = latest_order_number(cluster)
         processes = self._stage_processes(cluster) if clients == 1 else {}
-        histograms_before = {name: histogram_totals(exposition(url)) for name, url in processes.items()}
+        histograms_before = {name: histograms(exposition(url)) for name, url in processes.items()}
         result = self._drive(order_job(cluster, ORDERED_PRODUCT), clients)
         self._check_committed(cluster, f"orders_c{clients}", before, result)
         self.figures[f"orders_c{clients}_per_s"] = round(result.ok_per_second, 1)
@@ -222,11 +222,11 @@ class Bench:
         self.say(f"orders, {clients} clients: {result.ok_per_second:,.0f}/s, "
                  f"p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms")
         if processes:
-            stages = stage_means_ms(histograms_before,
-                                    {name: histogram_totals(exposition(url)) for name, url in processes.items()})
+            stages = stage_figures(histograms_before,
+                                   {name: histograms(exposition(url)) for name, url in processes.items()})
             self.details["orders_c1_stages"] = stages
-            self.say("  where a lone order's time goes (means): " +
-                     "; ".join(f"{stage} {figure['mean_ms']:.2f} ms" for stage, figure in stages.items()))
+            self.say("  where a lone order's time goes (p50): " +
+                     "; ".join(f"{stage} {figure['p50_ms']:.2f} ms" for stage, figure in stages.items()))
 
     def _drive(self, job: Job, clients: int) -> LoadResult:
         """One load point of ``job`` at ``clients`` connections, with wrk when it is there."""

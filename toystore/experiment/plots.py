@@ -32,7 +32,8 @@ def _p_axis(ax: Any, runs: Sequence[LoadRun]) -> None:
     ax.set_xlabel("order probability p")
 
 
-def _save(figure: Any, path: Path) -> None:
+def save_figure(figure: Any, path: Path) -> None:
+    """Writes ``figure`` as a PNG at ``path`` and frees it."""
     figure.tight_layout()
     figure.savefig(path, dpi=DPI)
     plt.close(figure)
@@ -55,7 +56,7 @@ def plot_latency(runs: Sequence[LoadRun], mode: str, db_delay: float, path: Path
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     figure.suptitle(f"Latency per operation vs p: {setting_label(mode, db_delay)}")
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def plot_throughput(runs: Sequence[LoadRun], path: Path) -> None:
@@ -74,7 +75,7 @@ def plot_throughput(runs: Sequence[LoadRun], path: Path) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("Throughput vs p")
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def plot_kill(kill: KillRun, path: Path) -> None:
@@ -95,4 +96,4 @@ def plot_kill(kill: KillRun, path: Path) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="upper right")
     ax.set_title(f"Latency around a leader kill ({kill['mode']}; new leader {kill['new_leader']})")
-    _save(figure, path)
+    save_figure(figure, path)
