@@ -56,3 +56,17 @@ def test_figures_are_of_the_window_only_and_unobserved_stages_are_left_out() -> 
                                                  "count": 20}
     assert "leader fsync" not in figures and "catalog fsync" not in figures  # its count did not move / no catalog
     assert "frontend: answer ready" not in figures  # no frontend scraped
+
+
+def test_the_series_of_one_stage_are_added_bucket_by_bucket() -> None:
+    # A follower's append route has one series per status; the stage is all of them.
+    exposition = "".join(
+        f'toystore_http_request_duration_seconds_bucket{{route="/<any(x):rpc>",status="{status}",le="{le}"}} {n}\n'
+        for status, counts in (("200", (3, 4)), ("400", (0, 2))) for le, n in zip(("0.001", "+Inf"), counts)
+    ) + "".join(
+        f'toystore_http_request_duration_seconds_{kind}{{route="/<any(x):rpc>",status="{status}"}} {v}\n'
+        for status, (s, c) in (("200", (0.006, 4)), ("400", (0.004, 2))) for kind, v in (("sum", s), ("count", c)))
+    figures = stage_figures({}, {"follower": histograms(exposition)})
+    assert figures["follower append (its POST)"]["count"] == 6
+    assert figures["follower append (its POST)"]["mean_ms"] == 1.667  # 10 ms over 6, to the microsecond
+    assert figures["follower append (its POST)"]["p50_ms"] == 1.0  # 3 of 6 within 1 ms

@@ -62,7 +62,8 @@ class Histogram:
 
     def plus(self, other: Histogram) -> Histogram:
         return Histogram(self.sum + other.sum, self.count + other.count,
-                         {bound: n + other.buckets.get(bound, 0.0) for bound, n in self.buckets.items()})
+                         {bound: self.buckets.get(bound, 0.0) + other.buckets.get(bound, 0.0)
+                          for bound in self.buckets.keys() | other.buckets.keys()})
 
     def quantile(self, q: float) -> float | None:
         """The ``q`` quantile (0 to 1) in seconds, interpolated inside its bucket; None when
@@ -119,8 +120,7 @@ def _window(before: Mapping[tuple[str, str], Histogram], after: Mapping[tuple[st
     total = Histogram()
     for (metric, series), histogram in after.items():
         if metric == name and labels in series:
-            observed = histogram.minus(before.get((metric, series)))
-            total = observed if not total.buckets else total.plus(observed)
+            total = total.plus(histogram.minus(before.get((metric, series))))
     return total
 
 
