@@ -2,9 +2,11 @@
 
 The frontend names the leader (``POST /set_leader``, the highest id among the replicas
 that say they are caught up). The leader reserves stock, assigns the next dense number,
-makes the order durable, pushes it to every follower (``POST /replicate_order``) and then
-answers. Followers apply pushed orders in number order and pull what they miss from the
-leader (``/latest_order_no``, pages of ``/orders_since``).
+makes the order durable, pushes it to every follower (``POST /replicate_order``, which
+answers with how far the follower holds orders durably) and then answers. Followers apply
+pushed orders in number order; the leader sends again from a follower's latest a push that
+left a gap, and followers pull what they still miss from the leader every second
+(``/latest_order_no``, pages of ``/orders_since``).
 
 No replica serves, leads or takes pushes before it has caught up: at start, on being
 named leader and after its history is seen to conflict, it pulls from the current leader
@@ -174,8 +176,7 @@ class PrimaryBackupReplica:
         except Exception as e:
             log.error("Order {number} is numbered but could not be made durable: {error}", number=order.number, error=e)
             raise unavailable("The order could not be made durable; retry with the same Idempotency-Key.") from None
-        held = await defer.gatherResults([defer.ensureDeferred(self._push(peer, order.number))
-                                          for peer in self._peers])
+        held = await defer.gatherResults([defer.ensureDeferred(self._push(peer)) for peer in self._peers])
         if self._peers and not any(held):
             # Only this replica holds it: if it dies now, the order is moved aside on its return and its
             # reservation released, which the catalog refuses once confirmed.
@@ -193,39 +194,54 @@ class PrimaryBackupReplica:
 
     # -- pushing to followers -------------------------------------------------------
 
-    async def _push(self, peer: int, up_to: int) -> bool:
-        """Sends ``peer`` the orders it lacks up to ``up_to``; one push per follower at a time, in order.
+    async def _push(self, peer: int) -> bool:
+        """Sends ``peer`` the durable orders it lacks; one push per follower at a time, in order.
+        A push carries every order made durable while the one before it was out, so under load
+        a follower gets one request (and one fsync) per round trip, not one per order.
 
-        :return: whether the peer holds them now."""
+        :return: whether the peer holds every order that was durable when the caller asked."""
         if peer in self._behind:
             return False  # noted: the loop probes it and catches it up, so orders need not wait on it
         async with self._push_locks[peer]:
             if peer in self._behind:
                 return False  # an earlier push to it failed while this one waited
+            up_to = self.orders.durable_number
             acked = self._acked[peer]
             start = up_to if acked is None else acked + 1
+            gapped = False
             while start <= up_to:
                 # Each batch repeats the order before it, so a follower whose history forked notices.
                 first = max(start - 1, 0)
                 batch = [o.replicated() for o in self.orders.page(first - 1, min(MAX_BATCH, up_to - first + 1))]
-                if not await self._send(peer, batch):
+                held = await self._send(peer, batch)
+                if held is None or (held < batch[-1]["number"] and gapped):
                     self._behind.add(peer)
                     return False
+                if held < batch[-1]["number"]:
+                    # It lacks orders before the batch (a new leader does not know what a follower
+                    # holds): they go at once, from its latest on.
+                    gapped = True
+                    start = held + 1
+                    continue
                 start = batch[-1]["number"] + 1
                 self._acked[peer] = start - 1
             return True
 
-    async def _send(self, peer: int, batch: list[dict[str, Any]]) -> bool:
+    async def _send(self, peer: int, batch: list[dict[str, Any]]) -> int | None:
+        """Pushes ``batch``; returns the peer's latest durable order number, None when it did not take it."""
         try:
             status, body = await self._call(peer, "POST", "/replicate_order", {"orders": batch})
         except Exception as e:
             log.warn("Replica {peer} missed orders {first}..{last} ({error}); it will be caught up",
                      peer=peer, first=batch[0]["number"], last=batch[-1]["number"], error=e.__class__.__name__)
-            return False
-        if status != 200:
+            return None
+        data = body.get("data")
+        latest = data.get("latest_order_no") if status == 200 and isinstance(data, dict) else None
+        if type(latest) is not int:
             log.warn("Replica {peer} refused orders {first}..{last}: {status} {body}",
                      peer=peer, first=batch[0]["number"], last=batch[-1]["number"], status=status, body=body)
-        return status == 200
+            return None
+        return latest
 
     async def _probe_behind(self) -> None:
         """The leader brings noted followers up to date once they say they are caught up."""
@@ -236,7 +252,7 @@ class PrimaryBackupReplica:
             self._acked[peer] = view.latest
             self._behind.discard(peer)
             log.info("Replica {peer} answers again at order {latest}; catching it up", peer=peer, latest=view.latest)
-            if await self._push(peer, self.orders.latest_number):
+            if await self._push(peer):
                 await self._confirm_held_by(self._acked[peer])
 
     async def _confirm_held_by(self, acked: int | None) -> None:
@@ -264,21 +280,19 @@ class PrimaryBackupReplica:
         if not self.ready:
             # Pushes could overtake the answers of its own pulls; the leader pushes again once it is caught up.
             raise unavailable(f"Replica {self.id} is catching up and takes no pushes until it has.")
-        complete, new = self._apply(incoming)
-        if not complete:
-            log.info("Orders from {first} leave a gap after {latest}; pulling the missing ones",
-                     first=incoming[0].number, latest=self.orders.latest_number)
-            self._background(self._catch_up())
-        # The leader hears back only once the orders are durable here.
+        new = self._apply(incoming)
+        # The leader hears back only once the orders are durable here, and how far this replica
+        # holds them: a push that leaves a gap acknowledges nothing, and the leader sends what
+        # lies between at once.
         await self._save(new)
         if self._conflict is not None:
             raise ApiError(409, f"Order {self._conflict} differs from this replica's; it is catching up.")
-        return {}
+        return {"latest_order_no": self.orders.durable_number}
 
-    def _apply(self, incoming: Iterable[Order]) -> tuple[bool, list[Order]]:
-        """Applies the orders that extend this replica's history.
+    def _apply(self, incoming: Iterable[Order]) -> list[Order]:
+        """Applies the orders that extend this replica's history, up to a gap or a conflict.
 
-        :return: False on a gap, and the orders applied, which the caller makes durable."""
+        :return: the orders applied, which the caller makes durable."""
         new: list[Order] = []
         for order in incoming:
             mine = self.orders.get(order.number)
@@ -293,8 +307,8 @@ class PrimaryBackupReplica:
                     break
                 new.append(applied.order)
             else:
-                return self._conflict is not None, new
-        return True, new
+                break
+        return new
 
     def _conflicted(self, mine: Order, theirs: Order) -> None:
         """Histories forked (a leader died holding orders it never pushed): this replica stops
@@ -347,7 +361,7 @@ class PrimaryBackupReplica:
         :raises Forked: when an order differs (the sync that :meth:`_conflicted` starts resolves it)."""
         while True:
             page = await self._page(peer, self.orders.latest_number)
-            new = self._apply(page.orders)[1]
+            new = self._apply(page.orders)
             await self._save(new)
             if self._conflict is not None:
                 raise Forked(f"replica {peer} holds a different order {self._conflict}")

@@ -160,6 +160,11 @@ class OrderStateMachine:
                        if (order := self._recent.get(number)) is not None]
 
     @property
+    def durable_number(self) -> int:
+        """The highest order number in the table, every one below it too; without a table, the latest."""
+        return self._durable if self._table is not None else self._latest
+
+    @property
     def latest_number(self) -> int:
         """The highest order number, -1 when there is none."""
         return self._latest
