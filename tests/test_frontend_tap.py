@@ -14,8 +14,8 @@ from twisted.python.failure import Failure
 from toystore.config import CommonOptions
 from toystore.frontend import tap
 from toystore.frontend.leader import OrderLeaderTracker
-from toystore.frontend.service import FrontendService
 from toystore.http import HTTPPoolService
+from toystore.runtime import StartsAfterChildren
 
 from test_frontend_leader import FakeNetwork
 
@@ -70,17 +70,17 @@ def test_missing_token_refuses_to_start() -> None:
 def test_make_service_listens_where_told() -> None:
     options = parse(["--port", "9123", "--interface", "127.0.0.2"], {"TOYSTORE_CLUSTER_TOKEN": "t"})
     service = tap.makeService(options)
-    assert isinstance(service, FrontendService)
+    assert isinstance(service, StartsAfterChildren) and isinstance(service.runs, OrderLeaderTracker)
     [listener] = [child for child in service if isinstance(child, TCPServer)]
     assert listener.args[0] == 9123
     assert listener.kwargs["interface"] == "127.0.0.2"
-    assert service.tracker.replicas == {1: "http://127.0.0.1:8101", 2: "http://127.0.0.1:8102",
+    assert service.runs.replicas == {1: "http://127.0.0.1:8101", 2: "http://127.0.0.1:8102",
                                         3: "http://127.0.0.1:8103"}
 
 
 def test_insecure_starts_without_token() -> None:
     options = parse(["--insecure"])
-    assert isinstance(tap.makeService(options), FrontendService)
+    assert isinstance(tap.makeService(options), StartsAfterChildren)
 
 
 class FakePool:
@@ -99,7 +99,7 @@ def test_service_runs_health_checks_only_while_started() -> None:
     network.replicas[2].lead(1)
     tracker = OrderLeaderTracker({1: network.url_of(1), 2: network.url_of(2)}, network, clock, "t")  # type: ignore[arg-type]
     pool = FakePool()
-    service = FrontendService(tracker)
+    service = StartsAfterChildren(tracker)
     HTTPPoolService(pool).setServiceParent(service)  # type: ignore[arg-type]
     clock.advance(5)
     assert network.replicas[2].requests == []

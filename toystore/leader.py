@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
-from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IReactorTime
@@ -24,6 +23,7 @@ from twisted.python.failure import Failure
 
 from toystore.deferreds import Coalescer, SingleFlight
 from toystore.http import ApiError, JsonClient, fetch_json, split_batch_answer
+from toystore.runtime import StartsAfterChildren
 
 ROLES = ("leader", "follower", "candidate")
 RETRY_AFTER = {"Retry-After": "1"}
@@ -325,20 +325,9 @@ def leadership_of(address: str | Mapping[int, str], client: JsonClient, clock: I
     return LeaderTracker(address, client, clock, token, group=group)
 
 
-class HealthChecks(Service):
+class HealthChecks(StartsAfterChildren):
     """Polls a group's members while the service runs (a lone member: nothing to poll).
     Put it after the HTTP pool's service, so that it stops before the pool closes."""
-
-    def __init__(self, leadership: Leadership) -> None:
-        self._leadership = leadership
-
-    def startService(self) -> None:
-        super().startService()
-        self._leadership.start()
-
-    def stopService(self) -> None:
-        self._leadership.stop()
-        super().stopService()
 
 
 class _AnsweredWhole(Exception):

@@ -14,21 +14,22 @@ class Runs(Protocol):
     def stop(self) -> None: ...
 
 
-class ReplicaService(MultiService):
-    """Starts a replica (an order replica, a catalog member) after its children (database,
-    HTTP pool, listening port), and stops it before them; children stop in reverse: the
-    port, the pool, the database."""
+class StartsAfterChildren(MultiService):
+    """Starts ``runs`` (a replica, the frontend's leader tracker, a group's health checks)
+    after its children (database, HTTP pool, listening port), and stops it before them, so
+    it never calls out through a pool that is closed; children stop in reverse: the port,
+    the pool, the database."""
 
-    def __init__(self, replica: Runs) -> None:
+    def __init__(self, runs: Runs) -> None:
         super().__init__()
-        self.replica = replica
+        self.runs = runs
 
     def startService(self) -> None:
         super().startService()
-        self.replica.start()
+        self.runs.start()
 
     def stopService(self) -> Any:
-        self.replica.stop()
+        self.runs.stop()
         return super().stopService()
 
 

@@ -25,7 +25,7 @@ from toystore.metrics import catalog_metrics
 from toystore.raft.host import build_node
 from toystore.raft.membership import Configuration
 from toystore.raft.node import Timing
-from toystore.runtime import GarbageCollectorTuning, ReplicaService
+from toystore.runtime import GarbageCollectorTuning, StartsAfterChildren
 
 log = Logger()
 
@@ -164,7 +164,7 @@ def make_catalog_member_service(
              "members {members}", id=member_id, term=state.hard_state.term, snapshot=node.core.snapshot_index,
              entries=len(state.entries), members=", ".join(str(m.id) for m in node.core.configuration.members))
 
-    top = ReplicaService(replica)
+    top = StartsAfterChildren(replica)
     parts: list[tuple[str, Service]] = [
         ("database", DatabaseService(db)),
         ("http-pool", HTTPPoolService(http_pool)),

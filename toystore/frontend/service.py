@@ -6,8 +6,6 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from twisted.application.internet import TCPServer
-from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
 from toystore.frontend.api import FrontendApi, Product
@@ -16,26 +14,7 @@ from toystore.frontend.leader import OrderCaller, OrderLeaderTracker
 from toystore.http import LISTEN_BACKLOG, HTTPPoolService, QuietSite, api_root, make_internal_client
 from toystore.leader import HealthChecks, leadership_of
 from toystore.metrics import frontend_metrics
-from toystore.runtime import GarbageCollectorTuning
-
-
-class FrontendService(MultiService):
-    """Runs the order leader's health checks while started.
-
-    :param tracker: started in startService, stopped in stopService.
-    """
-
-    def __init__(self, tracker: OrderLeaderTracker) -> None:
-        super().__init__()
-        self.tracker = tracker
-
-    def startService(self) -> None:
-        super().startService()
-        self.tracker.start()
-
-    def stopService(self) -> Deferred[Any]:
-        self.tracker.stop()
-        return super().stopService()
+from toystore.runtime import GarbageCollectorTuning, StartsAfterChildren
 
 
 def build_frontend(
@@ -47,7 +26,7 @@ def build_frontend(
     catalog_url: str | Mapping[int, str],
     replicas: Mapping[int, str],
     token: str | None,
-) -> FrontendService:
+) -> StartsAfterChildren:
     """Wire the frontend: one treq client on a persistent pool shared by every outbound call.
 
     :param reactor: an IReactorTCP and IReactorTime (the global reactor in production).
@@ -60,7 +39,7 @@ def build_frontend(
     catalog = leadership_of(catalog_url, client, clock, token, group="catalog")
     cache: LruCache[Product] = LruCache(cache_size)
     api = FrontendApi(catalog, cache, tracker, caller, client, clock, token)
-    service = FrontendService(tracker)
+    service = StartsAfterChildren(tracker)  # the order leader's health checks run while started
     GarbageCollectorTuning().setServiceParent(service)
     HTTPPoolService(pool).setServiceParent(service)  # stopped after the listener: children stop in reverse
     HealthChecks(catalog).setServiceParent(service)

@@ -27,7 +27,7 @@ from toystore.raft.node import Timing
 from toystore.raft.snapshots import SnapshotSender
 from toystore.raft.sqlite_log import RaftState
 from toystore.raft.transport import HttpTransport
-from toystore.runtime import GarbageCollectorTuning, ReplicaService
+from toystore.runtime import GarbageCollectorTuning, StartsAfterChildren
 
 log = Logger()
 
@@ -59,8 +59,8 @@ def _open_parts(reactor: Any, node_id: int, catalog_url: str | Mapping[int, str]
 
 def _serve(reactor: Any, replica: RaftReplica | PrimaryBackupReplica, parts: ReplicaParts, token: str | None,
            interface: str, port: int, transport: HttpTransport | None = None,
-           snapshots: SnapshotSender | None = None) -> ReplicaService:
-    top = ReplicaService(replica)
+           snapshots: SnapshotSender | None = None) -> StartsAfterChildren:
+    top = StartsAfterChildren(replica)
     GarbageCollectorTuning().setServiceParent(top)
     DatabaseService(parts.db).setServiceParent(top)
     HTTPPoolService(parts.http_pool).setServiceParent(top)
@@ -74,7 +74,7 @@ def _serve(reactor: Any, replica: RaftReplica | PrimaryBackupReplica, parts: Rep
 def build_raft_replica(*, reactor: Any, node_id: int, replicas: Mapping[int, str], catalog_url: str,
                        data_dir: Path, token: str | None, interface: str, port: int,
                        db_delay: float = 0.0, timing: Timing = Timing(),
-                       snapshot_every: int = DEFAULT_SNAPSHOT_EVERY, join: bool = False) -> ReplicaService:
+                       snapshot_every: int = DEFAULT_SNAPSHOT_EVERY, join: bool = False) -> StartsAfterChildren:
     """One Raft order replica listening on ``interface:port``, its files in ``data_dir/order-N``.
 
     :param replicas: the group a first start makes, unless ``join``; later starts take
@@ -103,7 +103,7 @@ def build_raft_replica(*, reactor: Any, node_id: int, replicas: Mapping[int, str
 
 def build_primary_backup_replica(*, reactor: Any, node_id: int, replicas: Mapping[int, str], catalog_url: str,
                                  data_dir: Path, token: str | None, interface: str, port: int,
-                                 db_delay: float = 0.0) -> ReplicaService:
+                                 db_delay: float = 0.0) -> StartsAfterChildren:
     """One primary-backup order replica listening on ``interface:port``, its files in ``data_dir/order-N``."""
     parts = _open_parts(reactor, node_id, catalog_url, data_dir, token, db_delay)
     replica = PrimaryBackupReplica(node_id, parts.store, parts.catalog, parts.http_client, replicas,
