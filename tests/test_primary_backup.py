@@ -355,6 +355,49 @@ def test_raft_endpoints_are_404_in_this_mode(cluster: Cluster) -> None:
     assert "primary-backup" in payload["error"]["message"]
 
 
+def test_a_push_of_orders_a_pull_applied_is_answered_once_the_pulls_write_is_durable(tmp_path: Path) -> None:
+    """A pull and a push can carry the same orders: the second to arrive applies nothing, and
+    must not answer before the first one's write is on disk."""
+    held: list[tuple[defer.Deferred, Any]] = []
+
+    def gated(blocking: Any) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        held.append((d, blocking))
+        return d
+
+    clock = Clock()
+    db = Database(connect(tmp_path / "order-1.sqlite3", SCHEMA), clock, runner=gated)
+    replica = PrimaryBackupReplica(1, ReplicaStore(db), FakeCatalog(), Network(), {1: REPLICAS[1]},
+                                   clock=clock, token=TOKEN, aside=MovedAsideStore(db))  # type: ignore[arg-type]
+    replica.start()
+    push = {"orders": [{"number": 0, "request_id": "a", "name": "Tux", "quantity": 1}]}
+    first: list[Any] = []
+    second: list[Any] = []
+    defer.ensureDeferred(replica.receive_peer("replicate_order", push)).addBoth(first.append)
+    defer.ensureDeferred(replica.receive_peer("replicate_order", push)).addBoth(second.append)
+    assert first == second == [] and len(held) == 1
+    while held:
+        write, blocking = held.pop(0)
+        write.callback(blocking())
+        if held:
+            assert second == []  # its empty write waits in the group after the first one's
+    assert first == second == [{"latest_order_no": 0}]
+    replica.stop()
+
+
+def test_a_follower_that_takes_pushes_pulls_nothing_and_one_that_takes_none_pulls(cluster: Cluster) -> None:
+    def pulls() -> int:
+        return sum(1 for _, url in cluster.network.log if url.endswith("/latest_order_no"))
+
+    before = pulls()
+    for i in range(30):
+        cluster.order(cluster.replicas[3], f"k{i}")
+        cluster.run(0.1)
+    assert pulls() == before
+    cluster.run(2.05)
+    assert pulls() >= before + 2  # each follower, once pushes stopped
+
+
 def test_a_follower_answers_a_push_only_once_the_orders_are_durable(tmp_path: Path) -> None:
     held: list[tuple[defer.Deferred, Any]] = []
 

@@ -5,8 +5,8 @@ that say they are caught up). The leader reserves stock, assigns the next dense 
 makes the order durable, pushes it to every follower (``POST /replicate_order``, which
 answers with how far the follower holds orders durably) and then answers. Followers apply
 pushed orders in number order; the leader sends again from a follower's latest a push that
-left a gap, and followers pull what they still miss from the leader every second
-(``/latest_order_no``, pages of ``/orders_since``).
+left a gap, and a follower that has taken no push for a second pulls what it misses from
+the leader (``/latest_order_no``, pages of ``/orders_since``).
 
 No replica serves, leads or takes pushes before it has caught up: at start, on being
 named leader and after its history is seen to conflict, it pulls from the current leader
@@ -48,7 +48,7 @@ log = Logger()
 RAFT_ENDPOINTS = frozenset({"append_entries", "request_vote", "commit_entries", "truncate_log", "timeout_now"})
 PEER_TIMEOUT = 1.0        # a follower that does not answer a push by then is noted as behind
 PAGE_TIMEOUT = 5.0        # one page of PULL_PAGE orders
-CATCH_UP_INTERVAL = 1.0   # how often followers pull, the leader re-probes followers it noted, failed syncs retry
+CATCH_UP_INTERVAL = 1.0   # how often followers that take no pushes pull, the leader re-probes followers it noted, failed syncs retry
 MAX_BATCH = 1000          # orders per /replicate_order push
 PULL_PAGE = 1000          # orders per /orders_since page a puller asks for
 WAITING_WARN_EVERY = 10.0  # how often a replica that no peer answers says, in its log, that it waits
@@ -128,6 +128,7 @@ class PrimaryBackupReplica:
         self._acked: dict[int, int | None] = dict.fromkeys(self._peers)
         self._behind: set[int] = set()
         self._push_locks = {i: defer.DeferredLock() for i in self._peers}
+        self._pushed_at: float | None = None  # when this replica last took a push
         self._pull_lock = defer.DeferredLock()
         self._loop = LoopingCall(self._tick_logged)
         self._loop.clock = clock
@@ -281,10 +282,13 @@ class PrimaryBackupReplica:
             # Pushes could overtake the answers of its own pulls; the leader pushes again once it is caught up.
             raise unavailable(f"Replica {self.id} is catching up and takes no pushes until it has.")
         new = self._apply(incoming)
+        self._pushed_at = self._clock.seconds()
         # The leader hears back only once the orders are durable here, and how far this replica
         # holds them: a push that leaves a gap acknowledges nothing, and the leader sends what
         # lies between at once.
         await self._save(new)
+        if self.orders.durable_number < min(incoming[-1].number, self.orders.latest_number):
+            await self._store.flushed()  # a pull applied some of them, and its write is still under way
         if self._conflict is not None:
             raise ApiError(409, f"Order {self._conflict} differs from this replica's; it is catching up.")
         return {"latest_order_no": self.orders.durable_number}
@@ -554,6 +558,11 @@ class PrimaryBackupReplica:
             return
         if self.leader_id == self.id:
             await self._probe_behind()
-        else:
+        elif not self._taking_pushes():
             await self._catch_up()
         await self._settle_moved_aside()
+
+    def _taking_pushes(self) -> bool:
+        """Whether a push came within the last interval: then the leader tracks this follower
+        and sends whatever it lacks, and a pull would fetch the same orders a second time."""
+        return self._pushed_at is not None and self._clock.seconds() - self._pushed_at < CATCH_UP_INTERVAL
