@@ -20,6 +20,7 @@ from toystore.db import Database, connect
 from toystore.http import ApiError
 from toystore.order.api import OrderApi
 from toystore.order.moved_aside import MovedAsideStore
+from toystore.order import primary_backup
 from toystore.order.primary_backup import PrimaryBackupReplica
 from toystore.order.state import Order
 from toystore.order.store import SCHEMA, ReplicaStore
@@ -329,6 +330,57 @@ def test_a_returning_leader_moves_its_lost_order_aside_and_adopts_the_leaders_hi
     placed = cluster.order(returned, "k9")
     cluster.settle()
     assert placed[0].number == 2
+
+
+def test_a_deposed_leader_moves_aside_the_tail_it_never_pushed_and_adopts_the_new_leaders_history(
+        cluster: Cluster) -> None:
+    """Replica 3 numbers an order no follower took, then is cut off; replica 2 is named and
+    numbers another order with the same number. Told of it, replica 3 adopts replica 2's
+    history. Before, it kept its own order under that number, and replica 2 (its probe taking
+    the health check's count as an acknowledgement) confirmed its own order as held there."""
+    cluster.network.down.update({"r1", "r2"})
+    cluster.order(cluster.replicas[3], "lost")
+    cluster.settle()
+    cluster.network.down = {"r3"}
+    for i in (1, 2):
+        cluster.replicas[i].set_leader(2)
+    cluster.settle()
+    cluster.network.down = {"r1"}
+    cluster.order(cluster.replicas[2], "kept")
+    cluster.settle()
+    assert cluster.held(2) == [(0, "kept")] and cluster.held(3) == [(0, "lost")]
+    assert "kept" not in cluster.catalog.settled  # no follower holds it yet
+    cluster.replicas[3].set_leader(2)
+    cluster.run(1.1)
+    assert cluster.held(3) == cluster.held(2) == [(0, "kept")]
+    assert cluster.catalog.settled == {"kept": "confirm", "lost": "release"}
+
+
+def test_a_leader_takes_no_pushes(cluster: Cluster) -> None:
+    status, payload = cluster.post(3, "/replicate_order", {"orders": [
+        {"number": 0, "request_id": "k0", "name": "Tux", "quantity": 1}]})
+    assert status == 409 and "leads" in payload["error"]["message"]
+    assert cluster.held(3) == []
+
+
+def test_a_follower_far_behind_pulls_by_itself_and_is_pushed_to_once_it_is_close(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pushing it the whole lag would hold every order placed meanwhile behind that catch-up."""
+    monkeypatch.setattr(primary_backup, "MAX_BATCH", 3)
+    cluster.network.down.add("r1")
+    cluster.place_all(3, [f"k{i}" for i in range(10)])
+    cluster.network.down.discard("r1")
+    cluster.network.failing = {"/orders_since"}  # its pulls fail for now: it stays far behind
+    cluster.network.log.clear()
+    cluster.run(2.1)
+    assert cluster.held(1) == []
+    assert "http://r1/replicate_order" not in [url for _, url in cluster.network.log]
+    cluster.network.failing = set()
+    cluster.run(2.1)  # it pulls; then the probe finds it close
+    assert cluster.held(1) == cluster.held(3)
+    cluster.place_all(3, ["k10"])
+    assert cluster.held(1)[-1] == (10, "k10")
+    assert "http://r1/replicate_order" in [url for _, url in cluster.network.log]
 
 
 @pytest.mark.parametrize("body", [

@@ -214,8 +214,11 @@ class PrimaryBackupReplica:
                 # Each batch repeats the order before it, so a follower whose history forked notices.
                 first = max(start - 1, 0)
                 batch = [o.replicated() for o in self.orders.page(first - 1, min(MAX_BATCH, up_to - first + 1))]
+                if not batch or batch[-1]["number"] < start:
+                    return False  # this history was cut back meanwhile: what was to go is moved aside
                 held = await self._send(peer, batch)
-                if held is None or (held < batch[-1]["number"] and gapped):
+                if held is None or (held < batch[-1]["number"] and (gapped or up_to - held > MAX_BATCH)):
+                    # Failed, or far behind: orders go on without it while it pulls and the probe waits.
                     self._behind.add(peer)
                     return False
                 if held < batch[-1]["number"]:
@@ -248,9 +251,11 @@ class PrimaryBackupReplica:
         """The leader brings noted followers up to date once they say they are caught up."""
         for peer in sorted(self._behind):
             view = await self._view_of(peer)
-            if view is None or not view.caught_up:
-                continue
-            self._acked[peer] = view.latest
+            if view is None or not view.caught_up or self.orders.durable_number - view.latest > MAX_BATCH:
+                continue  # far behind, it pulls by itself, and no order waits on its catch-up meanwhile
+            # Its health check is no acknowledgement (what it holds may be a forked tail, or not yet
+            # durable): the first push, answered with its durable latest, says where to start.
+            self._acked[peer] = None
             self._behind.discard(peer)
             log.info("Replica {peer} answers again at order {latest}; catching it up", peer=peer, latest=view.latest)
             if await self._push(peer):
@@ -278,11 +283,13 @@ class PrimaryBackupReplica:
         incoming = parse_replicated_orders(body.get("orders"))
         if not incoming:
             raise ApiError(400, "'orders' must be a non-empty list of orders.")
+        if self.leader_id == self.id:
+            # A deposed leader that has not heard yet: its orders would interleave with this one's numbering.
+            raise ApiError(409, f"Replica {self.id} leads and takes no pushes.")
         if not self.ready:
             # Pushes could overtake the answers of its own pulls; the leader pushes again once it is caught up.
             raise unavailable(f"Replica {self.id} is catching up and takes no pushes until it has.")
         new = self._apply(incoming)
-        self._pushed_at = self._clock.seconds()
         # The leader hears back only once the orders are durable here, and how far this replica
         # holds them: a push that leaves a gap acknowledges nothing, and the leader sends what
         # lies between at once.
@@ -291,6 +298,8 @@ class PrimaryBackupReplica:
             await self._store.flushed()  # a pull applied some of them, and its write is still under way
         if self._conflict is not None:
             raise ApiError(409, f"Order {self._conflict} differs from this replica's; it is catching up.")
+        if self.orders.durable_number >= incoming[-1].number:
+            self._pushed_at = self._clock.seconds()
         return {"latest_order_no": self.orders.durable_number}
 
     def _apply(self, incoming: Iterable[Order]) -> list[Order]:
@@ -447,6 +456,7 @@ class PrimaryBackupReplica:
         # Durable first: until then, the table would still answer for the moved request ids.
         await self._aside.move(tail, self._clock.seconds())
         self.orders.truncate_from(fork)
+        self._acked = dict.fromkeys(self._peers)  # what followers acknowledged may be among them
         self._unsettled = True
 
     # -- moved-aside reservations ---------------------------------------------------
@@ -539,7 +549,12 @@ class PrimaryBackupReplica:
             self._acked = dict.fromkeys(self._peers)
             self._behind.clear()
             self._background(self._sync())
-        elif replica_id != self.id:
+        elif was_leader:
+            # It may hold orders it made durable and never pushed: it adopts the new leader's
+            # history, moving aside what differs, before it serves or takes pushes again.
+            self.ready = False
+            self._background(self._sync())
+        else:
             self._background(self._catch_up())
 
     def _background(self, work: Any) -> defer.Deferred:
