@@ -407,9 +407,10 @@ def test_raft_endpoints_are_404_in_this_mode(cluster: Cluster) -> None:
     assert "primary-backup" in payload["error"]["message"]
 
 
-def test_a_push_of_orders_a_pull_applied_is_answered_once_the_pulls_write_is_durable(tmp_path: Path) -> None:
-    """A pull and a push can carry the same orders: the second to arrive applies nothing, and
-    must not answer before the first one's write is on disk."""
+def _lone_replica_with_held_writes(tmp_path: Path) -> tuple[PrimaryBackupReplica, Database,
+                                                             list[tuple[defer.Deferred, Any]]]:
+    """The only replica configured (it has no peer to wait for, so it is caught up at once),
+    on a database whose writes go to disk only when the test lets each one through."""
     held: list[tuple[defer.Deferred, Any]] = []
 
     def gated(blocking: Any) -> defer.Deferred:
@@ -422,6 +423,14 @@ def test_a_push_of_orders_a_pull_applied_is_answered_once_the_pulls_write_is_dur
     replica = PrimaryBackupReplica(1, ReplicaStore(db), FakeCatalog(), Network(), {1: REPLICAS[1]},
                                    clock=clock, token=TOKEN, aside=MovedAsideStore(db))  # type: ignore[arg-type]
     replica.start()
+    assert replica.ready
+    return replica, db, held
+
+
+def test_a_push_of_orders_a_pull_applied_is_answered_once_the_pulls_write_is_durable(tmp_path: Path) -> None:
+    """A pull and a push can carry the same orders: the second to arrive applies nothing, and
+    must not answer before the first one's write is on disk."""
+    replica, _, held = _lone_replica_with_held_writes(tmp_path)
     push = {"orders": [{"number": 0, "request_id": "a", "name": "Tux", "quantity": 1}]}
     first: list[Any] = []
     second: list[Any] = []
@@ -451,21 +460,7 @@ def test_a_follower_that_takes_pushes_pulls_nothing_and_one_that_takes_none_pull
 
 
 def test_a_follower_answers_a_push_only_once_the_orders_are_durable(tmp_path: Path) -> None:
-    held: list[tuple[defer.Deferred, Any]] = []
-
-    def gated(blocking: Any) -> defer.Deferred:
-        d: defer.Deferred = defer.Deferred()
-        held.append((d, blocking))
-        return d
-
-    clock = Clock()
-    db = Database(connect(tmp_path / "order-1.sqlite3", SCHEMA), clock, runner=gated)
-    store = ReplicaStore(db)
-    # The only replica configured: it has no peer to wait for, so it is caught up at once.
-    replica = PrimaryBackupReplica(1, store, FakeCatalog(), Network(), {1: REPLICAS[1]},
-                                   clock=clock, token=TOKEN, aside=MovedAsideStore(db))  # type: ignore[arg-type]
-    replica.start()
-    assert replica.ready
+    replica, db, held = _lone_replica_with_held_writes(tmp_path)
     answered: list[Any] = []
     push = {"orders": [{"number": 0, "request_id": "a", "name": "Tux", "quantity": 1}]}
     defer.ensureDeferred(replica.receive_peer("replicate_order", push)).addBoth(answered.append)
