@@ -407,7 +407,7 @@ def test_raft_endpoints_are_404_in_this_mode(cluster: Cluster) -> None:
     assert "primary-backup" in payload["error"]["message"]
 
 
-def _lone_replica_with_held_writes(tmp_path: Path) -> tuple[PrimaryBackupReplica, Database,
+def _lone_replica_with_held_writes(tmp_path: Path) -> tuple[PrimaryBackupReplica, Database, Clock,
                                                              list[tuple[defer.Deferred, Any]]]:
     """The only replica configured (it has no peer to wait for, so it is caught up at once),
     on a database whose writes go to disk only when the test lets each one through."""
@@ -424,13 +424,13 @@ def _lone_replica_with_held_writes(tmp_path: Path) -> tuple[PrimaryBackupReplica
                                    clock=clock, token=TOKEN, aside=MovedAsideStore(db))  # type: ignore[arg-type]
     replica.start()
     assert replica.ready
-    return replica, db, held
+    return replica, db, clock, held
 
 
 def test_a_push_of_orders_a_pull_applied_is_answered_once_the_pulls_write_is_durable(tmp_path: Path) -> None:
     """A pull and a push can carry the same orders: the second to arrive applies nothing, and
     must not answer before the first one's write is on disk."""
-    replica, _, held = _lone_replica_with_held_writes(tmp_path)
+    replica, _, _, held = _lone_replica_with_held_writes(tmp_path)
     push = {"orders": [{"number": 0, "request_id": "a", "name": "Tux", "quantity": 1}]}
     first: list[Any] = []
     second: list[Any] = []
@@ -460,7 +460,7 @@ def test_a_follower_that_takes_pushes_pulls_nothing_and_one_that_takes_none_pull
 
 
 def test_a_follower_answers_a_push_only_once_the_orders_are_durable(tmp_path: Path) -> None:
-    replica, db, held = _lone_replica_with_held_writes(tmp_path)
+    replica, db, _, held = _lone_replica_with_held_writes(tmp_path)
     answered: list[Any] = []
     push = {"orders": [{"number": 0, "request_id": "a", "name": "Tux", "quantity": 1}]}
     defer.ensureDeferred(replica.receive_peer("replicate_order", push)).addBoth(answered.append)
@@ -470,3 +470,24 @@ def test_a_follower_answers_a_push_only_once_the_orders_are_durable(tmp_path: Pa
     assert answered == [{"latest_order_no": 0}]
     assert [o.request_id for o in ReplicaStore(db).orders.page(-1, 10)] == ["a"]
     replica.stop()
+
+
+def test_a_replica_whose_write_failed_stops_taking_part_until_it_is_restarted(tmp_path: Path) -> None:
+    """Its memory holds orders its disk may not: it must not push, serve or acknowledge them,
+    and nothing but a restart (which reads the disk) makes it caught up again."""
+    replica, _, clock, held = _lone_replica_with_held_writes(tmp_path)
+    replica.set_leader(1)
+    answered: list[Any] = []
+    defer.ensureDeferred(replica.place_order("a", "Tux", 1)).addBoth(answered.append)
+    write, _ = held.pop()
+    write.errback(Failure(OSError("disk I/O error")))
+    assert isinstance(answered[0].value, ApiError) and answered[0].value.code == 503
+    assert not replica.status()["caught_up"]
+    clock.advance(5)  # where a replica not caught up syncs again, each second
+    assert not replica.ready
+    refused: list[Any] = []
+    defer.ensureDeferred(replica.place_order("b", "Tux", 1)).addBoth(refused.append)
+    defer.ensureDeferred(replica.read_order(0)).addBoth(refused.append)
+    assert [r.value.code for r in refused] == [503, 503] and held == []
+    replica.stop()
+

@@ -32,6 +32,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from toystore.db import DatabaseClosed
 from toystore.deferreds import SingleFlight
 from toystore.http import MAX_BATCH_ITEMS, ApiError, JsonClient, fetch_json, require_batch
 from toystore.order.catalog_client import CatalogClient
@@ -116,6 +117,7 @@ class PrimaryBackupReplica:
         self.leader_id: int | None = None
         # Caught up: False until a sync with the peers is done (at start, on becoming leader, after a conflict).
         self.ready = False
+        self._halted = False  # a durable write failed: never caught up again before a restart
         self._conflict: int | None = None  # the number at which a peer's order differed, until resolved
         self._waiting_since: float | None = None  # since when no peer answered its sync; None: not waiting
         self._waiting_warned: float | None = None
@@ -172,11 +174,7 @@ class PrimaryBackupReplica:
             raise unavailable("Leadership moved while the order was placed; retry with the same Idempotency-Key.")
         # Synchronous, so concurrent orders get dense numbers; their saves join group commits in this order.
         order = self.orders.apply(OrderCommand(request_id, name, quantity)).order
-        try:
-            await self._store.save(Changes(orders=[order]))
-        except Exception as e:
-            log.error("Order {number} is numbered but could not be made durable: {error}", number=order.number, error=e)
-            raise unavailable("The order could not be made durable; retry with the same Idempotency-Key.") from None
+        await self._save([order])
         held = await defer.gatherResults([defer.ensureDeferred(self._push(peer)) for peer in self._peers])
         if self._peers and not any(held):
             # Only this replica holds it: if it dies now, the order is moved aside on its return and its
@@ -334,8 +332,26 @@ class PrimaryBackupReplica:
             self._background(self._sync())
 
     async def _save(self, new: list[Order]) -> None:
-        if new:
+        """Makes ``new`` durable; a write that fails halts this replica."""
+        if not new:
+            return
+        try:
             await self._store.save(Changes(orders=new))
+        except Exception as e:
+            self._halt(e)
+            raise unavailable(f"Replica {self.id} could not make orders durable and stopped taking part; "
+                              "retry with the same Idempotency-Key.") from None
+
+    def _halt(self, error: Exception) -> None:
+        """A failed durable write leaves memory ahead of disk: this replica stops taking part
+        (fail-stop, as Raft mode does), so that it never pushes, serves or acknowledges what its
+        disk may not hold; it answers 503 until restarted, when it recovers from disk."""
+        if not isinstance(error, DatabaseClosed):  # else the service is stopping anyway
+            log.critical("A durable write failed ({error}); replica {id} stops taking part until it is restarted",
+                         error=error, id=self.id)
+        self._halted = True
+        self.ready = False
+        self.stop()
 
     # -- pulling --------------------------------------------------------------------
 
@@ -397,7 +413,7 @@ class PrimaryBackupReplica:
         """Makes this replica hold the current leader's history (or, when none leads or this one
         was just named, the longest a peer holds) before it serves, leads or takes pushes."""
         async with self._pull_lock:
-            if self.ready:
+            if self.ready or self._halted:
                 return
             leading = self.leader_id == self.id
             if leading:
