@@ -68,7 +68,7 @@ def check(cluster: Cluster, tracker: OrderLeaderTracker, rounds: int = 3) -> Non
 
 
 def announced(cluster: Cluster, to: int) -> bool:
-    return any(url.endswith("/set_leader") for _, url in cluster.network.log) and \
+    return bool(cluster.network.sent("/set_leader")) and \
         cluster.replicas[to].leader_id == to
 
 
@@ -142,7 +142,7 @@ def test_a_replica_far_behind_catches_up_in_bounded_pages(cluster: Cluster) -> N
     returned = cluster.boot(1)
     cluster.run(1.1)
     assert returned.status()["caught_up"] and returned.orders.latest_number == leader.orders.latest_number
-    pages = [parse_qs(urlparse(url).query) for _, url in cluster.network.log if "/orders_since" in url]
+    pages = [parse_qs(urlparse(url).query) for url in cluster.network.sent("/orders_since")]
     assert len(pages) >= 3 and all(int(p["limit"][0]) == PULL_PAGE for p in pages)
 
 
@@ -252,7 +252,7 @@ def test_a_replica_whose_peers_never_answer_is_never_caught_up_nor_chosen(cluste
         cluster.run(5)  # far longer than any wait: it still never serves what it holds
         check(cluster, tracker)
         assert not alone.status()["caught_up"]
-    assert tracker.leader_id is None and not any(url.endswith("/set_leader") for _, url in cluster.network.log)
+    assert tracker.leader_id is None and not cluster.network.sent("/set_leader")
     assert cluster.held(2) == [(0, "k0")]
     alone.set_leader(2)  # even if named, it numbers nothing and reads nothing
     refused = cluster.order(alone, "k9")

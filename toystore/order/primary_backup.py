@@ -49,7 +49,8 @@ log = Logger()
 RAFT_ENDPOINTS = frozenset({"append_entries", "request_vote", "commit_entries", "truncate_log", "timeout_now"})
 PEER_TIMEOUT = 1.0        # a follower that does not answer a push by then is noted as behind
 PAGE_TIMEOUT = 5.0        # one page of PULL_PAGE orders
-CATCH_UP_INTERVAL = 1.0   # how often followers that take no pushes pull, the leader re-probes followers it noted, failed syncs retry
+# How often followers that take no pushes pull, the leader re-probes followers it noted, failed syncs retry.
+CATCH_UP_INTERVAL = 1.0
 MAX_BATCH = 1000          # orders per /replicate_order push
 PULL_PAGE = 1000          # orders per /orders_since page a puller asks for
 WAITING_WARN_EVERY = 10.0  # how often a replica that no peer answers says, in its log, that it waits
